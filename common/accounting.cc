@@ -1,0 +1,79 @@
+#include "common/accounting.h"
+
+#include <algorithm>
+#include <fstream>
+#include <string>
+
+namespace pnn {
+namespace {
+
+// Reads a "Key:   N kB" line of /proc/self/status, in bytes (0 if absent).
+int64_t ReadStatusKilobytes(const std::string& key) {
+  std::ifstream status("/proc/self/status");
+  std::string line;
+  while (std::getline(status, line)) {
+    if (line.compare(0, key.size(), key) == 0 && line.size() > key.size() &&
+        line[key.size()] == ':') {
+      return std::stoll(line.substr(key.size() + 1)) * 1024;
+    }
+  }
+  return 0;
+}
+
+}  // namespace
+
+pnn::v1::TrainingCost AnalyticTrainingCost(
+    const std::vector<int>& widths, bool leading_activation,
+    const pnn::v1::TrainingConfig& config) {
+  pnn::v1::TrainingCost cost;
+  int64_t parameters = 0;
+  int64_t flops = 0;
+  int64_t activation_elements = widths.empty() ? 0 : widths.front();
+  if (leading_activation && !widths.empty()) {
+    activation_elements += widths.front();
+  }
+  for (size_t i = 1; i < widths.size(); ++i) {
+    const int64_t in = widths[i - 1];
+    const int64_t out = widths[i];
+    parameters += in * out + out;
+    flops += 2 * in * out;
+    activation_elements += out;
+    if (i + 1 < widths.size()) activation_elements += out;
+  }
+  constexpr int64_t kFloatBytes = 4;
+  cost.set_parameter_count(parameters);
+  cost.set_parameter_bytes(parameters * kFloatBytes);
+  cost.set_gradient_bytes(parameters * kFloatBytes);
+  int64_t state_copies = 0;
+  if (config.optimizer() == pnn::v1::OPTIMIZER_SGD) {
+    state_copies = config.momentum() > 0 ? 1 : 0;
+  } else {
+    state_copies = 2;  // Adam: first and second moments
+  }
+  cost.set_optimizer_state_bytes(state_copies * parameters * kFloatBytes);
+  cost.set_activation_bytes(activation_elements * config.batch_size() *
+                            kFloatBytes);
+  cost.set_forward_flops_per_sample(flops);
+  cost.set_training_flops_per_sample(3 * flops);
+  return cost;
+}
+
+int64_t CurrentRssBytes() { return ReadStatusKilobytes("VmRSS"); }
+int64_t PeakRssBytes() { return ReadStatusKilobytes("VmHWM"); }
+
+void PeakRssMeter::Start() {
+  std::ofstream clear_refs("/proc/self/clear_refs");
+  clear_refs << "5";
+  clear_refs.flush();
+  reset_worked_ = clear_refs.good();
+  baseline_ = CurrentRssBytes();
+}
+
+int64_t PeakRssMeter::PeakGrowthBytes() const {
+  // Without the reset the high-water mark may predate Start(); then the
+  // current RSS is the best lower bound we have.
+  const int64_t peak = reset_worked_ ? PeakRssBytes() : CurrentRssBytes();
+  return std::max<int64_t>(0, peak - baseline_);
+}
+
+}  // namespace pnn

@@ -1,0 +1,293 @@
+#include "common/dataset.h"
+
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+
+#include <algorithm>
+#include <cstring>
+#include <filesystem>
+#include <set>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "common/idx.h"
+#include "common/status_macros.h"
+
+namespace pnn {
+namespace {
+
+namespace fs = std::filesystem;
+
+// Returns the first of `names` (each tried raw and with .gz) that exists.
+std::string FindFile(const fs::path& directory,
+                     const std::vector<std::string>& names) {
+  for (const std::string& name : names) {
+    for (const char* suffix : {".gz", ""}) {
+      const fs::path candidate = directory / (name + suffix);
+      std::error_code error;
+      if (fs::is_regular_file(candidate, error)) return candidate.string();
+    }
+  }
+  return "";
+}
+
+std::vector<std::string> ListIdxFiles(const fs::path& directory) {
+  std::vector<std::string> names;
+  std::error_code error;
+  for (const auto& entry : fs::directory_iterator(directory, error)) {
+    const std::string name = entry.path().filename().string();
+    if (absl::StrContains(name, "idx")) names.push_back(name);
+  }
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+std::set<std::string> EmnistSplits(const std::vector<std::string>& files) {
+  std::set<std::string> splits;
+  for (const std::string& name : files) {
+    constexpr absl::string_view kPrefix = "emnist-";
+    const size_t end = name.find("-train-images");
+    if (absl::StartsWith(name, kPrefix) && end != std::string::npos) {
+      splits.insert(name.substr(kPrefix.size(), end - kPrefix.size()));
+    }
+  }
+  return splits;
+}
+
+absl::StatusOr<Split> LoadSplit(const std::string& images_path,
+                                const std::string& labels_path,
+                                bool transpose, int64_t limit, int* rows,
+                                int* cols) {
+  PNN_ASSIGN_OR_RETURN(IdxArray images, ReadIdxFile(images_path));
+  PNN_ASSIGN_OR_RETURN(IdxArray labels, ReadIdxFile(labels_path));
+  if (images.dims.size() != 3) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        images_path, ": expected a 3-dimensional IDX array (images x rows x "
+                     "columns), got ",
+        images.dims.size(), " dimensions"));
+  }
+  if (labels.dims.size() != 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        labels_path, ": expected a 1-dimensional IDX array of labels, got ",
+        labels.dims.size(), " dimensions"));
+  }
+  if (images.items() != labels.items()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        images_path, " holds ", images.items(), " images but ", labels_path,
+        " holds ", labels.items(), " labels"));
+  }
+  const int64_t count =
+      limit > 0 ? std::min<int64_t>(limit, images.items()) : images.items();
+  const int r = images.dims[1];
+  const int c = images.dims[2];
+  at::Tensor pixels =
+      at::from_blob(images.data.data(), {count, r, c}, at::kByte);
+  if (transpose) pixels = pixels.transpose(1, 2);
+  Split split;
+  // One conversion; the float tensor is the only copy kept.
+  split.images = pixels.reshape({count, r * c}).to(at::kFloat).div_(255.0f);
+  split.labels =
+      at::from_blob(labels.data.data(), {count}, at::kByte).to(at::kLong);
+  *rows = transpose ? c : r;
+  *cols = transpose ? r : c;
+  return split;
+}
+
+}  // namespace
+
+int64_t Dataset::memory_bytes() const {
+  int64_t bytes = 0;
+  for (const Split* split : {&train, &test}) {
+    if (split->images.defined()) bytes += split->images.nbytes();
+    if (split->labels.defined()) bytes += split->labels.nbytes();
+  }
+  return bytes;
+}
+
+absl::StatusOr<DatasetFiles> LocateDataset(const std::string& directory,
+                                           const pnn::v1::DatasetSpec& spec) {
+  std::error_code error;
+  if (!fs::is_directory(directory, error)) {
+    return absl::NotFoundError(absl::StrCat(
+        "data set directory ", directory,
+        " does not exist (for Fashion-MNIST install Debian's "
+        "dataset-fashion-mnist, or point dataset.path / --data_dir at a "
+        "directory of IDX files)"));
+  }
+  DatasetFiles files;
+  const std::string& split = spec.emnist_split();
+  if (!split.empty()) {
+    const std::string prefix = absl::StrCat("emnist-", split, "-");
+    files.train_images = FindFile(directory, {prefix + "train-images-idx3-ubyte"});
+    files.train_labels = FindFile(directory, {prefix + "train-labels-idx1-ubyte"});
+    files.test_images = FindFile(directory, {prefix + "test-images-idx3-ubyte"});
+    files.test_labels = FindFile(directory, {prefix + "test-labels-idx1-ubyte"});
+  } else {
+    files.train_images = FindFile(
+        directory, {"train-images-idx3-ubyte", "train-images.idx3-ubyte"});
+    files.train_labels = FindFile(
+        directory, {"train-labels-idx1-ubyte", "train-labels.idx1-ubyte"});
+    files.test_images = FindFile(
+        directory, {"t10k-images-idx3-ubyte", "t10k-images.idx3-ubyte"});
+    files.test_labels = FindFile(
+        directory, {"t10k-labels-idx1-ubyte", "t10k-labels.idx1-ubyte"});
+  }
+  if (files.train_images.empty() || files.train_labels.empty() ||
+      files.test_images.empty() || files.test_labels.empty()) {
+    const std::vector<std::string> present = ListIdxFiles(directory);
+    const std::set<std::string> splits = EmnistSplits(present);
+    std::string hint;
+    if (split.empty() && !splits.empty()) {
+      hint = absl::StrCat("; this looks like EMNIST: set dataset.emnist_split "
+                          "to one of: ",
+                          absl::StrJoin(splits, ", "));
+    } else if (!split.empty() && !splits.empty()) {
+      hint = absl::StrCat("; EMNIST splits present: ",
+                          absl::StrJoin(splits, ", "));
+    }
+    return absl::NotFoundError(absl::StrCat(
+        "data set in ", directory, " is incomplete: expected ",
+        split.empty() ? "train-images-idx3-ubyte, train-labels-idx1-ubyte, "
+                        "t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte"
+                      : absl::StrCat("emnist-", split,
+                                     "-{train,test}-{images-idx3,labels-idx1}"
+                                     "-ubyte"),
+        " (each optionally .gz); found: [",
+        absl::StrJoin(present, ", "), "]", hint));
+  }
+  switch (spec.orientation()) {
+    case pnn::v1::IMAGE_ORIENTATION_TRANSPOSED:
+      files.transpose = true;
+      break;
+    case pnn::v1::IMAGE_ORIENTATION_AS_STORED:
+      files.transpose = false;
+      break;
+    default:
+      // EMNIST stores images transposed relative to MNIST.
+      files.transpose = !split.empty();
+      break;
+  }
+  return files;
+}
+
+absl::StatusOr<Dataset> LoadDataset(const std::string& directory,
+                                    const pnn::v1::DatasetSpec& spec) {
+  PNN_ASSIGN_OR_RETURN(DatasetFiles files, LocateDataset(directory, spec));
+  Dataset dataset;
+  dataset.directory = directory;
+  int test_rows = 0;
+  int test_cols = 0;
+  try {
+    PNN_ASSIGN_OR_RETURN(
+        dataset.train,
+        LoadSplit(files.train_images, files.train_labels, files.transpose,
+                  spec.train_limit(), &dataset.rows, &dataset.cols));
+    PNN_ASSIGN_OR_RETURN(
+        dataset.test,
+        LoadSplit(files.test_images, files.test_labels, files.transpose,
+                  spec.test_limit(), &test_rows, &test_cols));
+  } catch (const std::exception& error) {
+    return absl::InternalError(
+        absl::StrCat("loading ", directory, ": ", error.what()));
+  }
+  if (test_rows != dataset.rows || test_cols != dataset.cols) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        files.test_images, ": images are ", test_rows, "x", test_cols,
+        " but the training images (", files.train_images, ") are ",
+        dataset.rows, "x", dataset.cols));
+  }
+  const int64_t train_max = dataset.train.labels.max().item<int64_t>();
+  const int64_t test_max = dataset.test.labels.max().item<int64_t>();
+  if (test_max > train_max) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        files.test_labels, ": label ", test_max,
+        " never occurs in the training labels (largest ", train_max,
+        "); are the files from the same data set?"));
+  }
+  dataset.num_classes = static_cast<int>(train_max) + 1;
+  return dataset;
+}
+
+absl::StatusOr<std::string> ResolveDatasetDirectory(
+    const std::string& data_root, const pnn::v1::DatasetSpec& spec,
+    bool allow_absolute) {
+  const fs::path path(spec.path());
+  for (const auto& part : path) {
+    if (part == "..") {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "dataset.path: \"", spec.path(),
+          "\" must not contain \"..\"; name a directory inside the data "
+          "root"));
+    }
+  }
+  if (path.is_absolute()) {
+    if (!allow_absolute) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "dataset.path: \"", spec.path(),
+          "\" must be relative to the data directory"));
+    }
+    return path.lexically_normal().string();
+  }
+  return (fs::path(data_root) / path).lexically_normal().string();
+}
+
+Dataset MakeSyntheticDataset(const SyntheticDatasetOptions& options) {
+  auto generator = at::detail::createCPUGenerator(options.seed);
+  const int width = options.rows * options.cols;
+  const auto float_options = at::TensorOptions().dtype(at::kFloat);
+  const at::Tensor prototypes =
+      at::empty({options.num_classes, width}, float_options)
+          .uniform_(0.0, 1.0, generator);
+  auto make_split = [&](int64_t samples) {
+    Split split;
+    split.labels = at::arange(samples, at::kLong) % options.num_classes;
+    split.labels = split.labels.index_select(
+        0, at::randperm(samples, generator, at::kLong));
+    at::Tensor noise = at::empty({samples, width}, float_options)
+                           .normal_(0.0, options.noise, generator);
+    split.images =
+        (prototypes.index_select(0, split.labels) + noise).clamp_(0.0, 1.0);
+    return split;
+  };
+  Dataset dataset;
+  dataset.train = make_split(options.train_samples);
+  dataset.test = make_split(options.test_samples);
+  dataset.rows = options.rows;
+  dataset.cols = options.cols;
+  dataset.num_classes = options.num_classes;
+  dataset.directory = "(synthetic)";
+  return dataset;
+}
+
+absl::Status WriteDatasetAsIdx(const Dataset& dataset,
+                               const std::string& directory) {
+  std::error_code error;
+  fs::create_directories(directory, error);
+  auto write_split = [&](const Split& split, const std::string& prefix) {
+    IdxArray images;
+    images.dims = {static_cast<int32_t>(split.size()), dataset.rows,
+                   dataset.cols};
+    const at::Tensor bytes =
+        split.images.mul(255.0f).round_().clamp_(0, 255).to(at::kByte)
+            .contiguous();
+    images.data.assign(bytes.data_ptr<uint8_t>(),
+                       bytes.data_ptr<uint8_t>() + bytes.numel());
+    IdxArray labels;
+    labels.dims = {static_cast<int32_t>(split.size())};
+    const at::Tensor label_bytes = split.labels.to(at::kByte).contiguous();
+    labels.data.assign(label_bytes.data_ptr<uint8_t>(),
+                       label_bytes.data_ptr<uint8_t>() + label_bytes.numel());
+    PNN_RETURN_IF_ERROR(WriteIdxFile(
+        (fs::path(directory) / (prefix + "-images-idx3-ubyte.gz")).string(),
+        images, /*gzip=*/true));
+    return WriteIdxFile(
+        (fs::path(directory) / (prefix + "-labels-idx1-ubyte.gz")).string(),
+        labels, /*gzip=*/true);
+  };
+  PNN_RETURN_IF_ERROR(write_split(dataset.train, "train"));
+  return write_split(dataset.test, "t10k");
+}
+
+}  // namespace pnn

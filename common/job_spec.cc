@@ -1,0 +1,339 @@
+#include "common/job_spec.h"
+
+#include <cmath>
+
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "google/protobuf/util/json_util.h"
+
+namespace pnn {
+namespace {
+
+using pnn::v1::JobSpec;
+using pnn::v1::TrainingConfig;
+
+absl::Status Invalid(absl::string_view field, absl::string_view rule) {
+  return absl::InvalidArgumentError(absl::StrCat(field, ": ", rule));
+}
+
+// Fills zero fields of `config` from `defaults`.
+void Inherit(const TrainingConfig& defaults, TrainingConfig* config) {
+  if (config->epochs() == 0) config->set_epochs(defaults.epochs());
+  if (config->batch_size() == 0) config->set_batch_size(defaults.batch_size());
+  if (config->learning_rate() == 0) {
+    config->set_learning_rate(defaults.learning_rate());
+  }
+  if (config->optimizer() == pnn::v1::OPTIMIZER_UNSPECIFIED) {
+    config->set_optimizer(defaults.optimizer());
+  }
+  if (config->momentum() == 0) config->set_momentum(defaults.momentum());
+  if (config->weight_decay() == 0) {
+    config->set_weight_decay(defaults.weight_decay());
+  }
+}
+
+absl::Status ValidateTraining(const TrainingConfig& config,
+                              absl::string_view field, bool allow_zero_epochs,
+                              const SpecLimits& limits) {
+  const int min_epochs = allow_zero_epochs ? 0 : 1;
+  if (config.epochs() < min_epochs || config.epochs() > limits.max_epochs) {
+    return Invalid(absl::StrCat(field, ".epochs"),
+                   absl::StrCat("must be between ", min_epochs, " and ",
+                                limits.max_epochs, ", got ", config.epochs()));
+  }
+  if (config.batch_size() < 1 || config.batch_size() > limits.max_batch_size) {
+    return Invalid(absl::StrCat(field, ".batch_size"),
+                   absl::StrCat("must be between 1 and ", limits.max_batch_size,
+                                ", got ", config.batch_size()));
+  }
+  if (!std::isfinite(config.learning_rate()) || config.learning_rate() <= 0 ||
+      config.learning_rate() > limits.max_learning_rate) {
+    return Invalid(absl::StrCat(field, ".learning_rate"),
+                   absl::StrCat("must be in (0, ", limits.max_learning_rate,
+                                "], got ", config.learning_rate()));
+  }
+  if (!pnn::v1::Optimizer_IsValid(config.optimizer()) ||
+      config.optimizer() == pnn::v1::OPTIMIZER_UNSPECIFIED) {
+    return Invalid(absl::StrCat(field, ".optimizer"), "unknown optimizer");
+  }
+  if (!std::isfinite(config.momentum()) || config.momentum() < 0 ||
+      config.momentum() >= 1) {
+    return Invalid(absl::StrCat(field, ".momentum"),
+                   absl::StrCat("must be in [0, 1), got ", config.momentum()));
+  }
+  if (config.momentum() != 0 && config.optimizer() != pnn::v1::OPTIMIZER_SGD) {
+    return Invalid(absl::StrCat(field, ".momentum"),
+                   "applies to OPTIMIZER_SGD only");
+  }
+  if (!std::isfinite(config.weight_decay()) || config.weight_decay() < 0 ||
+      config.weight_decay() > 1) {
+    return Invalid(absl::StrCat(field, ".weight_decay"),
+                   absl::StrCat("must be in [0, 1], got ",
+                                config.weight_decay()));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateDevice(absl::string_view device) {
+  if (device == "cpu" || device == "cuda") return absl::OkStatus();
+  int index = 0;
+  if (absl::StartsWith(device, "cuda:") &&
+      absl::SimpleAtoi(device.substr(5), &index) && index >= 0) {
+    return absl::OkStatus();
+  }
+  return Invalid("device", absl::StrCat("must be \"cpu\", \"cuda\" or "
+                                        "\"cuda:N\", got \"",
+                                        device, "\""));
+}
+
+}  // namespace
+
+absl::StatusOr<JobSpec> ResolveJobSpec(const JobSpec& spec,
+                                       const SpecLimits& limits) {
+  JobSpec out = spec;
+  auto* model = out.mutable_model();
+  if (model->hidden_widths().empty()) {
+    for (int i = 0; i < kDefaultHiddenLayers; ++i) {
+      model->add_hidden_widths(kDefaultHiddenWidth);
+    }
+  }
+  if (model->activation() == pnn::v1::ACTIVATION_UNSPECIFIED) {
+    model->set_activation(pnn::v1::ACTIVATION_RELU);
+  }
+  if (model->cut_after_layers().empty()) {
+    model->add_cut_after_layers(
+        std::min(kDefaultCutAfterLayer, model->hidden_widths_size()));
+  }
+  auto* sil = out.mutable_sil();
+  if (sil->distribution() == pnn::v1::SIL_DISTRIBUTION_UNSPECIFIED) {
+    sil->set_distribution(pnn::v1::SIL_DISTRIBUTION_UNIFORM);
+  }
+  if (!sil->has_kappa()) sil->set_kappa(kDefaultKappa);
+  if (!sil->has_input_noise_std()) sil->set_input_noise_std(0.0f);
+  if (sil->input_mode() == pnn::v1::INPUT_MODE_UNSPECIFIED) {
+    sil->set_input_mode(pnn::v1::INPUT_MODE_SYNTHETIC_LABELS);
+  }
+  TrainingConfig defaults;
+  defaults.set_epochs(kDefaultEpochs);
+  defaults.set_batch_size(kDefaultBatchSize);
+  defaults.set_learning_rate(kDefaultLearningRate);
+  defaults.set_optimizer(pnn::v1::OPTIMIZER_ADAM);
+  Inherit(defaults, out.mutable_training());
+  auto* dataset = out.mutable_dataset();
+  if (dataset->path().empty()) dataset->set_path(kDefaultDatasetPath);
+  if (!out.has_seed()) out.set_seed(kDefaultSeed);
+  if (out.device().empty()) out.set_device("cpu");
+
+  // Shapes.
+  const int layers = model->hidden_widths_size() + 1;
+  if (layers > limits.max_layers) {
+    return Invalid("model.hidden_widths",
+                   absl::StrCat("at most ", limits.max_layers - 1,
+                                " hidden layers, got ",
+                                model->hidden_widths_size()));
+  }
+  for (int i = 0; i < model->hidden_widths_size(); ++i) {
+    const int width = model->hidden_widths(i);
+    if (width < 1 || width > limits.max_width) {
+      return Invalid(absl::StrCat("model.hidden_widths[", i, "]"),
+                     absl::StrCat("must be between 1 and ", limits.max_width,
+                                  ", got ", width));
+    }
+  }
+  if (!pnn::v1::Activation_IsValid(model->activation())) {
+    return Invalid("model.activation", "unknown activation");
+  }
+  if (layers < 2) {
+    return Invalid("model.hidden_widths",
+                   "a network to cut needs at least one hidden layer "
+                   "(two linear layers)");
+  }
+  int previous_cut = 0;
+  for (int i = 0; i < model->cut_after_layers_size(); ++i) {
+    const int cut = model->cut_after_layers(i);
+    if (cut <= previous_cut || cut >= layers) {
+      return Invalid(
+          absl::StrCat("model.cut_after_layers[", i, "]"),
+          absl::StrCat("cut points must be strictly increasing and between 1 "
+                       "and ",
+                       layers - 1, " (the network has ", layers,
+                       " linear layers), got ", cut));
+    }
+    previous_cut = cut;
+  }
+
+  // SIL.
+  if (!pnn::v1::SilDistribution_IsValid(sil->distribution())) {
+    return Invalid("sil.distribution", "unknown distribution");
+  }
+  if (!std::isfinite(sil->kappa()) || sil->kappa() <= 0 ||
+      sil->kappa() > limits.max_kappa) {
+    return Invalid("sil.kappa", absl::StrCat("must be in (0, ", limits.max_kappa,
+                                             "], got ", sil->kappa()));
+  }
+  if (!std::isfinite(sil->input_noise_std()) || sil->input_noise_std() < 0) {
+    return Invalid("sil.input_noise_std",
+                   absl::StrCat("must be >= 0, got ", sil->input_noise_std()));
+  }
+  if (!pnn::v1::InputMode_IsValid(sil->input_mode())) {
+    return Invalid("sil.input_mode", "unknown input mode");
+  }
+
+  // Training.
+  if (absl::Status status =
+          ValidateTraining(out.training(), "training", false, limits);
+      !status.ok()) {
+    return status;
+  }
+  const int segments = model->cut_after_layers_size() + 1;
+  if (out.segment_training_size() > segments) {
+    return Invalid("segment_training",
+                   absl::StrCat("has ", out.segment_training_size(),
+                                " entries but the cut points make ", segments,
+                                " segments"));
+  }
+  for (int i = 0; i < out.segment_training_size(); ++i) {
+    Inherit(out.training(), out.mutable_segment_training(i));
+    if (absl::Status status =
+            ValidateTraining(out.segment_training(i),
+                             absl::StrCat("segment_training[", i, "]"), false,
+                             limits);
+        !status.ok()) {
+      return status;
+    }
+  }
+  {
+    const int recovery_epochs = out.recovery().epochs();
+    Inherit(out.training(), out.mutable_recovery());
+    out.mutable_recovery()->set_epochs(recovery_epochs);
+    if (absl::Status status =
+            ValidateTraining(out.recovery(), "recovery", true, limits);
+        !status.ok()) {
+      return status;
+    }
+  }
+
+  // Data set.
+  if (!pnn::v1::ImageOrientation_IsValid(dataset->orientation())) {
+    return Invalid("dataset.orientation", "unknown orientation");
+  }
+  if (dataset->train_limit() < 0) {
+    return Invalid("dataset.train_limit",
+                   absl::StrCat("must be >= 0 (0: all), got ",
+                                dataset->train_limit()));
+  }
+  if (dataset->test_limit() < 0) {
+    return Invalid("dataset.test_limit",
+                   absl::StrCat("must be >= 0 (0: all), got ",
+                                dataset->test_limit()));
+  }
+  if (absl::Status status = ValidateDevice(out.device()); !status.ok()) {
+    return status;
+  }
+  return out;
+}
+
+absl::Status ValidateAgainstData(const JobSpec& resolved, int input_width,
+                                 int num_classes, const SpecLimits& limits) {
+  if (num_classes < 2) {
+    return Invalid("dataset", absl::StrCat("needs at least 2 classes, the "
+                                           "labels show ",
+                                           num_classes));
+  }
+  const std::vector<int> widths =
+      NetworkWidths(resolved, input_width, num_classes);
+  int64_t parameters = 0;
+  for (size_t i = 1; i < widths.size(); ++i) {
+    parameters += int64_t{widths[i - 1]} * widths[i] + widths[i];
+  }
+  if (parameters > limits.max_parameters) {
+    return Invalid("model.hidden_widths",
+                   absl::StrCat("the network would have ", parameters,
+                                " parameters; the limit is ",
+                                limits.max_parameters));
+  }
+  if (resolved.sil().distribution() == pnn::v1::SIL_DISTRIBUTION_ORTHOGONAL) {
+    for (int i = 0; i < resolved.model().cut_after_layers_size(); ++i) {
+      const int cut = resolved.model().cut_after_layers(i);
+      if (widths[cut] < num_classes) {
+        return Invalid(
+            absl::StrCat("model.cut_after_layers[", i, "]"),
+            absl::StrCat("SIL_DISTRIBUTION_ORTHOGONAL needs the cut's width "
+                         "(",
+                         widths[cut], ") to be at least the class count (",
+                         num_classes, ")"));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+std::vector<int> NetworkWidths(const JobSpec& resolved, int input_width,
+                               int num_classes) {
+  std::vector<int> widths;
+  widths.push_back(input_width);
+  for (int width : resolved.model().hidden_widths()) widths.push_back(width);
+  widths.push_back(num_classes);
+  return widths;
+}
+
+std::vector<SegmentLayout> CutNetwork(const JobSpec& resolved,
+                                      const std::vector<int>& network_widths) {
+  std::vector<int> bounds = {0};
+  for (int cut : resolved.model().cut_after_layers()) bounds.push_back(cut);
+  bounds.push_back(static_cast<int>(network_widths.size()) - 1);
+  std::vector<SegmentLayout> segments;
+  for (size_t s = 0; s + 1 < bounds.size(); ++s) {
+    SegmentLayout layout;
+    layout.index = static_cast<int>(s);
+    layout.first_layer = bounds[s] + 1;
+    layout.last_layer = bounds[s + 1];
+    layout.widths.assign(network_widths.begin() + bounds[s],
+                         network_widths.begin() + bounds[s + 1] + 1);
+    segments.push_back(std::move(layout));
+  }
+  return segments;
+}
+
+TrainingConfig SegmentTrainingConfig(const JobSpec& resolved, int index) {
+  TrainingConfig config;
+  if (index < resolved.segment_training_size()) {
+    config = resolved.segment_training(index);
+  }
+  Inherit(resolved.training(), &config);
+  return config;
+}
+
+TrainingConfig RecoveryTrainingConfig(const JobSpec& resolved) {
+  TrainingConfig config = resolved.recovery();
+  const int epochs = config.epochs();
+  Inherit(resolved.training(), &config);
+  config.set_epochs(epochs);
+  return config;
+}
+
+absl::StatusOr<JobSpec> ParseJobSpecJson(absl::string_view json) {
+  JobSpec spec;
+  google::protobuf::util::JsonParseOptions options;
+  options.ignore_unknown_fields = false;
+  const auto status = google::protobuf::util::JsonStringToMessage(
+      google::protobuf::StringPiece(json.data(), json.size()), &spec, options);
+  if (!status.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("job spec JSON: ", status.message().as_string()));
+  }
+  return spec;
+}
+
+std::string ToJson(const google::protobuf::Message& message, bool multiline) {
+  google::protobuf::util::JsonPrintOptions options;
+  options.add_whitespace = multiline;
+  options.preserve_proto_field_names = true;
+  options.always_print_primitive_fields = true;
+  std::string out;
+  (void)google::protobuf::util::MessageToJsonString(message, &out, options);
+  return out;
+}
+
+}  // namespace pnn

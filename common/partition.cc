@@ -1,0 +1,113 @@
+#include "common/partition.h"
+
+#include <ATen/ATen.h>
+
+#include "absl/strings/str_cat.h"
+#include "common/job_spec.h"
+#include "common/sil.h"
+#include "common/status_macros.h"
+#include "common/tensor_codec.h"
+
+namespace pnn {
+
+absl::StatusOr<std::vector<pnn::v1::SegmentTask>> PlanSegmentTasks(
+    const pnn::v1::JobSpec& resolved, int input_width, int num_classes,
+    const std::string& job_id) {
+  PNN_RETURN_IF_ERROR(ValidateAgainstData(resolved, input_width, num_classes));
+  const std::vector<int> widths =
+      NetworkWidths(resolved, input_width, num_classes);
+  const std::vector<SegmentLayout> layout = CutNetwork(resolved, widths);
+  std::vector<int> cut_widths;
+  for (int cut : resolved.model().cut_after_layers()) {
+    cut_widths.push_back(widths[cut]);
+  }
+  std::vector<at::Tensor> sil;
+  try {
+    PNN_ASSIGN_OR_RETURN(sil, DrawSilTables(resolved.sil(), resolved.seed(),
+                                            num_classes, cut_widths));
+  } catch (const std::exception& error) {
+    return absl::InternalError(
+        absl::StrCat("drawing SIL tables: ", error.what()));
+  }
+  const bool sequential =
+      resolved.sil().input_mode() == pnn::v1::INPUT_MODE_PREVIOUS_OUTPUTS;
+  std::vector<pnn::v1::SegmentTask> tasks;
+  for (const SegmentLayout& segment : layout) {
+    pnn::v1::SegmentTask task;
+    task.set_job_id(job_id);
+    task.set_segment_index(segment.index);
+    task.set_segment_count(static_cast<int>(layout.size()));
+    task.set_first_layer(segment.first_layer);
+    task.set_last_layer(segment.last_layer);
+    for (int width : segment.widths) task.add_widths(width);
+    task.set_activation(resolved.model().activation());
+    *task.mutable_training() = SegmentTrainingConfig(resolved, segment.index);
+    *task.mutable_dataset() = resolved.dataset();
+    task.set_seed(resolved.seed());
+    task.set_num_classes(num_classes);
+    task.set_device(resolved.device());
+    task.set_input_noise_std(resolved.sil().input_noise_std());
+    if (segment.index > 0 && !sequential) {
+      *task.mutable_input_sil() = TensorToProto(
+          absl::StrCat("sil", segment.index), sil[segment.index - 1]);
+    }
+    if (segment.index + 1 < static_cast<int>(layout.size())) {
+      *task.mutable_target_sil() = TensorToProto(
+          absl::StrCat("sil", segment.index + 1), sil[segment.index]);
+    }
+    tasks.push_back(std::move(task));
+  }
+  return tasks;
+}
+
+bool NeedsUpstream(const pnn::v1::SegmentTask& task) {
+  return task.segment_index() > 0 &&
+         task.input_case() == pnn::v1::SegmentTask::INPUT_NOT_SET;
+}
+
+absl::Status AttachUpstream(
+    const std::vector<pnn::v1::SegmentWeights>& finished,
+    pnn::v1::SegmentTask* task) {
+  if (static_cast<int>(finished.size()) < task->segment_index()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "segment ", task->segment_index(), " needs the weights of ",
+        task->segment_index(), " previous segments, ", finished.size(),
+        " are available"));
+  }
+  auto* upstream = task->mutable_upstream();
+  upstream->Clear();
+  for (int i = 0; i < task->segment_index(); ++i) {
+    if (finished[i].segment_index() != i) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("weights of segment ", i, " are missing"));
+    }
+    *upstream->add_segments() = finished[i];
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<MlpSegment> AssembleNetwork(
+    const std::vector<pnn::v1::SegmentWeights>& segments,
+    pnn::v1::Activation activation) {
+  std::vector<MlpSegment> parts;
+  try {
+    for (size_t i = 0; i < segments.size(); ++i) {
+      if (segments[i].segment_index() != static_cast<int>(i)) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "assembly: expected segment ", i, ", got segment ",
+            segments[i].segment_index()));
+      }
+      auto part = ModelFromWeights(segments[i], activation);
+      if (!part.ok()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "assembly: segment ", i, ": ", part.status().message()));
+      }
+      parts.push_back(*part);
+    }
+    return JoinSegments(parts);
+  } catch (const std::exception& error) {
+    return absl::InternalError(absl::StrCat("assembly: ", error.what()));
+  }
+}
+
+}  // namespace pnn

@@ -1,0 +1,43 @@
+// Turning a job into independent segment tasks, and segment results back
+// into one network: the part of a job's life that pnn-train and the
+// coordinator share.
+#ifndef PNN_COMMON_PARTITION_H_
+#define PNN_COMMON_PARTITION_H_
+
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "common/model.h"
+#include "pnn/v1/job.pb.h"
+#include "pnn/v1/segment.pb.h"
+
+namespace pnn {
+
+// Cuts the resolved spec's network (input_width -> ... -> num_classes),
+// draws the SIL tables and returns one self-contained task per segment.
+// In the synthetic-labels mode each task carries only the SIL tables of its
+// own cuts: no task refers to another segment, so all can train at once.
+// In the previous-outputs mode, tasks after the first need AttachUpstream
+// with the earlier segments' results before they can run.
+absl::StatusOr<std::vector<pnn::v1::SegmentTask>> PlanSegmentTasks(
+    const pnn::v1::JobSpec& resolved, int input_width, int num_classes,
+    const std::string& job_id);
+
+// True when `task` still waits for upstream segments' weights.
+bool NeedsUpstream(const pnn::v1::SegmentTask& task);
+
+// Fills `task`'s upstream from the weights of segments 0..index-1, which
+// must all be present in `finished` (indexed by segment).
+absl::Status AttachUpstream(
+    const std::vector<pnn::v1::SegmentWeights>& finished,
+    pnn::v1::SegmentTask* task);
+
+// Joins trained segments, ordered by segment index, into the whole network.
+absl::StatusOr<MlpSegment> AssembleNetwork(
+    const std::vector<pnn::v1::SegmentWeights>& segments,
+    pnn::v1::Activation activation);
+
+}  // namespace pnn
+
+#endif  // PNN_COMMON_PARTITION_H_

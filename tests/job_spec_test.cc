@@ -1,0 +1,178 @@
+#include "common/job_spec.h"
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace pnn {
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+using pnn::v1::JobSpec;
+
+TEST(JobSpecTest, DefaultsAreThePapersSetting) {
+  auto resolved = ResolveJobSpec(JobSpec());
+  ASSERT_TRUE(resolved.ok()) << resolved.status();
+  EXPECT_THAT(resolved->model().hidden_widths(),
+              ElementsAre(256, 256, 256, 256, 256));
+  EXPECT_THAT(resolved->model().cut_after_layers(), ElementsAre(3));
+  EXPECT_EQ(resolved->model().activation(), pnn::v1::ACTIVATION_RELU);
+  EXPECT_EQ(resolved->sil().distribution(), pnn::v1::SIL_DISTRIBUTION_UNIFORM);
+  EXPECT_FLOAT_EQ(resolved->sil().kappa(), 1.0f);
+  EXPECT_EQ(resolved->sil().input_mode(), pnn::v1::INPUT_MODE_SYNTHETIC_LABELS);
+  EXPECT_EQ(resolved->training().epochs(), 5);
+  EXPECT_EQ(resolved->training().batch_size(), 128);
+  EXPECT_FLOAT_EQ(resolved->training().learning_rate(), 1e-3f);
+  EXPECT_EQ(resolved->training().optimizer(), pnn::v1::OPTIMIZER_ADAM);
+  EXPECT_EQ(resolved->recovery().epochs(), 0);
+  EXPECT_EQ(resolved->dataset().path(), "fashion-mnist");
+  EXPECT_EQ(resolved->seed(), 1u);
+  EXPECT_EQ(resolved->device(), "cpu");
+  // Resolving is idempotent.
+  auto again = ResolveJobSpec(*resolved);
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(again->SerializeAsString(), resolved->SerializeAsString());
+}
+
+TEST(JobSpecTest, ExplicitZeroSeedAndKappaSurvive) {
+  JobSpec spec;
+  spec.set_seed(0);
+  spec.mutable_sil()->set_input_noise_std(0.25f);
+  auto resolved = ResolveJobSpec(spec);
+  ASSERT_TRUE(resolved.ok());
+  EXPECT_EQ(resolved->seed(), 0u);
+  EXPECT_FLOAT_EQ(resolved->sil().input_noise_std(), 0.25f);
+}
+
+TEST(JobSpecTest, SegmentOverridesInheritUnsetFields) {
+  JobSpec spec;
+  spec.mutable_training()->set_learning_rate(0.01f);
+  spec.add_segment_training()->set_epochs(2);
+  auto* second = spec.add_segment_training();
+  second->set_optimizer(pnn::v1::OPTIMIZER_SGD);
+  second->set_momentum(0.9f);
+  spec.mutable_recovery()->set_epochs(1);
+  auto resolved = ResolveJobSpec(spec);
+  ASSERT_TRUE(resolved.ok()) << resolved.status();
+  const auto first = SegmentTrainingConfig(*resolved, 0);
+  EXPECT_EQ(first.epochs(), 2);
+  EXPECT_FLOAT_EQ(first.learning_rate(), 0.01f);
+  EXPECT_EQ(first.optimizer(), pnn::v1::OPTIMIZER_ADAM);
+  const auto last = SegmentTrainingConfig(*resolved, 1);
+  EXPECT_EQ(last.epochs(), 5);
+  EXPECT_EQ(last.optimizer(), pnn::v1::OPTIMIZER_SGD);
+  EXPECT_FLOAT_EQ(last.momentum(), 0.9f);
+  const auto recovery = RecoveryTrainingConfig(*resolved);
+  EXPECT_EQ(recovery.epochs(), 1);
+  EXPECT_EQ(recovery.batch_size(), 128);
+}
+
+TEST(JobSpecTest, CutsIntoSegmentsAtTheCutPoints) {
+  JobSpec spec;
+  spec.mutable_model()->add_hidden_widths(8);
+  spec.mutable_model()->add_hidden_widths(6);
+  spec.mutable_model()->add_hidden_widths(5);
+  spec.mutable_model()->add_cut_after_layers(1);
+  spec.mutable_model()->add_cut_after_layers(3);
+  auto resolved = ResolveJobSpec(spec);
+  ASSERT_TRUE(resolved.ok()) << resolved.status();
+  const auto widths = NetworkWidths(*resolved, 10, 3);
+  EXPECT_THAT(widths, ElementsAre(10, 8, 6, 5, 3));
+  const auto segments = CutNetwork(*resolved, widths);
+  ASSERT_EQ(segments.size(), 3u);
+  EXPECT_EQ(segments[0].first_layer, 1);
+  EXPECT_EQ(segments[0].last_layer, 1);
+  EXPECT_THAT(segments[0].widths, ElementsAre(10, 8));
+  EXPECT_EQ(segments[1].first_layer, 2);
+  EXPECT_EQ(segments[1].last_layer, 3);
+  EXPECT_THAT(segments[1].widths, ElementsAre(8, 6, 5));
+  EXPECT_EQ(segments[2].first_layer, 4);
+  EXPECT_THAT(segments[2].widths, ElementsAre(5, 3));
+}
+
+struct InvalidCase {
+  const char* json;
+  const char* field;
+  const char* rule;
+};
+
+TEST(JobSpecTest, InvalidSpecsNameTheFieldAndTheRule) {
+  const std::vector<InvalidCase> cases = {
+      {R"({"model": {"hidden_widths": [256, -3]}})", "model.hidden_widths[1]",
+       "between 1 and"},
+      {R"({"model": {"cut_after_layers": [7]}})", "model.cut_after_layers[0]",
+       "strictly increasing"},
+      {R"({"model": {"cut_after_layers": [3, 2]}})",
+       "model.cut_after_layers[1]", "strictly increasing"},
+      {R"({"model": {"cut_after_layers": [0]}})", "model.cut_after_layers[0]",
+       "between 1 and 5"},
+      {R"({"sil": {"kappa": -1}})", "sil.kappa", "must be in (0"},
+      {R"({"sil": {"input_noise_std": -0.5}})", "sil.input_noise_std", ">= 0"},
+      {R"({"training": {"epochs": -2}})", "training.epochs", "between 1"},
+      {R"({"training": {"batch_size": 100000000}})", "training.batch_size",
+       "between 1 and"},
+      {R"({"training": {"learning_rate": -0.1}})", "training.learning_rate",
+       "must be in (0"},
+      {R"({"training": {"momentum": 0.9}})", "training.momentum",
+       "OPTIMIZER_SGD only"},
+      {R"({"segment_training": [{}, {}, {}]})", "segment_training",
+       "make 2 segments"},
+      {R"({"segment_training": [{"epochs": 100000}]})",
+       "segment_training[0].epochs", "between 1"},
+      {R"({"recovery": {"epochs": -1}})", "recovery.epochs", "between 0"},
+      {R"({"dataset": {"train_limit": -5}})", "dataset.train_limit", ">= 0"},
+      {R"({"device": "tpu"})", "device", "\"cpu\", \"cuda\""},
+      {R"({"model": {"hidden_widths": [4], "cut_after_layers": [1]},
+           "device": "cuda:x"})", "device", "cuda:N"},
+  };
+  for (const auto& c : cases) {
+    auto spec = ParseJobSpecJson(c.json);
+    ASSERT_TRUE(spec.ok()) << c.json << ": " << spec.status();
+    auto resolved = ResolveJobSpec(*spec);
+    ASSERT_FALSE(resolved.ok()) << c.json;
+    EXPECT_EQ(resolved.status().code(), absl::StatusCode::kInvalidArgument);
+    const std::string message(resolved.status().message());
+    EXPECT_THAT(message, HasSubstr(c.field)) << c.json;
+    EXPECT_THAT(message, HasSubstr(c.rule)) << c.json;
+  }
+}
+
+TEST(JobSpecTest, ValidatesAgainstTheDataSet) {
+  JobSpec spec;
+  spec.mutable_sil()->set_distribution(pnn::v1::SIL_DISTRIBUTION_ORTHOGONAL);
+  spec.mutable_model()->add_hidden_widths(16);
+  spec.mutable_model()->add_hidden_widths(4);
+  spec.mutable_model()->add_cut_after_layers(2);
+  auto resolved = ResolveJobSpec(spec);
+  ASSERT_TRUE(resolved.ok());
+  EXPECT_TRUE(ValidateAgainstData(*resolved, 784, 4).ok());
+  absl::Status status = ValidateAgainstData(*resolved, 784, 10);
+  EXPECT_THAT(std::string(status.message()),
+              HasSubstr("model.cut_after_layers[0]"));
+  EXPECT_THAT(std::string(status.message()), HasSubstr("ORTHOGONAL"));
+  EXPECT_FALSE(ValidateAgainstData(*resolved, 784, 1).ok());
+
+  JobSpec huge;
+  huge.mutable_model()->add_hidden_widths(65536);
+  huge.mutable_model()->add_hidden_widths(65536);
+  huge.mutable_model()->add_cut_after_layers(1);
+  auto huge_resolved = ResolveJobSpec(huge);
+  ASSERT_TRUE(huge_resolved.ok());
+  status = ValidateAgainstData(*huge_resolved, 784, 10);
+  EXPECT_THAT(std::string(status.message()), HasSubstr("parameters"));
+}
+
+TEST(JobSpecTest, JsonParsingRejectsUnknownFields) {
+  auto spec = ParseJobSpecJson(R"({"modle": {}})");
+  ASSERT_FALSE(spec.ok());
+  EXPECT_THAT(std::string(spec.status().message()), HasSubstr("modle"));
+  EXPECT_FALSE(ParseJobSpecJson("{not json").ok());
+  auto named = ParseJobSpecJson(
+      R"({"sil": {"distribution": "SIL_DISTRIBUTION_NORMAL"}, "seed": "42"})");
+  ASSERT_TRUE(named.ok()) << named.status();
+  EXPECT_EQ(named->sil().distribution(), pnn::v1::SIL_DISTRIBUTION_NORMAL);
+  EXPECT_EQ(named->seed(), 42u);
+}
+
+}  // namespace
+}  // namespace pnn
