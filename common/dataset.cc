@@ -210,6 +210,45 @@ absl::StatusOr<Dataset> LoadDataset(const std::string& directory,
   return dataset;
 }
 
+absl::StatusOr<DatasetShape> ReadDatasetShape(
+    const std::string& directory, const pnn::v1::DatasetSpec& spec) {
+  PNN_ASSIGN_OR_RETURN(DatasetFiles files, LocateDataset(directory, spec));
+  PNN_ASSIGN_OR_RETURN(std::vector<int32_t> train_dims,
+                       ReadIdxDims(files.train_images));
+  PNN_ASSIGN_OR_RETURN(std::vector<int32_t> test_dims,
+                       ReadIdxDims(files.test_images));
+  if (train_dims.size() != 3 || test_dims.size() != 3) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "images in ", directory, " must be 3-dimensional IDX arrays"));
+  }
+  if (train_dims[1] != test_dims[1] || train_dims[2] != test_dims[2]) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        files.test_images, ": image size differs from ", files.train_images));
+  }
+  PNN_ASSIGN_OR_RETURN(IdxArray train_labels, ReadIdxFile(files.train_labels));
+  PNN_ASSIGN_OR_RETURN(IdxArray test_labels, ReadIdxFile(files.test_labels));
+  if (train_labels.items() != train_dims[0] ||
+      test_labels.items() != test_dims[0]) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "image and label counts differ in ", directory));
+  }
+  DatasetShape shape;
+  auto limited = [](int64_t count, int32_t limit) {
+    return limit > 0 ? std::min<int64_t>(count, limit) : count;
+  };
+  shape.train_samples = limited(train_dims[0], spec.train_limit());
+  shape.test_samples = limited(test_dims[0], spec.test_limit());
+  // Same orientation rule as LoadDataset.
+  shape.rows = files.transpose ? train_dims[2] : train_dims[1];
+  shape.cols = files.transpose ? train_dims[1] : train_dims[2];
+  int max_label = 0;
+  for (int64_t i = 0; i < shape.train_samples; ++i) {
+    max_label = std::max<int>(max_label, train_labels.data[i]);
+  }
+  shape.num_classes = max_label + 1;
+  return shape;
+}
+
 absl::StatusOr<std::string> ResolveDatasetDirectory(
     const std::string& data_root, const pnn::v1::DatasetSpec& spec,
     bool allow_absolute) {

@@ -56,6 +56,20 @@ struct Dataset {
 absl::StatusOr<Dataset> LoadDataset(const std::string& directory,
                                     const pnn::v1::DatasetSpec& spec);
 
+// The shape of a data set read from the file headers and the label files
+// only (milliseconds even for EMNIST): enough to validate a job against it
+// without loading the images.
+struct DatasetShape {
+  int64_t train_samples = 0;
+  int64_t test_samples = 0;
+  int rows = 0;
+  int cols = 0;
+  int num_classes = 0;
+  int input_width() const { return rows * cols; }
+};
+absl::StatusOr<DatasetShape> ReadDatasetShape(
+    const std::string& directory, const pnn::v1::DatasetSpec& spec);
+
 // Resolves spec.path against `data_root` (an absolute spec path is used as
 // is when `allow_absolute`, else rejected; ".." components are rejected).
 absl::StatusOr<std::string> ResolveDatasetDirectory(

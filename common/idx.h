@@ -40,6 +40,9 @@ absl::StatusOr<IdxArray> ParseIdx(absl::string_view bytes,
 // A missing, truncated or corrupt file is an error naming `path`.
 absl::StatusOr<IdxArray> ReadIdxFile(const std::string& path);
 
+// Reads only the header of `path` (gzip or raw): the dimensions.
+absl::StatusOr<std::vector<int32_t>> ReadIdxDims(const std::string& path);
+
 // Writes `array` to `path`, gzip-compressed when `gzip` is true.
 absl::Status WriteIdxFile(const std::string& path, const IdxArray& array,
                           bool gzip);

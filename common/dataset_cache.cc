@@ -1,0 +1,49 @@
+#include "common/dataset_cache.h"
+
+#include "absl/strings/str_cat.h"
+
+namespace pnn {
+
+absl::StatusOr<std::shared_ptr<const Dataset>> DatasetCache::Get(
+    const std::string& directory, const pnn::v1::DatasetSpec& spec) {
+  const std::string key = absl::StrCat(
+      directory, "|", spec.emnist_split(), "|", spec.orientation(), "|",
+      spec.train_limit(), "|", spec.test_limit());
+  std::unique_lock<std::mutex> lock(mu_);
+  for (;;) {
+    auto it = entries_.begin();
+    for (; it != entries_.end() && it->key != key; ++it) {
+    }
+    if (it == entries_.end()) break;
+    if (it->dataset != nullptr) {
+      entries_.splice(entries_.begin(), entries_, it);
+      return it->dataset;
+    }
+    loaded_.wait(lock);  // another thread is loading it
+  }
+  entries_.push_front(Entry{key, nullptr});
+  lock.unlock();
+  absl::StatusOr<Dataset> loaded = LoadDataset(directory, spec);
+  lock.lock();
+  auto it = entries_.begin();
+  for (; it != entries_.end() && it->key != key; ++it) {
+  }
+  if (!loaded.ok()) {
+    entries_.erase(it);
+    loaded_.notify_all();
+    return loaded.status();
+  }
+  it->dataset = std::make_shared<const Dataset>(*std::move(loaded));
+  std::shared_ptr<const Dataset> result = it->dataset;
+  while (entries_.size() > capacity_) {
+    // Never evict an entry that is still loading.
+    auto victim = std::prev(entries_.end());
+    while (victim != entries_.begin() && victim->dataset == nullptr) --victim;
+    if (victim->dataset == nullptr || victim->key == key) break;
+    entries_.erase(victim);
+  }
+  loaded_.notify_all();
+  return result;
+}
+
+}  // namespace pnn

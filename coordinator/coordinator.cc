@@ -1,0 +1,1032 @@
+#include "coordinator/coordinator.h"
+
+#include <grpcpp/grpcpp.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <random>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "common/dataset.h"
+#include "common/dataset_cache.h"
+#include "common/job_spec.h"
+#include "common/model.h"
+#include "common/partition.h"
+#include "common/safetensors.h"
+#include "common/status_macros.h"
+#include "common/trainer.h"
+#include "google/protobuf/util/time_util.h"
+#include "pnn/v1/worker.grpc.pb.h"
+#include "rpc/rpc_util.h"
+
+namespace pnn {
+namespace {
+
+namespace fs = std::filesystem;
+using google::protobuf::util::TimeUtil;
+using pnn::v1::Job;
+using pnn::v1::JobState;
+using pnn::v1::TaskState;
+
+constexpr int kBaselineIndex = -1;
+constexpr int kDefaultPageSize = 50;
+constexpr int kMaxPageSize = 1000;
+
+google::protobuf::Timestamp Now() { return TimeUtil::GetCurrentTime(); }
+
+bool IsFinal(JobState state) {
+  return state == pnn::v1::JOB_STATE_SUCCEEDED ||
+         state == pnn::v1::JOB_STATE_FAILED ||
+         state == pnn::v1::JOB_STATE_CANCELLED;
+}
+
+bool IsFinal(TaskState state) {
+  return state == pnn::v1::TASK_STATE_SUCCEEDED ||
+         state == pnn::v1::TASK_STATE_FAILED ||
+         state == pnn::v1::TASK_STATE_CANCELLED;
+}
+
+std::string NewJobId() {
+  static std::mt19937_64 generator{std::random_device{}()};
+  static std::mutex mu;
+  std::lock_guard<std::mutex> lock(mu);
+  return absl::StrFormat("job-%012x", generator() & 0xffffffffffffULL);
+}
+
+std::string TaskName(const pnn::v1::TaskStatus& status, int segments) {
+  if (status.segment_index() == kBaselineIndex) return "the conventional baseline";
+  return absl::StrFormat("segment %d/%d (layers %d..%d)",
+                         status.segment_index() + 1, segments,
+                         status.first_layer(), status.last_layer());
+}
+
+bool DeviceMatches(const std::string& wanted, const std::string& offered) {
+  const bool wants_cuda = wanted.rfind("cuda", 0) == 0;
+  const bool offers_cuda = offered.rfind("cuda", 0) == 0;
+  if (!wants_cuda) return !offers_cuda;
+  return wanted == "cuda" ? offers_cuda : wanted == offered;
+}
+
+// Gives up on a task only for errors a retry cannot fix.
+bool IsRetryable(const absl::Status& status) {
+  switch (status.code()) {
+    case absl::StatusCode::kUnavailable:
+    case absl::StatusCode::kDeadlineExceeded:
+    case absl::StatusCode::kAborted:
+    case absl::StatusCode::kResourceExhausted:
+    case absl::StatusCode::kCancelled:
+    case absl::StatusCode::kUnknown:
+      return true;
+    default:
+      return false;
+  }
+}
+
+absl::Status WriteFileAtomically(const fs::path& path,
+                                 const std::string& bytes) {
+  const fs::path temporary = path.string() + ".tmp";
+  {
+    std::ofstream file(temporary, std::ios::binary | std::ios::trunc);
+    file.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+    file.flush();
+    if (!file) {
+      return absl::UnavailableError(
+          absl::StrCat("cannot write ", temporary.string()));
+    }
+  }
+  std::error_code error;
+  fs::rename(temporary, path, error);
+  if (error) {
+    return absl::UnavailableError(absl::StrCat(
+        "cannot rename ", temporary.string(), ": ", error.message()));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------
+// JobEventQueue
+
+JobEventQueue::JobEventQueue(std::function<void()> on_event)
+    : on_event_(std::move(on_event)) {}
+
+void JobEventQueue::Push(const pnn::v1::JobEvent& event) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (closed_ || event.sequence() <= last_sequence_) return;
+    last_sequence_ = event.sequence();
+    // Events carry whole snapshots: a slow watcher may skip intermediate
+    // ones, never the last.
+    while (events_.size() >= 64) events_.pop_front();
+    events_.push_back(event);
+    ++callbacks_running_;
+  }
+  on_event_();
+  std::lock_guard<std::mutex> lock(mu_);
+  if (--callbacks_running_ == 0) idle_.notify_all();
+}
+
+std::optional<pnn::v1::JobEvent> JobEventQueue::Pop() {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (events_.empty()) return std::nullopt;
+  pnn::v1::JobEvent event = std::move(events_.front());
+  events_.pop_front();
+  return event;
+}
+
+void JobEventQueue::Close() {
+  std::unique_lock<std::mutex> lock(mu_);
+  closed_ = true;
+  idle_.wait(lock, [this] { return callbacks_running_ == 0; });
+}
+
+// ---------------------------------------------------------------------------
+// Coordinator: lifecycle
+
+Coordinator::Coordinator(Options options)
+    : options_(std::move(options)),
+      datasets_(std::make_unique<DatasetCache>(2)) {}
+
+Coordinator::~Coordinator() { Shutdown(); }
+
+absl::Status Coordinator::Start() {
+  std::error_code error;
+  fs::create_directories(fs::path(options_.state_dir) / "models", error);
+  if (error) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("cannot create state directory ", options_.state_dir,
+                     "/models: ", error.message()));
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  if (started_) return absl::OkStatus();
+  started_ = true;
+  scheduler_thread_ = std::thread([this] { SchedulerLoop(); });
+  assembly_thread_ = std::thread([this] { AssemblyLoop(); });
+  return absl::OkStatus();
+}
+
+void Coordinator::Shutdown() {
+  std::map<int64_t, std::thread> dispatch;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (shutting_down_) return;
+    shutting_down_ = true;
+    for (auto& [id, record] : jobs_) {
+      for (auto& task : record.tasks) {
+        if (task.context != nullptr) task.context->TryCancel();
+      }
+    }
+  }
+  scheduler_wake_.notify_all();
+  assembly_wake_.notify_all();
+  if (scheduler_thread_.joinable()) scheduler_thread_.join();
+  if (assembly_thread_.joinable()) assembly_thread_.join();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    dispatch.swap(dispatch_threads_);
+  }
+  for (auto& [id, thread] : dispatch) thread.join();
+}
+
+// ---------------------------------------------------------------------------
+// Job API
+
+absl::StatusOr<Job> Coordinator::Submit(
+    const pnn::v1::SubmitJobRequest& request) {
+  PNN_ASSIGN_OR_RETURN(pnn::v1::JobSpec spec, ResolveJobSpec(request.spec()));
+  auto directory = ResolveDatasetDirectory(options_.data_dir, spec.dataset(),
+                                           /*allow_absolute=*/false);
+  if (!directory.ok()) return directory.status();
+  auto shape = ReadDatasetShape(*directory, spec.dataset());
+  if (!shape.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "dataset: ", shape.status().message(),
+        " (dataset.path is relative to the coordinator's --data_dir)"));
+  }
+  PNN_RETURN_IF_ERROR(
+      ValidateAgainstData(spec, shape->input_width(), shape->num_classes));
+  const std::string job_id = NewJobId();
+  PNN_ASSIGN_OR_RETURN(std::vector<pnn::v1::SegmentTask> tasks,
+                       PlanSegmentTasks(spec, shape->input_width(),
+                                        shape->num_classes, job_id));
+
+  JobRecord record;
+  Job& job = record.job;
+  job.set_job_id(job_id);
+  *job.mutable_spec() = spec;
+  job.set_state(pnn::v1::JOB_STATE_QUEUED);
+  job.set_message("waiting for an idle worker");
+  *job.mutable_create_time() = Now();
+  job.set_conventional_baseline(request.conventional_baseline());
+  job.set_input_width(shape->input_width());
+  job.set_num_classes(shape->num_classes);
+  for (auto& task : tasks) {
+    TaskRecord task_record;
+    task_record.status.set_segment_index(task.segment_index());
+    task_record.status.set_first_layer(task.first_layer());
+    task_record.status.set_last_layer(task.last_layer());
+    task_record.status.set_epochs_total(task.training().epochs());
+    task_record.status.set_state(NeedsUpstream(task)
+                                     ? pnn::v1::TASK_STATE_WAITING
+                                     : pnn::v1::TASK_STATE_QUEUED);
+    task_record.task = std::move(task);
+    record.tasks.push_back(std::move(task_record));
+  }
+  if (request.conventional_baseline()) {
+    // The unsplit network is one segment that reads the data and learns the
+    // classes: the same task type, no SIL.
+    TaskRecord baseline;
+    baseline.is_baseline = true;
+    pnn::v1::SegmentTask& task = baseline.task;
+    task = record.tasks.front().task;
+    task.clear_target_sil();
+    task.clear_input();
+    task.set_segment_index(0);
+    task.set_segment_count(1);
+    task.set_last_layer(record.tasks.back().task.last_layer());
+    task.clear_widths();
+    for (int width : NetworkWidths(spec, shape->input_width(),
+                                   shape->num_classes)) {
+      task.add_widths(width);
+    }
+    *task.mutable_training() = spec.training();
+    baseline.status.set_segment_index(kBaselineIndex);
+    baseline.status.set_first_layer(1);
+    baseline.status.set_last_layer(task.last_layer());
+    baseline.status.set_epochs_total(spec.training().epochs());
+    baseline.status.set_state(pnn::v1::TASK_STATE_QUEUED);
+    record.tasks.push_back(std::move(baseline));
+  }
+
+  std::lock_guard<std::mutex> lock(mu_);
+  if (shutting_down_) {
+    return absl::UnavailableError("the coordinator is shutting down");
+  }
+  int active = 0;
+  for (const auto& [id, other] : jobs_) {
+    if (!IsFinal(other.job.state())) ++active;
+  }
+  if (active >= options_.max_active_jobs) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "the coordinator already has ", active,
+        " unfinished jobs (limit ", options_.max_active_jobs,
+        "); wait for some to finish or cancel them"));
+  }
+  record.sequence = next_job_sequence_++;
+  auto [it, inserted] = jobs_.emplace(job_id, std::move(record));
+  RefreshJobLocked(it->second);
+  PublishLocked(it->second, "job submitted");
+  scheduler_wake_.notify_all();
+  return SnapshotLocked(it->second);
+}
+
+absl::StatusOr<Job> Coordinator::GetJob(const std::string& job_id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = jobs_.find(job_id);
+  if (it == jobs_.end()) {
+    return absl::NotFoundError(absl::StrCat("no job \"", job_id, "\""));
+  }
+  return SnapshotLocked(it->second);
+}
+
+absl::StatusOr<pnn::v1::ListJobsResponse> Coordinator::ListJobs(
+    const pnn::v1::ListJobsRequest& request) {
+  if (request.page_size() < 0 || request.page_size() > kMaxPageSize) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "page_size: must be between 0 and ", kMaxPageSize, ", got ",
+        request.page_size()));
+  }
+  int64_t before = INT64_MAX;
+  if (!request.page_token().empty() &&
+      !absl::SimpleAtoi(request.page_token(), &before)) {
+    return absl::InvalidArgumentError(
+        "page_token: not a token returned by ListJobs");
+  }
+  const int page_size =
+      request.page_size() == 0 ? kDefaultPageSize : request.page_size();
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<const JobRecord*> matching;
+  for (const auto& [id, record] : jobs_) {
+    if (record.sequence >= before) continue;
+    if (!request.states().empty() &&
+        std::find(request.states().begin(), request.states().end(),
+                  record.job.state()) == request.states().end()) {
+      continue;
+    }
+    matching.push_back(&record);
+  }
+  std::sort(matching.begin(), matching.end(),
+            [](const JobRecord* a, const JobRecord* b) {
+              return a->sequence > b->sequence;
+            });
+  pnn::v1::ListJobsResponse response;
+  for (size_t i = 0; i < matching.size() && i < static_cast<size_t>(page_size);
+       ++i) {
+    *response.add_jobs() = SnapshotLocked(*matching[i]);
+  }
+  if (matching.size() > static_cast<size_t>(page_size)) {
+    response.set_next_page_token(
+        absl::StrCat(matching[page_size - 1]->sequence));
+  }
+  return response;
+}
+
+absl::StatusOr<Job> Coordinator::CancelJob(const std::string& job_id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = jobs_.find(job_id);
+  if (it == jobs_.end()) {
+    return absl::NotFoundError(absl::StrCat("no job \"", job_id, "\""));
+  }
+  JobRecord& record = it->second;
+  if (IsFinal(record.job.state())) return SnapshotLocked(record);
+  record.cancel_requested = true;
+  CancelRunningTasksLocked(record);
+  record.job.set_state(pnn::v1::JOB_STATE_CANCELLED);
+  record.job.set_message("cancelled by request");
+  *record.job.mutable_end_time() = Now();
+  PublishLocked(record, "job cancelled");
+  scheduler_wake_.notify_all();
+  return SnapshotLocked(record);
+}
+
+absl::Status Coordinator::Watch(const std::string& job_id,
+                                std::shared_ptr<JobEventQueue> queue) {
+  pnn::v1::JobEvent event;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = jobs_.find(job_id);
+    if (it == jobs_.end()) {
+      return absl::NotFoundError(absl::StrCat("no job \"", job_id, "\""));
+    }
+    it->second.watchers.push_back(queue);
+    *event.mutable_time() = Now();
+    event.set_message("current state");
+    *event.mutable_job() = SnapshotLocked(it->second);
+    event.set_sequence(next_event_sequence_++);
+  }
+  queue->Push(event);
+  return absl::OkStatus();
+}
+
+void Coordinator::Unwatch(const std::shared_ptr<JobEventQueue>& queue) {
+  std::lock_guard<std::mutex> lock(mu_);
+  for (auto& [id, record] : jobs_) {
+    auto& watchers = record.watchers;
+    watchers.erase(std::remove(watchers.begin(), watchers.end(), queue),
+                   watchers.end());
+  }
+}
+
+absl::StatusOr<std::string> Coordinator::ModelPath(
+    const std::string& job_id, pnn::v1::ModelFormat format) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = jobs_.find(job_id);
+  if (it == jobs_.end()) {
+    return absl::NotFoundError(absl::StrCat("no job \"", job_id, "\""));
+  }
+  if (it->second.job.model_bytes() == 0) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "job ", job_id, " has no model (state ",
+        pnn::v1::JobState_Name(it->second.job.state()),
+        "); models exist once a job has SUCCEEDED"));
+  }
+  const char* extension =
+      format == pnn::v1::MODEL_FORMAT_PNN_WEIGHTS ? ".pnnw" : ".safetensors";
+  return (fs::path(options_.state_dir) / "models" / (job_id + extension))
+      .string();
+}
+
+// ---------------------------------------------------------------------------
+// Worker API
+
+absl::StatusOr<pnn::v1::RegisterWorkerResponse> Coordinator::RegisterWorker(
+    const pnn::v1::WorkerInfo& worker) {
+  const std::string& address = worker.address();
+  const size_t colon = address.rfind(':');
+  int port = 0;
+  if (colon == std::string::npos || colon == 0 ||
+      !absl::SimpleAtoi(address.substr(colon + 1), &port) || port <= 0 ||
+      port > 65535) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "worker.address: must be HOST:PORT that the coordinator can dial, "
+        "got \"",
+        address, "\""));
+  }
+  if (worker.threads() < 0) {
+    return absl::InvalidArgumentError("worker.threads: must be >= 0");
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  // A worker that registers again under the same address has restarted:
+  // whatever its old registration was running is lost.
+  for (auto it = workers_.begin(); it != workers_.end();) {
+    if (it->second.info.address() == address) {
+      const std::string old_id = it->first;
+      if (!it->second.job_id.empty()) {
+        auto job = jobs_.find(it->second.job_id);
+        if (job != jobs_.end()) {
+          TaskRecord& task = job->second.tasks[it->second.task_index];
+          task.loss_reason = absl::StrCat("worker ", old_id,
+                                          " restarted and registered again");
+          if (task.context != nullptr) task.context->TryCancel();
+        }
+      }
+      it = workers_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  WorkerRecord record;
+  record.id = absl::StrCat("worker-", next_worker_number_++);
+  record.info = worker;
+  if (record.info.device().empty()) record.info.set_device("cpu");
+  record.last_heartbeat = absl::Now();
+  const std::string id = record.id;
+  workers_.emplace(id, std::move(record));
+  scheduler_wake_.notify_all();
+  pnn::v1::RegisterWorkerResponse response;
+  response.set_worker_id(id);
+  response.set_heartbeat_interval_ms(static_cast<int32_t>(
+      absl::ToInt64Milliseconds(options_.heartbeat_interval)));
+  return response;
+}
+
+absl::Status Coordinator::Heartbeat(const pnn::v1::HeartbeatRequest& request) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = workers_.find(request.worker_id());
+  if (it == workers_.end()) {
+    return absl::NotFoundError(absl::StrCat(
+        "worker \"", request.worker_id(),
+        "\" is not registered here; register again"));
+  }
+  it->second.last_heartbeat = absl::Now();
+  return absl::OkStatus();
+}
+
+int Coordinator::registered_workers() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return static_cast<int>(workers_.size());
+}
+
+// ---------------------------------------------------------------------------
+// Scheduling
+
+void Coordinator::SchedulerLoop() {
+  std::unique_lock<std::mutex> lock(mu_);
+  while (!shutting_down_) {
+    DetectLostWorkersLocked(absl::Now());
+    DispatchLocked();
+    ReapDispatchThreadsLocked();
+    scheduler_wake_.wait_for(lock, std::chrono::milliseconds(200));
+  }
+}
+
+void Coordinator::DetectLostWorkersLocked(absl::Time now) {
+  for (auto it = workers_.begin(); it != workers_.end();) {
+    WorkerRecord& worker = it->second;
+    if (now - worker.last_heartbeat <= options_.worker_timeout) {
+      ++it;
+      continue;
+    }
+    const std::string reason = absl::StrCat(
+        "worker ", worker.id, " (", worker.info.address(),
+        ") sent no heartbeat for ",
+        absl::FormatDuration(now - worker.last_heartbeat));
+    if (!worker.job_id.empty()) {
+      auto job = jobs_.find(worker.job_id);
+      if (job != jobs_.end()) {
+        TaskRecord& task = job->second.tasks[worker.task_index];
+        task.loss_reason = reason;
+        if (task.context != nullptr) task.context->TryCancel();
+      }
+    }
+    std::fprintf(stderr, "pnn-coordinator: %s; declared lost\n",
+                 reason.c_str());
+    it = workers_.erase(it);
+  }
+}
+
+void Coordinator::DispatchLocked() {
+  // Jobs in submission order; within a job, segments before the baseline.
+  std::vector<JobRecord*> order;
+  for (auto& [id, record] : jobs_) {
+    if (!IsFinal(record.job.state())) order.push_back(&record);
+  }
+  std::sort(order.begin(), order.end(), [](JobRecord* a, JobRecord* b) {
+    return a->sequence < b->sequence;
+  });
+  for (JobRecord* record : order) {
+    bool changed = false;
+    for (size_t index = 0; index < record->tasks.size(); ++index) {
+      TaskRecord& task = record->tasks[index];
+      if (task.status.state() != pnn::v1::TASK_STATE_QUEUED) continue;
+      WorkerRecord* idle = nullptr;
+      for (auto& [id, worker] : workers_) {
+        if (worker.job_id.empty() &&
+            DeviceMatches(task.task.device(), worker.info.device())) {
+          idle = &worker;
+          break;
+        }
+      }
+      if (idle == nullptr) break;
+      idle->job_id = record->job.job_id();
+      idle->task_index = static_cast<int>(index);
+      task.status.set_state(pnn::v1::TASK_STATE_RUNNING);
+      task.status.set_worker_id(idle->id);
+      task.status.set_worker_address(idle->info.address());
+      task.status.set_attempts(task.status.attempts() + 1);
+      task.status.set_progress(0);
+      task.status.clear_epochs();
+      task.status.clear_error();
+      *task.status.mutable_start_time() = Now();
+      task.status.clear_end_time();
+      task.loss_reason.clear();
+      task.context = std::make_shared<grpc::ClientContext>();
+      if (record->job.state() == pnn::v1::JOB_STATE_QUEUED) {
+        record->job.set_state(pnn::v1::JOB_STATE_RUNNING);
+        *record->job.mutable_start_time() = Now();
+      }
+      pnn::v1::TrainSegmentRequest request;
+      *request.mutable_task() = task.task;
+      const int64_t thread_id = next_thread_id_++;
+      dispatch_threads_.emplace(
+          thread_id,
+          std::thread(&Coordinator::RunTask, this, record->job.job_id(),
+                      static_cast<int>(index), idle->id, idle->info.address(),
+                      std::move(request), task.context, thread_id));
+      PublishLocked(*record,
+                    absl::StrCat(TaskName(task.status, record->tasks.front().task.segment_count()),
+                                 " dispatched to ", idle->id, " (",
+                                 idle->info.address(), ")"));
+      changed = true;
+    }
+    if (changed) RefreshJobLocked(*record);
+  }
+  // Say why queued work waits.
+  for (JobRecord* record : order) {
+    const bool queued = std::any_of(
+        record->tasks.begin(), record->tasks.end(), [](const TaskRecord& t) {
+          return t.status.state() == pnn::v1::TASK_STATE_QUEUED;
+        });
+    std::string message;
+    if (queued) {
+      message = workers_.empty()
+                    ? "waiting for a worker to register (none is registered)"
+                    : absl::StrCat("waiting for an idle worker (",
+                                   workers_.size(), " registered, all busy)");
+    } else if (record->job.state() == pnn::v1::JOB_STATE_RUNNING) {
+      message = "training";
+    } else {
+      continue;
+    }
+    if (record->job.message() != message &&
+        record->job.state() != pnn::v1::JOB_STATE_ASSEMBLING) {
+      record->job.set_message(message);
+      PublishLocked(*record, message);
+    }
+  }
+}
+
+void Coordinator::ReapDispatchThreadsLocked() {
+  for (int64_t id : finished_dispatch_threads_) {
+    auto it = dispatch_threads_.find(id);
+    if (it != dispatch_threads_.end()) {
+      it->second.join();  // has returned already or is about to
+      dispatch_threads_.erase(it);
+    }
+  }
+  finished_dispatch_threads_.clear();
+}
+
+void Coordinator::RunTask(std::string job_id, int task_index,
+                          std::string worker_id, std::string address,
+                          pnn::v1::TrainSegmentRequest request,
+                          std::shared_ptr<grpc::ClientContext> context,
+                          int64_t thread_id) {
+  auto stub = pnn::v1::Worker::NewStub(MakeChannel(address));
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto job = jobs_.find(job_id);
+    if (job != jobs_.end()) {
+      const int64_t bytes = static_cast<int64_t>(request.ByteSizeLong());
+      auto& status = job->second.tasks[task_index].status;
+      status.set_bytes_sent(status.bytes_sent() + bytes);
+    }
+  }
+  std::unique_ptr<grpc::ClientReader<pnn::v1::TrainSegmentUpdate>> reader =
+      stub->TrainSegment(context.get(), request);
+  pnn::v1::TrainSegmentUpdate update;
+  bool got_result = false;
+  while (reader->Read(&update)) {
+    got_result = got_result || update.has_result();
+    OnTaskUpdate(job_id, task_index, update,
+                 static_cast<int64_t>(update.ByteSizeLong()));
+  }
+  absl::Status status = FromGrpcStatus(reader->Finish());
+  if (status.ok() && !got_result) {
+    status = absl::DataLossError(
+        "the worker ended the stream without sending the trained weights");
+  }
+  OnTaskFinished(job_id, task_index, worker_id, status);
+  std::lock_guard<std::mutex> lock(mu_);
+  finished_dispatch_threads_.push_back(thread_id);
+  scheduler_wake_.notify_all();
+}
+
+void Coordinator::OnTaskUpdate(const std::string& job_id, int task_index,
+                               const pnn::v1::TrainSegmentUpdate& update,
+                               int64_t bytes) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = jobs_.find(job_id);
+  if (it == jobs_.end()) return;
+  JobRecord& record = it->second;
+  TaskRecord& task = record.tasks[task_index];
+  auto& status = task.status;
+  status.set_bytes_received(status.bytes_received() + bytes);
+  if (IsFinal(record.job.state())) return;
+  const std::string name = TaskName(status, record.tasks.front().task.segment_count());
+  switch (update.update_case()) {
+    case pnn::v1::TrainSegmentUpdate::kStarted:
+      PublishLocked(record, absl::StrCat(name, " started on ", status.worker_id(),
+                                         " (", update.started().device(), ", ",
+                                         update.started().threads(),
+                                         " threads)"));
+      break;
+    case pnn::v1::TrainSegmentUpdate::kProgress: {
+      const auto& progress = update.progress();
+      const double per_epoch =
+          static_cast<double>(std::max<int64_t>(1, progress.batches_per_epoch()));
+      status.set_progress(std::min(
+          1.0, ((progress.epoch() - 1) + progress.batches_done() / per_epoch) /
+                   std::max(1, status.epochs_total())));
+      status.set_current_loss(progress.loss());
+      PublishLocked(record, "");
+      break;
+    }
+    case pnn::v1::TrainSegmentUpdate::kEpoch: {
+      *status.add_epochs() = update.epoch();
+      status.set_progress(static_cast<double>(update.epoch().epoch()) /
+                          std::max(1, status.epochs_total()));
+      status.set_current_loss(update.epoch().train_loss());
+      PublishLocked(record,
+                    absl::StrFormat("%s epoch %d/%d: loss %.4f, %.0f samples/s",
+                                    name, update.epoch().epoch(),
+                                    status.epochs_total(),
+                                    update.epoch().train_loss(),
+                                    update.epoch().samples_per_second()));
+      break;
+    }
+    case pnn::v1::TrainSegmentUpdate::kResult:
+      task.weights = update.result().weights();
+      *status.mutable_cost() = update.result().cost();
+      break;
+    default:
+      break;
+  }
+}
+
+void Coordinator::OnTaskFinished(const std::string& job_id, int task_index,
+                                 const std::string& worker_id,
+                                 absl::Status status) {
+  std::lock_guard<std::mutex> lock(mu_);
+  ReleaseWorkerLocked(worker_id);
+  scheduler_wake_.notify_all();
+  auto it = jobs_.find(job_id);
+  if (it == jobs_.end()) return;
+  JobRecord& record = it->second;
+  TaskRecord& task = record.tasks[task_index];
+  task.context.reset();
+  *task.status.mutable_end_time() = Now();
+  const std::string name = TaskName(task.status, record.tasks.front().task.segment_count());
+  if (IsFinal(record.job.state()) || record.cancel_requested) {
+    if (!IsFinal(task.status.state())) {
+      task.status.set_state(status.ok() ? pnn::v1::TASK_STATE_SUCCEEDED
+                                        : pnn::v1::TASK_STATE_CANCELLED);
+    }
+    PublishLocked(record, "");
+    return;
+  }
+  if (status.ok()) {
+    // Weights from a worker are checked before anything uses them.
+    auto model = ModelFromWeights(task.weights, task.task.activation());
+    if (!model.ok() || (*model)->first_layer() != task.task.first_layer() ||
+        (*model)->last_layer() != task.task.last_layer() ||
+        (*model)->widths() != std::vector<int>(task.task.widths().begin(),
+                                               task.task.widths().end())) {
+      status = absl::DataLossError(absl::StrCat(
+          "worker ", worker_id, " returned malformed weights: ",
+          model.ok() ? "wrong layers or shapes" : model.status().message()));
+    }
+  }
+  if (status.ok()) {
+    task.status.set_state(pnn::v1::TASK_STATE_SUCCEEDED);
+    task.status.set_progress(1.0);
+    PublishLocked(record, absl::StrCat(name, " finished on ", worker_id));
+    if (task.is_baseline) {
+      assembly_queue_.emplace_back(job_id, AssemblyWork::kEvaluateBaseline);
+      assembly_wake_.notify_all();
+      return;
+    }
+    // Previous-outputs mode: the next segment can start now.
+    std::vector<pnn::v1::SegmentWeights> finished;
+    bool all_done = true;
+    for (TaskRecord& other : record.tasks) {
+      if (other.is_baseline) continue;
+      if (other.status.state() == pnn::v1::TASK_STATE_SUCCEEDED) {
+        if (all_done) finished.push_back(other.weights);
+      } else {
+        all_done = false;
+        if (other.status.state() == pnn::v1::TASK_STATE_WAITING &&
+            static_cast<int>(finished.size()) ==
+                other.task.segment_index()) {
+          if (AttachUpstream(finished, &other.task).ok()) {
+            other.status.set_state(pnn::v1::TASK_STATE_QUEUED);
+          }
+        }
+      }
+    }
+    if (all_done) {
+      record.job.set_state(pnn::v1::JOB_STATE_ASSEMBLING);
+      record.job.set_message("joining the segments and testing");
+      PublishLocked(record, "all segments trained; assembling");
+      assembly_queue_.emplace_back(job_id, AssemblyWork::kAssemble);
+      assembly_wake_.notify_all();
+    }
+    return;
+  }
+  const std::string where =
+      absl::StrCat(worker_id, " (", task.status.worker_address(), ")");
+  const bool lost = !task.loss_reason.empty();
+  if (!lost && status.code() == absl::StatusCode::kUnavailable) {
+    // The worker cannot be reached: forget it rather than hand it the retry.
+    // A live worker learns from its next heartbeat (NOT_FOUND) and
+    // registers again.
+    if (workers_.erase(worker_id) > 0) {
+      std::fprintf(stderr,
+                   "pnn-coordinator: worker %s unreachable (%s); removed\n",
+                   worker_id.c_str(), std::string(status.message()).c_str());
+    }
+  }
+  const std::string error =
+      lost ? task.loss_reason
+           : absl::StrCat(absl::StatusCodeToString(status.code()), ": ",
+                          status.message());
+  task.status.set_error(error);
+  if (lost || IsRetryable(status)) {
+    // Busy workers do not count against the task: nothing was tried.
+    const bool counts =
+        lost || status.code() != absl::StatusCode::kResourceExhausted;
+    if (!counts) task.status.set_attempts(task.status.attempts() - 1);
+    if (task.status.attempts() >= options_.max_attempts) {
+      task.status.set_state(pnn::v1::TASK_STATE_FAILED);
+      FailJobLocked(record,
+                    absl::StrCat(name, " failed ", task.status.attempts(),
+                                 " times; last error on ", where, ": ", error));
+      return;
+    }
+    task.status.set_state(pnn::v1::TASK_STATE_QUEUED);
+    task.status.set_progress(0);
+    PublishLocked(record, absl::StrCat(name, " will be retried: ", error));
+    return;
+  }
+  task.status.set_state(pnn::v1::TASK_STATE_FAILED);
+  FailJobLocked(record, absl::StrCat(name, " failed on ", where, ": ", error));
+}
+
+// ---------------------------------------------------------------------------
+// Assembly and the test pass
+
+void Coordinator::AssemblyLoop() {
+  for (;;) {
+    std::pair<std::string, AssemblyWork> work;
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      assembly_wake_.wait(lock, [this] {
+        return shutting_down_ || !assembly_queue_.empty();
+      });
+      if (shutting_down_) return;
+      work = assembly_queue_.front();
+      assembly_queue_.pop_front();
+    }
+    if (work.second == AssemblyWork::kAssemble) {
+      Assemble(work.first);
+    } else {
+      EvaluateBaseline(work.first);
+    }
+  }
+}
+
+bool Coordinator::ShouldStopAssembly(const std::string& job_id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = jobs_.find(job_id);
+  return shutting_down_ || it == jobs_.end() || it->second.cancel_requested;
+}
+
+void Coordinator::Assemble(const std::string& job_id) {
+  pnn::v1::JobSpec spec;
+  std::vector<pnn::v1::SegmentWeights> weights;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = jobs_.find(job_id);
+    if (it == jobs_.end() || IsFinal(it->second.job.state())) return;
+    spec = it->second.job.spec();
+    for (const TaskRecord& task : it->second.tasks) {
+      if (!task.is_baseline) weights.push_back(task.weights);
+    }
+  }
+  auto outcome = [&]() -> absl::Status {
+    PNN_ASSIGN_OR_RETURN(std::string directory,
+                         ResolveDatasetDirectory(options_.data_dir,
+                                                 spec.dataset(), false));
+    PNN_ASSIGN_OR_RETURN(std::shared_ptr<const Dataset> data,
+                         datasets_->Get(directory, spec.dataset()));
+    PNN_ASSIGN_OR_RETURN(MlpSegment joined,
+                         AssembleNetwork(weights, spec.model().activation()));
+    PNN_ASSIGN_OR_RETURN(
+        pnn::v1::TestResult joined_test,
+        Evaluate(joined, data->test, data->num_classes, spec.device()));
+    pnn::v1::TestResult final_test = joined_test;
+    double recovery_seconds = 0;
+    const pnn::v1::TrainingConfig recovery = RecoveryTrainingConfig(spec);
+    if (recovery.epochs() > 0) {
+      TrainOptions train;
+      train.device = spec.device();
+      train.threads = options_.threads;
+      train.should_stop = [this, &job_id] { return ShouldStopAssembly(job_id); };
+      PNN_ASSIGN_OR_RETURN(
+          NetworkTrainingResult recovered,
+          TrainNetwork(joined, data->train, recovery, spec.seed(), train));
+      recovery_seconds = recovered.cost.wall_seconds();
+      PNN_ASSIGN_OR_RETURN(final_test, Evaluate(joined, data->test,
+                                                data->num_classes,
+                                                spec.device()));
+    }
+    // Artifacts: the joined weights in pnn's own format and as safetensors.
+    pnn::v1::SegmentWeights model = ExportWeights(joined, 0);
+    std::map<std::string, std::string> metadata = {
+        {"format", "pnn"},
+        {"job_id", job_id},
+        {"widths", absl::StrJoin(joined->widths(), ",")},
+        {"activation", pnn::v1::Activation_Name(spec.model().activation())},
+        {"layout", "linear<L>.weight is [out, in]; y = x W^T + b; the "
+                   "activation follows every linear layer but the last"}};
+    PNN_ASSIGN_OR_RETURN(std::string safetensors,
+                         EncodeSafetensors(model, metadata));
+    const fs::path models = fs::path(options_.state_dir) / "models";
+    PNN_RETURN_IF_ERROR(
+        WriteFileAtomically(models / (job_id + ".safetensors"), safetensors));
+    PNN_RETURN_IF_ERROR(WriteFileAtomically(models / (job_id + ".pnnw"),
+                                            model.SerializeAsString()));
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = jobs_.find(job_id);
+    if (it == jobs_.end()) return absl::OkStatus();
+    JobRecord& record = it->second;
+    *record.job.mutable_test() = final_test;
+    record.job.set_joined_test_accuracy(joined_test.accuracy());
+    record.job.set_recovery_seconds(recovery_seconds);
+    record.job.set_model_bytes(static_cast<int64_t>(safetensors.size()));
+    record.assembled = true;
+    if (!IsFinal(record.job.state())) {
+      PublishLocked(record,
+                    absl::StrFormat("joined network: test accuracy %.2f%%",
+                                    100 * final_test.accuracy()));
+      MaybeSucceedLocked(record);
+    }
+    return absl::OkStatus();
+  }();
+  if (!outcome.ok()) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = jobs_.find(job_id);
+    if (it != jobs_.end() && !IsFinal(it->second.job.state())) {
+      FailJobLocked(it->second,
+                    absl::StrCat("assembly failed: ", outcome.message()));
+    }
+  }
+}
+
+void Coordinator::EvaluateBaseline(const std::string& job_id) {
+  pnn::v1::JobSpec spec;
+  pnn::v1::SegmentWeights weights;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = jobs_.find(job_id);
+    if (it == jobs_.end() || IsFinal(it->second.job.state())) return;
+    spec = it->second.job.spec();
+    weights = it->second.tasks.back().weights;
+  }
+  auto test = [&]() -> absl::StatusOr<pnn::v1::TestResult> {
+    PNN_ASSIGN_OR_RETURN(std::string directory,
+                         ResolveDatasetDirectory(options_.data_dir,
+                                                 spec.dataset(), false));
+    PNN_ASSIGN_OR_RETURN(std::shared_ptr<const Dataset> data,
+                         datasets_->Get(directory, spec.dataset()));
+    PNN_ASSIGN_OR_RETURN(MlpSegment network,
+                         ModelFromWeights(weights, spec.model().activation()));
+    return Evaluate(network, data->test, data->num_classes, spec.device());
+  }();
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = jobs_.find(job_id);
+  if (it == jobs_.end() || IsFinal(it->second.job.state())) return;
+  JobRecord& record = it->second;
+  if (!test.ok()) {
+    FailJobLocked(record, absl::StrCat("testing the conventional baseline: ",
+                                       test.status().message()));
+    return;
+  }
+  *record.job.mutable_baseline_test() = *test;
+  record.baseline_evaluated = true;
+  PublishLocked(record,
+                absl::StrFormat("conventional baseline: test accuracy %.2f%%",
+                                100 * test->accuracy()));
+  MaybeSucceedLocked(record);
+}
+
+// ---------------------------------------------------------------------------
+// State helpers (under mu_)
+
+void Coordinator::FailJobLocked(JobRecord& record, const std::string& reason) {
+  CancelRunningTasksLocked(record);
+  record.job.set_state(pnn::v1::JOB_STATE_FAILED);
+  record.job.set_message(reason);
+  *record.job.mutable_end_time() = Now();
+  std::fprintf(stderr, "pnn-coordinator: job %s failed: %s\n",
+               record.job.job_id().c_str(), reason.c_str());
+  PublishLocked(record, absl::StrCat("job failed: ", reason));
+}
+
+void Coordinator::CancelRunningTasksLocked(JobRecord& record) {
+  for (TaskRecord& task : record.tasks) {
+    if (task.context != nullptr) task.context->TryCancel();
+    if (!IsFinal(task.status.state()) &&
+        task.status.state() != pnn::v1::TASK_STATE_RUNNING) {
+      task.status.set_state(pnn::v1::TASK_STATE_CANCELLED);
+    }
+  }
+}
+
+void Coordinator::MaybeSucceedLocked(JobRecord& record) {
+  if (!record.assembled) return;
+  if (record.job.conventional_baseline() && !record.baseline_evaluated) {
+    const std::string message = "waiting for the conventional baseline";
+    if (record.job.message() != message) {
+      record.job.set_message(message);
+      PublishLocked(record, message);
+    }
+    return;
+  }
+  record.job.set_state(pnn::v1::JOB_STATE_SUCCEEDED);
+  record.job.set_message("");
+  *record.job.mutable_end_time() = Now();
+  PublishLocked(record, "job succeeded");
+}
+
+void Coordinator::RefreshJobLocked(JobRecord& record) {
+  int64_t sent = 0;
+  int64_t received = 0;
+  for (const TaskRecord& task : record.tasks) {
+    sent += task.status.bytes_sent();
+    received += task.status.bytes_received();
+  }
+  record.job.set_bytes_sent(sent);
+  record.job.set_bytes_received(received);
+}
+
+void Coordinator::PublishLocked(JobRecord& record, const std::string& message) {
+  RefreshJobLocked(record);
+  if (record.watchers.empty()) return;
+  pnn::v1::JobEvent event;
+  *event.mutable_time() = Now();
+  event.set_message(message);
+  *event.mutable_job() = SnapshotLocked(record);
+  event.set_sequence(next_event_sequence_++);
+  // Watchers' callbacks only queue the event and start a write; they never
+  // call back into the coordinator, so pushing under mu_ cannot deadlock.
+  for (const auto& watcher : record.watchers) watcher->Push(event);
+}
+
+void Coordinator::ReleaseWorkerLocked(const std::string& worker_id) {
+  auto it = workers_.find(worker_id);
+  if (it == workers_.end()) return;
+  it->second.job_id.clear();
+  it->second.task_index = -1;
+}
+
+Job Coordinator::SnapshotLocked(const JobRecord& record) const {
+  Job job = record.job;
+  job.clear_segments();
+  for (const TaskRecord& task : record.tasks) {
+    if (task.is_baseline) {
+      *job.mutable_baseline() = task.status;
+    } else {
+      *job.add_segments() = task.status;
+    }
+  }
+  return job;
+}
+
+}  // namespace pnn

@@ -1,0 +1,190 @@
+// The coordinator's logic, independent of the gRPC server that exposes it:
+// the job table and state machine, the scheduling of segment tasks on
+// registered workers, worker liveness, assembly and the test pass.
+//
+// Thread safety: every public method may be called from any thread. The
+// coordinator owns its threads: one scheduler thread, one thread per task
+// being trained (it drives the worker's TrainSegment stream), and one
+// assembly thread that runs the libtorch work (joining, recovery epochs,
+// test pass). RPC handlers only call the short, non-blocking methods below.
+// Errors are absl::Status with messages meant for the person who submitted
+// the job.
+#ifndef PNN_COORDINATOR_COORDINATOR_H_
+#define PNN_COORDINATOR_COORDINATOR_H_
+
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "pnn/v1/coordinator.pb.h"
+#include "pnn/v1/worker.pb.h"
+
+namespace grpc {
+class ClientContext;
+}  // namespace grpc
+
+namespace pnn {
+
+class DatasetCache;
+
+// Events of one job for one watcher, in order. The coordinator pushes;
+// the watcher pops. `on_event` is called after each push, outside the
+// queue's lock; after Close() returns it is never called again.
+class JobEventQueue {
+ public:
+  explicit JobEventQueue(std::function<void()> on_event);
+  void Push(const pnn::v1::JobEvent& event);
+  std::optional<pnn::v1::JobEvent> Pop();
+  void Close();
+
+ private:
+  std::mutex mu_;
+  std::condition_variable idle_;
+  std::deque<pnn::v1::JobEvent> events_;
+  int64_t last_sequence_ = -1;
+  int callbacks_running_ = 0;
+  bool closed_ = false;
+  std::function<void()> on_event_;
+};
+
+class Coordinator {
+ public:
+  struct Options {
+    // Model artifacts are written under <state_dir>/models.
+    std::string state_dir = "pnn-state";
+    // Data sets named by jobs are read from here (assembly, test pass, and
+    // validation at submission); workers have their own copy.
+    std::string data_dir = "/usr/share/datasets";
+    // Intra-op threads for the coordinator's own libtorch work.
+    int threads = 1;
+    absl::Duration heartbeat_interval = absl::Seconds(1);
+    // A worker silent for this long is declared lost and its task retried.
+    absl::Duration worker_timeout = absl::Seconds(5);
+    // Attempts per task before the job fails.
+    int max_attempts = 3;
+    // Jobs not yet in a final state; more are refused (RESOURCE_EXHAUSTED).
+    int max_active_jobs = 64;
+  };
+
+  explicit Coordinator(Options options);
+  ~Coordinator();  // calls Shutdown()
+  Coordinator(const Coordinator&) = delete;
+  Coordinator& operator=(const Coordinator&) = delete;
+
+  // Starts the scheduler and assembly threads. Fails when state_dir cannot
+  // be created.
+  absl::Status Start();
+  // Cancels running tasks and joins every thread. Idempotent.
+  void Shutdown();
+
+  // Job API.
+  absl::StatusOr<pnn::v1::Job> Submit(const pnn::v1::SubmitJobRequest& request);
+  absl::StatusOr<pnn::v1::Job> GetJob(const std::string& job_id);
+  absl::StatusOr<pnn::v1::ListJobsResponse> ListJobs(
+      const pnn::v1::ListJobsRequest& request);
+  absl::StatusOr<pnn::v1::Job> CancelJob(const std::string& job_id);
+  // Registers `queue` for the job's events and pushes the current snapshot
+  // into it. Unwatch() before destroying the queue's consumer.
+  absl::Status Watch(const std::string& job_id,
+                     std::shared_ptr<JobEventQueue> queue);
+  void Unwatch(const std::shared_ptr<JobEventQueue>& queue);
+  // Path of the job's model artifact in `format`; FAILED_PRECONDITION
+  // while the job has no model.
+  absl::StatusOr<std::string> ModelPath(const std::string& job_id,
+                                        pnn::v1::ModelFormat format);
+
+  // Worker API.
+  absl::StatusOr<pnn::v1::RegisterWorkerResponse> RegisterWorker(
+      const pnn::v1::WorkerInfo& worker);
+  absl::Status Heartbeat(const pnn::v1::HeartbeatRequest& request);
+  int registered_workers() const;
+
+ private:
+  struct TaskRecord {
+    pnn::v1::SegmentTask task;
+    pnn::v1::TaskStatus status;
+    pnn::v1::SegmentWeights weights;  // once SUCCEEDED
+    std::shared_ptr<grpc::ClientContext> context;  // while RUNNING
+    std::string loss_reason;  // set when the worker was declared lost
+    bool is_baseline = false;
+  };
+  struct JobRecord {
+    int64_t sequence = 0;  // submission order
+    pnn::v1::Job job;
+    std::vector<TaskRecord> tasks;  // segments by index, then the baseline
+    bool assembled = false;
+    bool baseline_evaluated = false;
+    bool cancel_requested = false;
+    std::vector<std::shared_ptr<JobEventQueue>> watchers;
+  };
+  struct WorkerRecord {
+    std::string id;
+    pnn::v1::WorkerInfo info;
+    absl::Time last_heartbeat;
+    std::string job_id;  // the task it runs, if any
+    int task_index = -1;
+  };
+  enum class AssemblyWork { kAssemble, kEvaluateBaseline };
+
+  void SchedulerLoop();
+  void AssemblyLoop();
+  // Scheduler steps, under mu_.
+  void DetectLostWorkersLocked(absl::Time now);
+  void DispatchLocked();
+  void ReapDispatchThreadsLocked();
+  // Drives one task's TrainSegment stream on its own thread.
+  void RunTask(std::string job_id, int task_index, std::string worker_id,
+               std::string address, pnn::v1::TrainSegmentRequest request,
+               std::shared_ptr<grpc::ClientContext> context, int64_t thread_id);
+  void OnTaskUpdate(const std::string& job_id, int task_index,
+                    const pnn::v1::TrainSegmentUpdate& update, int64_t bytes);
+  void OnTaskFinished(const std::string& job_id, int task_index,
+                      const std::string& worker_id, absl::Status status);
+  void Assemble(const std::string& job_id);
+  void EvaluateBaseline(const std::string& job_id);
+
+  // Under mu_: state changes and their events.
+  void FailJobLocked(JobRecord& record, const std::string& reason);
+  void CancelRunningTasksLocked(JobRecord& record);
+  void MaybeSucceedLocked(JobRecord& record);
+  void RefreshJobLocked(JobRecord& record);
+  void PublishLocked(JobRecord& record, const std::string& message);
+  void ReleaseWorkerLocked(const std::string& worker_id);
+  pnn::v1::Job SnapshotLocked(const JobRecord& record) const;
+  bool ShouldStopAssembly(const std::string& job_id);
+
+  const Options options_;
+  std::unique_ptr<DatasetCache> datasets_;
+
+  mutable std::mutex mu_;
+  std::condition_variable scheduler_wake_;
+  std::condition_variable assembly_wake_;
+  bool shutting_down_ = false;
+  bool started_ = false;
+  int64_t next_job_sequence_ = 1;
+  int64_t next_event_sequence_ = 1;
+  int64_t next_worker_number_ = 1;
+  int64_t next_thread_id_ = 1;
+  std::map<std::string, JobRecord> jobs_;
+  std::map<std::string, WorkerRecord> workers_;
+  std::deque<std::pair<std::string, AssemblyWork>> assembly_queue_;
+  std::map<int64_t, std::thread> dispatch_threads_;
+  std::vector<int64_t> finished_dispatch_threads_;
+  std::thread scheduler_thread_;
+  std::thread assembly_thread_;
+};
+
+}  // namespace pnn
+
+#endif  // PNN_COORDINATOR_COORDINATOR_H_

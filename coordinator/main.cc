@@ -1,0 +1,84 @@
+// pnn-coordinator: accepts training jobs over gRPC and trains their
+// segments on registered pnn-worker processes.
+//
+//   pnn-coordinator --port 50051 --state_dir /var/lib/pnn --data_dir /data
+#include <signal.h>
+
+#include <cstdio>
+#include <string>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/time/time.h"
+#include "coordinator/service.h"
+
+ABSL_FLAG(int32_t, port, 50051, "gRPC port (0: pick a free port).");
+ABSL_FLAG(std::string, listen_host, "0.0.0.0", "Address to listen on.");
+ABSL_FLAG(std::string, state_dir, "pnn-state",
+          "Directory for model artifacts (created if missing).");
+ABSL_FLAG(std::string, data_dir, "/usr/share/datasets",
+          "Root of the data sets that jobs name by dataset.path.");
+ABSL_FLAG(int32_t, threads, 0,
+          "Intra-op threads for assembly and the test pass (0: all cores).");
+ABSL_FLAG(int32_t, heartbeat_interval_ms, 1000,
+          "How often workers are asked to send a heartbeat.");
+ABSL_FLAG(int32_t, worker_timeout_ms, 5000,
+          "A worker silent this long is lost; its segment is retried.");
+ABSL_FLAG(int32_t, max_attempts, 3, "Attempts per segment before a job fails.");
+ABSL_FLAG(int32_t, max_active_jobs, 64, "Unfinished jobs accepted at once.");
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "Coordinator of pnn: takes jobs over gRPC (pnn.v1.Coordinator) and "
+      "trains their segments on pnn-worker processes.\n"
+      "Usage: pnn-coordinator [--port P] [--state_dir DIR] [--data_dir DIR]");
+  absl::ParseCommandLine(argc, argv);
+  // Signals are taken synchronously below, so every thread must block them.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  pnn::CoordinatorServer::Options options;
+  options.listen_host = absl::GetFlag(FLAGS_listen_host);
+  options.port = absl::GetFlag(FLAGS_port);
+  auto& core = options.coordinator;
+  core.state_dir = absl::GetFlag(FLAGS_state_dir);
+  core.data_dir = absl::GetFlag(FLAGS_data_dir);
+  core.threads = absl::GetFlag(FLAGS_threads);
+  core.heartbeat_interval =
+      absl::Milliseconds(absl::GetFlag(FLAGS_heartbeat_interval_ms));
+  core.worker_timeout = absl::Milliseconds(absl::GetFlag(FLAGS_worker_timeout_ms));
+  core.max_attempts = absl::GetFlag(FLAGS_max_attempts);
+  core.max_active_jobs = absl::GetFlag(FLAGS_max_active_jobs);
+  if (core.max_attempts < 1 || core.heartbeat_interval <= absl::ZeroDuration() ||
+      core.worker_timeout <= core.heartbeat_interval) {
+    std::fprintf(stderr,
+                 "pnn-coordinator: --max_attempts must be >= 1 and "
+                 "--worker_timeout_ms greater than --heartbeat_interval_ms\n");
+    return 1;
+  }
+
+  pnn::CoordinatorServer server(options);
+  auto port = server.Start();
+  if (!port.ok()) {
+    std::fprintf(stderr, "pnn-coordinator: %s\n",
+                 std::string(port.status().message()).c_str());
+    return 1;
+  }
+  const std::string shown_host = options.listen_host == "0.0.0.0"
+                                     ? "127.0.0.1"
+                                     : options.listen_host;
+  std::fprintf(stderr, "pnn-coordinator listening on %s:%d\n",
+               shown_host.c_str(), *port);
+  std::fflush(stderr);
+
+  int signal_number = 0;
+  sigwait(&signals, &signal_number);
+  std::fprintf(stderr, "pnn-coordinator: %s received, shutting down\n",
+               signal_number == SIGINT ? "SIGINT" : "SIGTERM");
+  server.Shutdown();
+  return 0;
+}

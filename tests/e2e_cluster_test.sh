@@ -1,0 +1,124 @@
+#!/usr/bin/env bash
+# End-to-end: the real binaries on loopback. A coordinator and two workers
+# start on free ports; pnnctl submits a Fashion-MNIST job, watches it, reads
+# the result as JSON and downloads the model. Asserts the job SUCCEEDED
+# with a learned accuracy and that the two segments trained on different
+# workers at overlapping times. Stops every process it started.
+#
+# Usage: e2e_cluster_test.sh COORDINATOR_BIN WORKER_BIN PNNCTL_BIN
+set -euo pipefail
+COORDINATOR=$1
+WORKER=$2
+PNNCTL=$3
+DATA_ROOT=${PNN_DATA_ROOT:-/usr/share/datasets}
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+fail() {
+  echo "FAIL: $*" >&2
+  for log in "$work"/*.log; do echo "--- $log" >&2; tail -20 "$log" >&2; done
+  exit 1
+}
+
+# Waits for "<name> listening on HOST:PORT" in a log and prints the port.
+wait_for_port() {
+  local log=$1 name=$2
+  for _ in $(seq 1 200); do
+    local port
+    port=$(sed -n "s/^$name listening on [^:]*:\([0-9]*\).*/\1/p" "$log" | head -1)
+    if [ -n "$port" ]; then echo "$port"; return 0; fi
+    sleep 0.1
+  done
+  fail "$name did not report its port"
+}
+
+"$COORDINATOR" --port 0 --listen_host 127.0.0.1 --state_dir "$work/state" \
+  --data_dir "$DATA_ROOT" --threads 1 2>"$work/coordinator.log" &
+pids+=($!)
+port=$(wait_for_port "$work/coordinator.log" pnn-coordinator)
+target="127.0.0.1:$port"
+
+for i in 1 2; do
+  "$WORKER" --coordinator "$target" --port 0 --listen_host 127.0.0.1 \
+    --data_dir "$DATA_ROOT" --threads 1 --name "e2e-$i" \
+    2>"$work/worker$i.log" &
+  pids+=($!)
+  wait_for_port "$work/worker$i.log" pnn-worker >/dev/null
+done
+
+"$PNNCTL" --coordinator "$target" health >/dev/null || fail "health check"
+
+cat >"$work/job.json" <<'JSON'
+{
+  "name": "e2e",
+  "training": {"epochs": 2},
+  "dataset": {"path": "fashion-mnist", "train_limit": 6000, "test_limit": 2000}
+}
+JSON
+
+# Both workers must be registered before the job, so that its two segments
+# start together.
+for _ in $(seq 1 100); do
+  registered=$(grep -l "registered" "$work"/worker*.log 2>/dev/null | wc -l)
+  [ "$registered" -ge 2 ] && break
+  sleep 0.1
+done
+
+job=$("$PNNCTL" --coordinator "$target" submit "$work/job.json") ||
+  fail "submit"
+[[ "$job" == job-* ]] || fail "submit printed '$job', not a job id"
+
+"$PNNCTL" --coordinator "$target" watch "$job" >"$work/watch.out" ||
+  fail "watch exited $? (job did not succeed)"
+grep -q "accuracy" "$work/watch.out" || fail "watch printed no result table"
+
+"$PNNCTL" --coordinator "$target" get "$job" --output json >"$work/job.out" ||
+  fail "get"
+python3 - "$work/job.out" <<'PY' || fail "job status assertions"
+import json, sys
+from datetime import datetime
+
+job = json.load(open(sys.argv[1]))
+def t(ts):
+    return datetime.fromisoformat(ts.replace("Z", "+00:00"))
+assert job["state"] == "JOB_STATE_SUCCEEDED", job["state"]
+accuracy = job["test"]["accuracy"]
+assert 0.7 < accuracy <= 1.0, accuracy
+s0, s1 = job["segments"]
+assert s0["state"] == s1["state"] == "TASK_STATE_SUCCEEDED"
+assert s0["worker_id"] != s1["worker_id"], (s0["worker_id"], s1["worker_id"])
+assert t(s0["start_time"]) < t(s1["end_time"]) and t(s1["start_time"]) < t(s0["end_time"]), \
+    "segment training intervals do not overlap"
+assert int(job["bytes_sent"]) > 0 and int(job["bytes_received"]) > 0
+print(f"e2e: accuracy {accuracy:.4f}, segments on {s0['worker_id']} and {s1['worker_id']}")
+PY
+
+"$PNNCTL" --coordinator "$target" download "$job" -o "$work/model.safetensors" \
+  >/dev/null || fail "download"
+python3 - "$work/model.safetensors" <<'PY' || fail "safetensors file"
+import json, struct, sys
+data = open(sys.argv[1], "rb").read()
+(n,) = struct.unpack("<Q", data[:8])
+header = json.loads(data[8:8 + n])
+shapes = {k: v["shape"] for k, v in header.items() if k != "__metadata__"}
+assert shapes["linear1.weight"] == [256, 784], shapes
+assert shapes["linear6.weight"] == [10, 256], shapes
+end = max(v["data_offsets"][1] for k, v in header.items() if k != "__metadata__")
+assert 8 + n + end == len(data)
+PY
+
+# A job naming a data set that does not exist is refused up front.
+if "$PNNCTL" --coordinator "$target" submit --dataset no-such-data \
+    >"$work/bad.out" 2>&1; then
+  fail "a job with a missing data set was accepted"
+fi
+grep -q "INVALID_ARGUMENT" "$work/bad.out" || fail "missing data set: $(cat "$work/bad.out")"
+
+echo "e2e cluster test passed"
