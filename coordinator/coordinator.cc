@@ -20,7 +20,6 @@
 #include "common/safetensors.h"
 #include "common/status_macros.h"
 #include "common/trainer.h"
-#include "google/protobuf/util/time_util.h"
 #include "pnn/v1/worker.grpc.pb.h"
 #include "rpc/rpc_util.h"
 
@@ -28,7 +27,6 @@ namespace pnn {
 namespace {
 
 namespace fs = std::filesystem;
-using google::protobuf::util::TimeUtil;
 using pnn::v1::Job;
 using pnn::v1::JobState;
 using pnn::v1::TaskState;
@@ -37,7 +35,15 @@ constexpr int kBaselineIndex = -1;
 constexpr int kDefaultPageSize = 50;
 constexpr int kMaxPageSize = 1000;
 
-google::protobuf::Timestamp Now() { return TimeUtil::GetCurrentTime(); }
+// TimeUtil::GetCurrentTime() has only whole seconds in protobuf 3.21.
+google::protobuf::Timestamp Now() {
+  const absl::Time now = absl::Now();
+  google::protobuf::Timestamp timestamp;
+  const int64_t nanos = absl::ToUnixNanos(now);
+  timestamp.set_seconds(nanos / 1000000000);
+  timestamp.set_nanos(static_cast<int32_t>(nanos % 1000000000));
+  return timestamp;
+}
 
 bool IsFinal(JobState state) {
   return state == pnn::v1::JOB_STATE_SUCCEEDED ||
@@ -542,7 +548,6 @@ void Coordinator::DispatchLocked() {
       task.status.set_attempts(task.status.attempts() + 1);
       task.status.set_progress(0);
       task.status.clear_epochs();
-      task.status.clear_error();
       *task.status.mutable_start_time() = Now();
       task.status.clear_end_time();
       task.loss_reason.clear();

@@ -1,0 +1,346 @@
+// A whole cluster in-process: the real coordinator server and real workers
+// on loopback (port 0), driven through the coordinator's gRPC API.
+#include <grpcpp/grpcpp.h>
+
+#include <chrono>
+#include <thread>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "common/dataset.h"
+#include "common/model.h"
+#include "common/safetensors.h"
+#include "common/trainer.h"
+#include "coordinator/service.h"
+#include "gmock/gmock.h"
+#include "google/protobuf/util/time_util.h"
+#include "gtest/gtest.h"
+#include "pnn/v1/coordinator.grpc.pb.h"
+#include "pnn/v1/worker.grpc.pb.h"
+#include "rpc/rpc_util.h"
+#include "tests/test_util.h"
+#include "worker/worker_server.h"
+
+namespace pnn {
+namespace {
+
+using ::testing::HasSubstr;
+using pnn::v1::Job;
+
+bool IsFinal(pnn::v1::JobState state) {
+  return state == pnn::v1::JOB_STATE_SUCCEEDED ||
+         state == pnn::v1::JOB_STATE_FAILED ||
+         state == pnn::v1::JOB_STATE_CANCELLED;
+}
+
+// A worker that accepts a segment and then says nothing, ever: no updates,
+// no heartbeats. Only the coordinator's liveness check can notice.
+class SilentWorker final : public pnn::v1::Worker::CallbackService {
+ public:
+  grpc::ServerWriteReactor<pnn::v1::TrainSegmentUpdate>* TrainSegment(
+      grpc::CallbackServerContext*,
+      const pnn::v1::TrainSegmentRequest*) override {
+    class Hang : public grpc::ServerWriteReactor<pnn::v1::TrainSegmentUpdate> {
+     public:
+      void OnCancel() override {
+        Finish(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled"));
+      }
+      void OnDone() override { delete this; }
+    };
+    ++calls_;
+    return new Hang();
+  }
+  std::atomic<int> calls_{0};
+};
+
+class ClusterTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    SyntheticDatasetOptions toy;
+    toy.train_samples = 2048;
+    toy.test_samples = 512;
+    ASSERT_TRUE(WriteDatasetAsIdx(MakeSyntheticDataset(toy),
+                                  data_.path() + "/toy")
+                    .ok());
+    CoordinatorServer::Options options;
+    options.listen_host = "127.0.0.1";
+    options.coordinator.state_dir = state_.path();
+    options.coordinator.data_dir = data_.path();
+    options.coordinator.heartbeat_interval = absl::Milliseconds(100);
+    options.coordinator.worker_timeout = absl::Milliseconds(600);
+    coordinator_ = std::make_unique<CoordinatorServer>(options);
+    auto port = coordinator_->Start();
+    ASSERT_TRUE(port.ok()) << port.status();
+    target_ = absl::StrCat("127.0.0.1:", *port);
+    stub_ = pnn::v1::Coordinator::NewStub(MakeChannel(target_));
+  }
+
+  void TearDown() override {
+    for (auto& worker : workers_) worker->Shutdown();
+    coordinator_->Shutdown();
+  }
+
+  worker::WorkerServer* AddWorker() {
+    worker::WorkerOptions options;
+    options.listen_host = "127.0.0.1";
+    options.coordinator = target_;
+    options.data_dir = data_.path();
+    options.threads = 1;
+    options.name = absl::StrCat("test-worker-", workers_.size() + 1);
+    workers_.push_back(std::make_unique<worker::WorkerServer>(options));
+    auto port = workers_.back()->Start();
+    EXPECT_TRUE(port.ok()) << port.status();
+    return workers_.back().get();
+  }
+
+  void WaitForWorkers(int count) {
+    for (int i = 0; i < 200 && coordinator_->coordinator().registered_workers() < count; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(25));
+    }
+    ASSERT_EQ(coordinator_->coordinator().registered_workers(), count);
+  }
+
+  pnn::v1::SubmitJobRequest Request(int epochs) {
+    pnn::v1::SubmitJobRequest request;
+    auto* spec = request.mutable_spec();
+    spec->mutable_model()->add_hidden_widths(32);
+    spec->mutable_model()->add_hidden_widths(16);
+    spec->mutable_model()->add_cut_after_layers(1);
+    spec->mutable_training()->set_epochs(epochs);
+    spec->mutable_training()->set_batch_size(32);
+    spec->mutable_dataset()->set_path("toy");
+    return request;
+  }
+
+  std::string Submit(const pnn::v1::SubmitJobRequest& request) {
+    grpc::ClientContext context;
+    pnn::v1::SubmitJobResponse response;
+    grpc::Status status = stub_->SubmitJob(&context, request, &response);
+    EXPECT_TRUE(status.ok()) << status.error_message();
+    return response.job_id();
+  }
+
+  Job Get(const std::string& id) {
+    grpc::ClientContext context;
+    pnn::v1::GetJobRequest request;
+    request.set_job_id(id);
+    Job job;
+    EXPECT_TRUE(stub_->GetJob(&context, request, &job).ok());
+    return job;
+  }
+
+  // Follows WatchJob to the end; returns every event.
+  std::vector<pnn::v1::JobEvent> Watch(const std::string& id,
+                                       grpc::Status* status) {
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() +
+                         std::chrono::seconds(120));
+    pnn::v1::WatchJobRequest request;
+    request.set_job_id(id);
+    auto reader = stub_->WatchJob(&context, request);
+    std::vector<pnn::v1::JobEvent> events;
+    pnn::v1::JobEvent event;
+    while (reader->Read(&event)) events.push_back(event);
+    *status = reader->Finish();
+    return events;
+  }
+
+  std::string Download(const std::string& id, pnn::v1::ModelFormat format,
+                       grpc::Status* status) {
+    grpc::ClientContext context;
+    pnn::v1::DownloadModelRequest request;
+    request.set_job_id(id);
+    request.set_format(format);
+    auto reader = stub_->DownloadModel(&context, request);
+    std::string bytes;
+    pnn::v1::ModelChunk chunk;
+    while (reader->Read(&chunk)) {
+      EXPECT_EQ(chunk.offset(), static_cast<int64_t>(bytes.size()));
+      bytes += chunk.data();
+    }
+    *status = reader->Finish();
+    return bytes;
+  }
+
+  TempDir data_;
+  TempDir state_;
+  std::unique_ptr<CoordinatorServer> coordinator_;
+  std::vector<std::unique_ptr<worker::WorkerServer>> workers_;
+  std::string target_;
+  std::unique_ptr<pnn::v1::Coordinator::Stub> stub_;
+};
+
+TEST_F(ClusterTest, JobRunsOnTwoWorkersInParallelAndTheModelDownloads) {
+  AddWorker();
+  AddWorker();
+  WaitForWorkers(2);
+  auto request = Request(6);
+  request.set_conventional_baseline(true);
+  const std::string id = Submit(request);
+  ASSERT_FALSE(id.empty());
+  grpc::Status status;
+  const auto events = Watch(id, &status);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  ASSERT_GE(events.size(), 4u);
+  EXPECT_EQ(events.back().job().state(), pnn::v1::JOB_STATE_SUCCEEDED)
+      << events.back().job().message();
+  bool saw_running = false;
+  for (const auto& event : events) {
+    saw_running |= event.job().state() == pnn::v1::JOB_STATE_RUNNING;
+  }
+  EXPECT_TRUE(saw_running);
+
+  const Job job = Get(id);
+  EXPECT_EQ(job.state(), pnn::v1::JOB_STATE_SUCCEEDED);
+  EXPECT_GT(job.test().accuracy(), 0.9);
+  EXPECT_EQ(job.test().samples(), 512);
+  EXPECT_GT(job.baseline_test().accuracy(), 0.9);
+  ASSERT_EQ(job.segments_size(), 2);
+  const auto& first = job.segments(0);
+  const auto& second = job.segments(1);
+  EXPECT_NE(first.worker_id(), second.worker_id());
+  EXPECT_EQ(first.epochs_size(), 6);
+  EXPECT_EQ(first.attempts(), 1);
+  EXPECT_GT(first.bytes_received(), 0);
+  EXPECT_GT(first.cost().parameter_bytes(), 0);
+  // Both segments were dispatched before either finished.
+  using google::protobuf::util::TimeUtil;
+  EXPECT_LT(TimeUtil::TimestampToNanoseconds(first.start_time()),
+            TimeUtil::TimestampToNanoseconds(second.end_time()));
+  EXPECT_LT(TimeUtil::TimestampToNanoseconds(second.start_time()),
+            TimeUtil::TimestampToNanoseconds(first.end_time()));
+  EXPECT_GT(job.bytes_sent(), 0);
+  EXPECT_EQ(job.bytes_received(), first.bytes_received() +
+                                      second.bytes_received() +
+                                      job.baseline().bytes_received());
+
+  // The safetensors artifact holds the joined network; evaluated again it
+  // gives the job's accuracy.
+  const std::string safetensors =
+      Download(id, pnn::v1::MODEL_FORMAT_SAFETENSORS, &status);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(static_cast<int64_t>(safetensors.size()), job.model_bytes());
+  auto weights = DecodeSafetensors(safetensors);
+  ASSERT_TRUE(weights.ok()) << weights.status();
+  weights->set_first_layer(1);
+  weights->set_last_layer(3);
+  auto model = ModelFromWeights(*weights, pnn::v1::ACTIVATION_RELU);
+  ASSERT_TRUE(model.ok()) << model.status();
+  pnn::v1::DatasetSpec toy;
+  auto data = LoadDataset(data_.path() + "/toy", toy);
+  ASSERT_TRUE(data.ok());
+  auto test = Evaluate(*model, data->test, data->num_classes, "cpu");
+  ASSERT_TRUE(test.ok());
+  EXPECT_DOUBLE_EQ(test->accuracy(), job.test().accuracy());
+
+  const std::string native = Download(id, pnn::v1::MODEL_FORMAT_PNN_WEIGHTS, &status);
+  ASSERT_TRUE(status.ok());
+  pnn::v1::SegmentWeights parsed;
+  ASSERT_TRUE(parsed.ParseFromString(native));
+  EXPECT_EQ(parsed.last_layer(), 3);
+}
+
+TEST_F(ClusterTest, UnknownJobsAndMissingModelsAreClearErrors) {
+  grpc::Status status;
+  Watch("job-none", &status);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::NOT_FOUND);
+  Download("job-none", pnn::v1::MODEL_FORMAT_SAFETENSORS, &status);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::NOT_FOUND);
+  const std::string queued = Submit(Request(1));  // no worker: stays queued
+  Download(queued, pnn::v1::MODEL_FORMAT_SAFETENSORS, &status);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_THAT(Get(queued).message(), HasSubstr("waiting for a worker"));
+
+  grpc::ClientContext context;
+  pnn::v1::SubmitJobResponse response;
+  auto bad = Request(1);
+  bad.mutable_spec()->mutable_model()->set_cut_after_layers(0, 9);
+  status = stub_->SubmitJob(&context, bad, &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(status.error_message(), HasSubstr("model.cut_after_layers[0]"));
+}
+
+TEST_F(ClusterTest, CancellingARunningJobFreesItsWorkers) {
+  AddWorker();
+  AddWorker();
+  WaitForWorkers(2);
+  const std::string id = Submit(Request(5000));
+  ASSERT_FALSE(id.empty());
+  for (int i = 0; i < 200; ++i) {
+    const Job job = Get(id);
+    ASSERT_EQ(job.segments_size(), 2);
+    if (job.segments(0).state() == pnn::v1::TASK_STATE_RUNNING &&
+        job.segments(0).epochs_size() > 0) {
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(25));
+  }
+  grpc::ClientContext context;
+  pnn::v1::CancelJobRequest cancel;
+  cancel.set_job_id(id);
+  Job cancelled;
+  ASSERT_TRUE(stub_->CancelJob(&context, cancel, &cancelled).ok());
+  EXPECT_EQ(cancelled.state(), pnn::v1::JOB_STATE_CANCELLED);
+  // The workers stop and take the next job.
+  const std::string next = Submit(Request(2));
+  grpc::Status status;
+  const auto events = Watch(next, &status);
+  ASSERT_TRUE(status.ok());
+  EXPECT_EQ(events.back().job().state(), pnn::v1::JOB_STATE_SUCCEEDED);
+  const Job final_state = Get(id);
+  for (const auto& segment : final_state.segments()) {
+    EXPECT_EQ(segment.state(), pnn::v1::TASK_STATE_CANCELLED);
+  }
+}
+
+TEST_F(ClusterTest, ASilentWorkerIsDeclaredLostAndItsSegmentRetried) {
+  // The silent worker registers by hand and never heartbeats.
+  SilentWorker silent;
+  grpc::ServerBuilder builder;
+  int silent_port = 0;
+  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(),
+                           &silent_port);
+  builder.RegisterService(&silent);
+  auto silent_server = builder.BuildAndStart();
+  ASSERT_NE(silent_port, 0);
+  {
+    grpc::ClientContext context;
+    pnn::v1::RegisterWorkerRequest request;
+    request.mutable_worker()->set_address(absl::StrCat("127.0.0.1:", silent_port));
+    pnn::v1::RegisterWorkerResponse response;
+    ASSERT_TRUE(stub_->RegisterWorker(&context, request, &response).ok());
+  }
+  auto request = Request(2);
+  request.mutable_spec()->mutable_model()->clear_cut_after_layers();
+  request.mutable_spec()->mutable_model()->add_cut_after_layers(2);
+  const std::string id = Submit(request);
+  for (int i = 0; i < 100 && silent.calls_ == 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  ASSERT_EQ(silent.calls_, 1);
+  // A real worker joins; once the silent one is declared lost (600 ms),
+  // its segment moves to the real worker and the job completes.
+  AddWorker();
+  grpc::Status status;
+  const auto events = Watch(id, &status);
+  ASSERT_TRUE(status.ok());
+  const Job job = Get(id);
+  ASSERT_EQ(job.state(), pnn::v1::JOB_STATE_SUCCEEDED) << job.message();
+  int retried = 0;
+  for (const auto& segment : job.segments()) {
+    if (segment.attempts() == 2) {
+      ++retried;
+      EXPECT_THAT(segment.error(), HasSubstr("no heartbeat"));
+    }
+  }
+  EXPECT_EQ(retried, 1);
+  bool announced = false;
+  for (const auto& event : events) {
+    announced |= absl::StrContains(event.message(), "will be retried");
+  }
+  EXPECT_TRUE(announced);
+  silent_server->Shutdown();
+}
+
+}  // namespace
+}  // namespace pnn
