@@ -965,10 +965,14 @@ void Coordinator::FailJobLocked(JobRecord& record, const std::string& reason) {
 }
 
 void Coordinator::CancelRunningTasksLocked(JobRecord& record) {
+  // Tasks end now in the job's record; their workers are released when
+  // the cancelled streams close (OnTaskFinished).
   for (TaskRecord& task : record.tasks) {
     if (task.context != nullptr) task.context->TryCancel();
-    if (!IsFinal(task.status.state()) &&
-        task.status.state() != pnn::v1::TASK_STATE_RUNNING) {
+    if (!IsFinal(task.status.state())) {
+      if (task.status.state() == pnn::v1::TASK_STATE_RUNNING) {
+        *task.status.mutable_end_time() = Now();
+      }
       task.status.set_state(pnn::v1::TASK_STATE_CANCELLED);
     }
   }

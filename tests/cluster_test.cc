@@ -281,6 +281,9 @@ TEST_F(ClusterTest, CancellingARunningJobFreesItsWorkers) {
   Job cancelled;
   ASSERT_TRUE(stub_->CancelJob(&context, cancel, &cancelled).ok());
   EXPECT_EQ(cancelled.state(), pnn::v1::JOB_STATE_CANCELLED);
+  for (const auto& segment : cancelled.segments()) {
+    EXPECT_EQ(segment.state(), pnn::v1::TASK_STATE_CANCELLED);
+  }
   // The workers stop and take the next job.
   const std::string next = Submit(Request(2));
   grpc::Status status;

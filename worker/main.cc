@@ -1,0 +1,143 @@
+// pnn-worker: trains segments for a pnn coordinator.
+//
+//   pnn-worker --coordinator=coord.example:7070
+//   pnn-worker --coordinator=127.0.0.1:7070 --listen_host=127.0.0.1 --port=0
+//
+// Registers with the coordinator, serves pnn.v1.Worker (plus gRPC health
+// checking and reflection), and exits 0 after SIGTERM or SIGINT.
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <string>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "worker/worker_server.h"
+
+ABSL_FLAG(std::string, coordinator, "",
+          "Coordinator to register with, HOST:PORT (required).");
+ABSL_FLAG(int32_t, port, 0, "Port to listen on (0: pick a free port).");
+ABSL_FLAG(std::string, listen_host, "0.0.0.0",
+          "Address to listen on (0.0.0.0: every interface).");
+ABSL_FLAG(std::string, advertise_address, "",
+          "HOST:PORT the coordinator should dial (default: --listen_host, or "
+          "127.0.0.1 when listening on 0.0.0.0, and the bound port).");
+ABSL_FLAG(std::string, data_dir, "/usr/share/datasets",
+          "Data root: a job's dataset.path is read from under it.");
+ABSL_FLAG(int32_t, threads, 0,
+          "Intra-op threads for training (0: the number of cores).");
+ABSL_FLAG(std::string, device, "cpu", "Training device: cpu, cuda or cuda:N.");
+ABSL_FLAG(std::string, name, "",
+          "Worker name shown to people (default: the host name).");
+
+namespace {
+
+// Self-pipe for SIGTERM / SIGINT. A handler rather than a blocked mask and
+// sigwait(): libraries start threads before main() (OpenBLAS's pool), and a
+// process-directed signal delivered to one of those threads would kill the
+// process instead of shutting it down.
+int g_signal_pipe[2] = {-1, -1};
+volatile sig_atomic_t g_signal = 0;
+
+extern "C" void OnStopSignal(int signal_number) {
+  g_signal = signal_number;
+  const char byte = 1;
+  // write() is async-signal-safe; a full pipe means a stop is pending anyway.
+  const ssize_t ignored = write(g_signal_pipe[1], &byte, 1);
+  (void)ignored;
+}
+
+bool InstallStopHandlers() {
+  if (pipe2(g_signal_pipe, O_CLOEXEC | O_NONBLOCK) != 0) return false;
+  struct sigaction action = {};
+  action.sa_handler = OnStopSignal;
+  sigemptyset(&action.sa_mask);
+  action.sa_flags = SA_RESTART;
+  return sigaction(SIGTERM, &action, nullptr) == 0 &&
+         sigaction(SIGINT, &action, nullptr) == 0;
+}
+
+// Blocks until a stop signal arrived; returns its number.
+int WaitForStopSignal() {
+  pollfd fd{g_signal_pipe[0], POLLIN, 0};
+  while (poll(&fd, 1, -1) < 0 && errno == EINTR) {
+  }
+  return g_signal;
+}
+
+int Fail(const std::string& message) {
+  std::fprintf(stderr, "pnn-worker: %s\n", message.c_str());
+  return 1;
+}
+
+bool IsHostPort(const std::string& address) {
+  const size_t colon = address.rfind(':');
+  int port = 0;
+  return colon != std::string::npos && colon > 0 &&
+         absl::SimpleAtoi(absl::string_view(address).substr(colon + 1),
+                          &port) &&
+         port > 0 && port <= 65535;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "Trains neural network segments for a pnn coordinator.\n"
+      "Usage: pnn-worker --coordinator=HOST:PORT [--port=N] "
+      "[--listen_host=ADDR] [--data_dir=DIR] [--threads=N] [--device=cpu]");
+  absl::ParseCommandLine(argc, argv);
+
+  pnn::worker::WorkerOptions options;
+  options.coordinator = absl::GetFlag(FLAGS_coordinator);
+  if (options.coordinator.empty()) {
+    return Fail("--coordinator is required (HOST:PORT of the coordinator)");
+  }
+  if (!IsHostPort(options.coordinator)) {
+    return Fail(absl::StrCat("--coordinator must be HOST:PORT, got \"",
+                             options.coordinator, "\""));
+  }
+  options.port = absl::GetFlag(FLAGS_port);
+  options.listen_host = absl::GetFlag(FLAGS_listen_host);
+  options.advertise_address = absl::GetFlag(FLAGS_advertise_address);
+  if (!options.advertise_address.empty() &&
+      !IsHostPort(options.advertise_address)) {
+    return Fail(absl::StrCat("--advertise_address must be HOST:PORT, got \"",
+                             options.advertise_address, "\""));
+  }
+  options.data_dir = absl::GetFlag(FLAGS_data_dir);
+  options.threads = absl::GetFlag(FLAGS_threads);
+  options.device = absl::GetFlag(FLAGS_device);
+  options.name = absl::GetFlag(FLAGS_name);
+
+  // Before Start, so that a signal during start-up also shuts down cleanly.
+  if (!InstallStopHandlers()) return Fail("cannot install signal handlers");
+
+  pnn::worker::WorkerServer server(options);
+  auto port = server.Start();
+  if (!port.ok()) return Fail(std::string(port.status().message()));
+  std::fprintf(stderr,
+               "pnn-worker listening on %s\n"
+               "pnn-worker: %s, device %s, %d threads, data in %s, "
+               "advertised as %s to coordinator %s\n",
+               server.listen_address().c_str(), server.options().name.c_str(),
+               server.options().device.c_str(), server.options().threads,
+               server.options().data_dir.c_str(),
+               server.advertise_address().c_str(), options.coordinator.c_str());
+  std::fflush(stderr);
+
+  const int signal_number = WaitForStopSignal();
+  std::fprintf(stderr, "pnn-worker: %s received, shutting down\n",
+               signal_number == SIGTERM ? "SIGTERM" : "SIGINT");
+  std::fflush(stderr);
+  server.Shutdown();
+  std::fprintf(stderr, "pnn-worker: stopped\n");
+  return 0;
+}

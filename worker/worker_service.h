@@ -1,0 +1,39 @@
+// The pnn.v1.Worker gRPC service (callback API): a thin edge over
+// SegmentRunner. RPC threads validate and hand work to the runner's
+// training thread; a per-call reactor streams the queued updates back.
+//
+// Thread safety: registered with one grpc::Server; the runner must outlive
+// the server (shut the server down before destroying the runner).
+#ifndef PNN_WORKER_WORKER_SERVICE_H_
+#define PNN_WORKER_WORKER_SERVICE_H_
+
+#include "pnn/v1/worker.grpc.pb.h"
+#include "worker/segment_runner.h"
+
+namespace pnn {
+namespace worker {
+
+class WorkerService final : public pnn::v1::Worker::CallbackService {
+ public:
+  // `runner` is not owned.
+  explicit WorkerService(SegmentRunner* runner) : runner_(runner) {}
+
+  // Streams started, progress, epoch and finally result updates; the
+  // status is the training outcome (see worker.proto).
+  grpc::ServerWriteReactor<pnn::v1::TrainSegmentUpdate>* TrainSegment(
+      grpc::CallbackServerContext* context,
+      const pnn::v1::TrainSegmentRequest* request) override;
+
+  grpc::ServerUnaryReactor* CancelSegment(
+      grpc::CallbackServerContext* context,
+      const pnn::v1::CancelSegmentRequest* request,
+      pnn::v1::CancelSegmentResponse* response) override;
+
+ private:
+  SegmentRunner* const runner_;
+};
+
+}  // namespace worker
+}  // namespace pnn
+
+#endif  // PNN_WORKER_WORKER_SERVICE_H_
