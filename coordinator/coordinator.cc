@@ -20,6 +20,7 @@
 #include "common/safetensors.h"
 #include "common/status_macros.h"
 #include "common/trainer.h"
+#include "coordinator/metrics.h"
 #include "pnn/v1/worker.grpc.pb.h"
 #include "rpc/rpc_util.h"
 
@@ -157,7 +158,11 @@ void JobEventQueue::Close() {
 
 Coordinator::Coordinator(Options options)
     : options_(std::move(options)),
-      datasets_(std::make_unique<DatasetCache>(2)) {}
+      datasets_(std::make_unique<DatasetCache>(2)) {
+  if (options_.metrics_registry != nullptr) {
+    metrics_ = std::make_unique<CoordinatorMetrics>(*options_.metrics_registry);
+  }
+}
 
 Coordinator::~Coordinator() { Shutdown(); }
 
@@ -287,6 +292,7 @@ absl::StatusOr<Job> Coordinator::Submit(
   record.sequence = next_job_sequence_++;
   auto [it, inserted] = jobs_.emplace(job_id, std::move(record));
   RefreshJobLocked(it->second);
+  if (metrics_ != nullptr) metrics_->jobs_submitted.Increment();
   PublishLocked(it->second, "job submitted");
   scheduler_wake_.notify_all();
   return SnapshotLocked(it->second);
@@ -356,6 +362,7 @@ absl::StatusOr<Job> Coordinator::CancelJob(const std::string& job_id) {
   record.job.set_state(pnn::v1::JOB_STATE_CANCELLED);
   record.job.set_message("cancelled by request");
   *record.job.mutable_end_time() = Now();
+  RecordFinalLocked(record);
   PublishLocked(record, "job cancelled");
   scheduler_wake_.notify_all();
   return SnapshotLocked(record);
@@ -488,6 +495,7 @@ void Coordinator::SchedulerLoop() {
     DetectLostWorkersLocked(absl::Now());
     DispatchLocked();
     ReapDispatchThreadsLocked();
+    UpdateGaugesLocked(absl::Now());
     scheduler_wake_.wait_for(lock, std::chrono::milliseconds(200));
   }
 }
@@ -513,6 +521,7 @@ void Coordinator::DetectLostWorkersLocked(absl::Time now) {
     }
     std::fprintf(stderr, "pnn-coordinator: %s; declared lost\n",
                  reason.c_str());
+    if (metrics_ != nullptr) metrics_->workers_lost.Increment();
     it = workers_.erase(it);
   }
 }
@@ -552,6 +561,7 @@ void Coordinator::DispatchLocked() {
       task.status.clear_end_time();
       task.loss_reason.clear();
       task.context = std::make_shared<grpc::ClientContext>();
+      if (metrics_ != nullptr) metrics_->task_dispatches.Increment();
       if (record->job.state() == pnn::v1::JOB_STATE_QUEUED) {
         record->job.set_state(pnn::v1::JOB_STATE_RUNNING);
         *record->job.mutable_start_time() = Now();
@@ -621,6 +631,9 @@ void Coordinator::RunTask(std::string job_id, int task_index,
       const int64_t bytes = static_cast<int64_t>(request.ByteSizeLong());
       auto& status = job->second.tasks[task_index].status;
       status.set_bytes_sent(status.bytes_sent() + bytes);
+      if (metrics_ != nullptr) {
+        metrics_->network_sent_bytes.Increment(static_cast<double>(bytes));
+      }
     }
   }
   std::unique_ptr<grpc::ClientReader<pnn::v1::TrainSegmentUpdate>> reader =
@@ -647,6 +660,9 @@ void Coordinator::OnTaskUpdate(const std::string& job_id, int task_index,
                                const pnn::v1::TrainSegmentUpdate& update,
                                int64_t bytes) {
   std::lock_guard<std::mutex> lock(mu_);
+  if (metrics_ != nullptr) {
+    metrics_->network_received_bytes.Increment(static_cast<double>(bytes));
+  }
   auto it = jobs_.find(job_id);
   if (it == jobs_.end()) return;
   JobRecord& record = it->second;
@@ -772,6 +788,7 @@ void Coordinator::OnTaskFinished(const std::string& job_id, int task_index,
     // A live worker learns from its next heartbeat (NOT_FOUND) and
     // registers again.
     if (workers_.erase(worker_id) > 0) {
+      if (metrics_ != nullptr) metrics_->workers_lost.Increment();
       std::fprintf(stderr,
                    "pnn-coordinator: worker %s unreachable (%s); removed\n",
                    worker_id.c_str(), std::string(status.message()).c_str());
@@ -796,6 +813,7 @@ void Coordinator::OnTaskFinished(const std::string& job_id, int task_index,
     }
     task.status.set_state(pnn::v1::TASK_STATE_QUEUED);
     task.status.set_progress(0);
+    if (metrics_ != nullptr) metrics_->task_retries.Increment();
     PublishLocked(record, absl::StrCat(name, " will be retried: ", error));
     return;
   }
@@ -959,6 +977,7 @@ void Coordinator::FailJobLocked(JobRecord& record, const std::string& reason) {
   record.job.set_state(pnn::v1::JOB_STATE_FAILED);
   record.job.set_message(reason);
   *record.job.mutable_end_time() = Now();
+  RecordFinalLocked(record);
   std::fprintf(stderr, "pnn-coordinator: job %s failed: %s\n",
                record.job.job_id().c_str(), reason.c_str());
   PublishLocked(record, absl::StrCat("job failed: ", reason));
@@ -991,7 +1010,52 @@ void Coordinator::MaybeSucceedLocked(JobRecord& record) {
   record.job.set_state(pnn::v1::JOB_STATE_SUCCEEDED);
   record.job.set_message("");
   *record.job.mutable_end_time() = Now();
+  RecordFinalLocked(record);
+  if (metrics_ != nullptr) {
+    metrics_->last_test_accuracy.Set(record.job.test().accuracy());
+  }
   PublishLocked(record, "job succeeded");
+}
+
+void Coordinator::RecordFinalLocked(const JobRecord& record) {
+  if (metrics_ == nullptr) return;
+  const pnn::v1::JobState state = record.job.state();
+  auto finished = metrics_->jobs_finished.find(state);
+  if (finished != metrics_->jobs_finished.end()) finished->second->Increment();
+  auto duration = metrics_->job_duration.find(state);
+  if (duration != metrics_->job_duration.end()) {
+    const auto& created = record.job.create_time();
+    const auto& ended = record.job.end_time();
+    duration->second->Observe(
+        static_cast<double>(ended.seconds() - created.seconds()) +
+        (ended.nanos() - created.nanos()) / 1e9);
+  }
+}
+
+void Coordinator::UpdateGaugesLocked(absl::Time now) {
+  if (metrics_ == nullptr) return;
+  std::map<pnn::v1::JobState, int> jobs_by_state;
+  int queued = 0;
+  int running = 0;
+  for (const auto& [id, record] : jobs_) {
+    ++jobs_by_state[record.job.state()];
+    for (const TaskRecord& task : record.tasks) {
+      queued += task.status.state() == pnn::v1::TASK_STATE_QUEUED;
+      running += task.status.state() == pnn::v1::TASK_STATE_RUNNING;
+    }
+  }
+  for (auto& [state, gauge] : metrics_->jobs) gauge->Set(jobs_by_state[state]);
+  metrics_->queued_tasks.Set(queued);
+  metrics_->running_tasks.Set(running);
+  int healthy = 0;
+  int busy = 0;
+  for (const auto& [id, worker] : workers_) {
+    healthy += now - worker.last_heartbeat <= 2 * options_.heartbeat_interval;
+    busy += !worker.job_id.empty();
+  }
+  metrics_->workers_registered.Set(static_cast<double>(workers_.size()));
+  metrics_->workers_healthy.Set(healthy);
+  metrics_->workers_busy.Set(busy);
 }
 
 void Coordinator::RefreshJobLocked(JobRecord& record) {

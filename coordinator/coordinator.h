@@ -33,10 +33,14 @@
 namespace grpc {
 class ClientContext;
 }  // namespace grpc
+namespace prometheus {
+class Registry;
+}  // namespace prometheus
 
 namespace pnn {
 
 class DatasetCache;
+struct CoordinatorMetrics;
 
 // Events of one job for one watcher, in order. The coordinator pushes;
 // the watcher pops. `on_event` is called after each push, outside the
@@ -75,6 +79,8 @@ class Coordinator {
     int max_attempts = 3;
     // Jobs not yet in a final state; more are refused (RESOURCE_EXHAUSTED).
     int max_active_jobs = 64;
+    // Where the coordinator's metrics are registered; null: no metrics.
+    std::shared_ptr<prometheus::Registry> metrics_registry;
   };
 
   explicit Coordinator(Options options);
@@ -158,6 +164,9 @@ class Coordinator {
   void FailJobLocked(JobRecord& record, const std::string& reason);
   void CancelRunningTasksLocked(JobRecord& record);
   void MaybeSucceedLocked(JobRecord& record);
+  // Counts a job that just reached a final state.
+  void RecordFinalLocked(const JobRecord& record);
+  void UpdateGaugesLocked(absl::Time now);
   void RefreshJobLocked(JobRecord& record);
   void PublishLocked(JobRecord& record, const std::string& message);
   void ReleaseWorkerLocked(const std::string& worker_id);
@@ -166,6 +175,7 @@ class Coordinator {
 
   const Options options_;
   std::unique_ptr<DatasetCache> datasets_;
+  std::unique_ptr<CoordinatorMetrics> metrics_;  // null without a registry
 
   mutable std::mutex mu_;
   std::condition_variable scheduler_wake_;

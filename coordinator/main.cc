@@ -12,8 +12,13 @@
 #include "absl/flags/usage.h"
 #include "absl/time/time.h"
 #include "coordinator/service.h"
+#include "prometheus/registry.h"
+#include "rpc/metrics.h"
+#include "rpc/stop_signal.h"
 
 ABSL_FLAG(int32_t, port, 50051, "gRPC port (0: pick a free port).");
+ABSL_FLAG(int32_t, metrics_port, 9101,
+          "Prometheus /metrics port (0: pick a free port; -1: no metrics).");
 ABSL_FLAG(std::string, listen_host, "0.0.0.0", "Address to listen on.");
 ABSL_FLAG(std::string, state_dir, "pnn-state",
           "Directory for model artifacts (created if missing).");
@@ -34,12 +39,10 @@ int main(int argc, char** argv) {
       "trains their segments on pnn-worker processes.\n"
       "Usage: pnn-coordinator [--port P] [--state_dir DIR] [--data_dir DIR]");
   absl::ParseCommandLine(argc, argv);
-  // Signals are taken synchronously below, so every thread must block them.
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGINT);
-  sigaddset(&signals, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  if (!pnn::InstallStopHandlers()) {
+    std::fprintf(stderr, "pnn-coordinator: cannot install signal handlers\n");
+    return 1;
+  }
 
   pnn::CoordinatorServer::Options options;
   options.listen_host = absl::GetFlag(FLAGS_listen_host);
@@ -53,6 +56,10 @@ int main(int argc, char** argv) {
   core.worker_timeout = absl::Milliseconds(absl::GetFlag(FLAGS_worker_timeout_ms));
   core.max_attempts = absl::GetFlag(FLAGS_max_attempts);
   core.max_active_jobs = absl::GetFlag(FLAGS_max_active_jobs);
+  const int metrics_port = absl::GetFlag(FLAGS_metrics_port);
+  if (metrics_port >= 0) {
+    core.metrics_registry = std::make_shared<prometheus::Registry>();
+  }
   if (core.max_attempts < 1 || core.heartbeat_interval <= absl::ZeroDuration() ||
       core.worker_timeout <= core.heartbeat_interval) {
     std::fprintf(stderr,
@@ -71,12 +78,24 @@ int main(int argc, char** argv) {
   const std::string shown_host = options.listen_host == "0.0.0.0"
                                      ? "127.0.0.1"
                                      : options.listen_host;
+  std::unique_ptr<pnn::MetricsServer> metrics;
+  if (metrics_port >= 0) {
+    auto started = pnn::MetricsServer::Start(options.listen_host, metrics_port,
+                                             core.metrics_registry);
+    if (!started.ok()) {
+      std::fprintf(stderr, "pnn-coordinator: %s\n",
+                   std::string(started.status().message()).c_str());
+      return 1;
+    }
+    metrics = *std::move(started);
+    std::fprintf(stderr, "pnn-coordinator metrics on %s:%d\n",
+                 shown_host.c_str(), metrics->port());
+  }
   std::fprintf(stderr, "pnn-coordinator listening on %s:%d\n",
                shown_host.c_str(), *port);
   std::fflush(stderr);
 
-  int signal_number = 0;
-  sigwait(&signals, &signal_number);
+  const int signal_number = pnn::WaitForStopSignal();
   std::fprintf(stderr, "pnn-coordinator: %s received, shutting down\n",
                signal_number == SIGINT ? "SIGINT" : "SIGTERM");
   server.Shutdown();

@@ -39,14 +39,14 @@ wait_for_port() {
   fail "$name did not report its port"
 }
 
-"$COORDINATOR" --port 0 --listen_host 127.0.0.1 --state_dir "$work/state" \
+"$COORDINATOR" --port 0 --metrics_port 0 --listen_host 127.0.0.1 --state_dir "$work/state" \
   --data_dir "$DATA_ROOT" --threads 1 2>"$work/coordinator.log" &
 pids+=($!)
 port=$(wait_for_port "$work/coordinator.log" pnn-coordinator)
 target="127.0.0.1:$port"
 
 for i in 1 2; do
-  "$WORKER" --coordinator "$target" --port 0 --listen_host 127.0.0.1 \
+  "$WORKER" --coordinator "$target" --port 0 --metrics_port 0 --listen_host 127.0.0.1 \
     --data_dir "$DATA_ROOT" --threads 1 --name "e2e-$i" \
     2>"$work/worker$i.log" &
   pids+=($!)

@@ -5,6 +5,9 @@
 #include <poll.h>
 #include <signal.h>
 #include <spawn.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -387,15 +390,48 @@ bool HealthCheckServing(const std::string& address) {
   return bytes == std::string("\x08\x01", 2);  // status: SERVING
 }
 
+// A plain HTTP/1.0 GET on loopback; returns the whole response.
+std::string HttpGet(int port, const std::string& path) {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in address = {};
+  address.sin_family = AF_INET;
+  address.sin_port = htons(static_cast<uint16_t>(port));
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  std::string response;
+  if (connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) ==
+      0) {
+    const std::string request = "GET " + path + " HTTP/1.0\r\n\r\n";
+    if (write(fd, request.data(), request.size()) ==
+        static_cast<ssize_t>(request.size())) {
+      char buffer[4096];
+      ssize_t n;
+      while ((n = read(fd, buffer, sizeof(buffer))) > 0) {
+        response.append(buffer, static_cast<size_t>(n));
+      }
+    }
+  }
+  close(fd);
+  return response;
+}
+
 TEST(WorkerBinaryTest, RegistersServesAndExitsCleanlyOnSigterm) {
   FakeCoordinator fake;
   FakeCoordinatorServer coordinator(&fake);
   TempDir data_root;
   Child worker({PNN_WORKER_BINARY, "--coordinator=" + coordinator.address(),
                 "--listen_host=127.0.0.1", "--port=0", "--threads=1",
-                "--name=binary-worker", "--data_dir=" + data_root.path()});
+                "--metrics_port=0", "--name=binary-worker",
+                "--data_dir=" + data_root.path()});
   ASSERT_GT(worker.pid(), 0);
   std::smatch match;
+  // The metrics exposer starts inside the real binary, next to libtorch
+  // (see rpc/metrics.cc for why that needs care), and serves /metrics.
+  ASSERT_TRUE(worker.WaitForLine(
+      std::regex("^pnn-worker metrics on 127\\.0\\.0\\.1:([0-9]+)$"), &match));
+  const std::string metrics = HttpGet(std::stoi(match[1].str()), "/metrics");
+  EXPECT_THAT(metrics, HasSubstr("pnn_worker_busy 0"));
+  EXPECT_THAT(metrics, HasSubstr("pnn_worker_segments_total{outcome=\"succeeded\"} 0"));
+  EXPECT_THAT(metrics, HasSubstr("process_resident_memory_bytes"));
   ASSERT_TRUE(worker.WaitForLine(
       std::regex("^pnn-worker listening on 127\\.0\\.0\\.1:([0-9]+)$"),
       &match));
@@ -430,7 +466,8 @@ TEST(WorkerBinaryTest, RegistersServesAndExitsCleanlyOnSigterm) {
 
 TEST(WorkerBinaryTest, SigintAlsoStopsIt) {
   Child worker({PNN_WORKER_BINARY, "--coordinator=127.0.0.1:1",
-                "--listen_host=127.0.0.1", "--threads=1"});
+                "--listen_host=127.0.0.1", "--threads=1",
+                "--metrics_port=-1"});
   std::smatch match;
   ASSERT_TRUE(worker.WaitForLine(std::regex("listening on"), &match));
   ASSERT_EQ(kill(worker.pid(), SIGINT), 0);

@@ -5,12 +5,9 @@
 //
 // Registers with the coordinator, serves pnn.v1.Worker (plus gRPC health
 // checking and reflection), and exits 0 after SIGTERM or SIGINT.
-#include <fcntl.h>
-#include <poll.h>
-#include <signal.h>
-#include <unistd.h>
 
-#include <cerrno>
+#include <signal.h>
+
 #include <cstdio>
 #include <string>
 
@@ -19,11 +16,16 @@
 #include "absl/flags/usage.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "prometheus/registry.h"
+#include "rpc/metrics.h"
+#include "rpc/stop_signal.h"
 #include "worker/worker_server.h"
 
 ABSL_FLAG(std::string, coordinator, "",
           "Coordinator to register with, HOST:PORT (required).");
 ABSL_FLAG(int32_t, port, 0, "Port to listen on (0: pick a free port).");
+ABSL_FLAG(int32_t, metrics_port, 9102,
+          "Prometheus /metrics port (0: pick a free port; -1: no metrics).");
 ABSL_FLAG(std::string, listen_host, "0.0.0.0",
           "Address to listen on (0.0.0.0: every interface).");
 ABSL_FLAG(std::string, advertise_address, "",
@@ -38,39 +40,6 @@ ABSL_FLAG(std::string, name, "",
           "Worker name shown to people (default: the host name).");
 
 namespace {
-
-// Self-pipe for SIGTERM / SIGINT. A handler rather than a blocked mask and
-// sigwait(): libraries start threads before main() (OpenBLAS's pool), and a
-// process-directed signal delivered to one of those threads would kill the
-// process instead of shutting it down.
-int g_signal_pipe[2] = {-1, -1};
-volatile sig_atomic_t g_signal = 0;
-
-extern "C" void OnStopSignal(int signal_number) {
-  g_signal = signal_number;
-  const char byte = 1;
-  // write() is async-signal-safe; a full pipe means a stop is pending anyway.
-  const ssize_t ignored = write(g_signal_pipe[1], &byte, 1);
-  (void)ignored;
-}
-
-bool InstallStopHandlers() {
-  if (pipe2(g_signal_pipe, O_CLOEXEC | O_NONBLOCK) != 0) return false;
-  struct sigaction action = {};
-  action.sa_handler = OnStopSignal;
-  sigemptyset(&action.sa_mask);
-  action.sa_flags = SA_RESTART;
-  return sigaction(SIGTERM, &action, nullptr) == 0 &&
-         sigaction(SIGINT, &action, nullptr) == 0;
-}
-
-// Blocks until a stop signal arrived; returns its number.
-int WaitForStopSignal() {
-  pollfd fd{g_signal_pipe[0], POLLIN, 0};
-  while (poll(&fd, 1, -1) < 0 && errno == EINTR) {
-  }
-  return g_signal;
-}
 
 int Fail(const std::string& message) {
   std::fprintf(stderr, "pnn-worker: %s\n", message.c_str());
@@ -116,13 +85,30 @@ int main(int argc, char** argv) {
   options.threads = absl::GetFlag(FLAGS_threads);
   options.device = absl::GetFlag(FLAGS_device);
   options.name = absl::GetFlag(FLAGS_name);
+  const int metrics_port = absl::GetFlag(FLAGS_metrics_port);
+  if (metrics_port >= 0) {
+    options.metrics_registry = std::make_shared<prometheus::Registry>();
+  }
 
   // Before Start, so that a signal during start-up also shuts down cleanly.
-  if (!InstallStopHandlers()) return Fail("cannot install signal handlers");
+  if (!pnn::InstallStopHandlers()) return Fail("cannot install signal handlers");
 
   pnn::worker::WorkerServer server(options);
   auto port = server.Start();
   if (!port.ok()) return Fail(std::string(port.status().message()));
+  std::unique_ptr<pnn::MetricsServer> metrics;
+  if (metrics_port >= 0) {
+    auto started = pnn::MetricsServer::Start(options.listen_host, metrics_port,
+                                             options.metrics_registry);
+    if (!started.ok()) return Fail(std::string(started.status().message()));
+    metrics = *std::move(started);
+    std::fprintf(stderr, "pnn-worker metrics on %s\n",
+                 pnn::worker::JoinHostPort(options.listen_host == "0.0.0.0"
+                                               ? "127.0.0.1"
+                                               : options.listen_host,
+                                           metrics->port())
+                     .c_str());
+  }
   std::fprintf(stderr,
                "pnn-worker listening on %s\n"
                "pnn-worker: %s, device %s, %d threads, data in %s, "
@@ -133,7 +119,7 @@ int main(int argc, char** argv) {
                server.advertise_address().c_str(), options.coordinator.c_str());
   std::fflush(stderr);
 
-  const int signal_number = WaitForStopSignal();
+  const int signal_number = pnn::WaitForStopSignal();
   std::fprintf(stderr, "pnn-worker: %s received, shutting down\n",
                signal_number == SIGTERM ? "SIGTERM" : "SIGINT");
   std::fflush(stderr);

@@ -11,6 +11,7 @@
 #include "common/job_spec.h"
 #include "common/trainer.h"
 #include "worker/log.h"
+#include "worker/metrics.h"
 
 namespace pnn {
 namespace worker {
@@ -142,6 +143,7 @@ void SegmentRunner::Loop() {
     }
     pnn::v1::SegmentResult result;
     absl::Status status;
+    if (options_.metrics != nullptr) options_.metrics->busy.Set(1);
     const auto start = std::chrono::steady_clock::now();
     try {
       status = Run(*job, &result);
@@ -160,6 +162,10 @@ void SegmentRunner::Loop() {
     {
       std::lock_guard<std::mutex> lock(mutex_);
       running_.reset();
+    }
+    if (options_.metrics != nullptr) {
+      options_.metrics->RecordOutcome(status);
+      options_.metrics->busy.Set(0);
     }
     if (status.ok()) {
       LogLine(absl::StrCat(Describe(job->task), " done in ", seconds, " s"));
@@ -235,14 +241,26 @@ absl::Status SegmentRunner::Run(Job& job, pnn::v1::SegmentResult* result) {
   train_options.threads = options_.threads;
   train_options.batch_report_interval = options_.batch_report_interval;
   train_options.should_stop = should_stop;
-  train_options.on_epoch = [&observer](const pnn::v1::EpochMetrics& metrics,
-                                       const MlpSegment&) {
+  WorkerMetrics* const exported = options_.metrics;
+  train_options.on_epoch = [&observer, exported](
+                               const pnn::v1::EpochMetrics& metrics,
+                               const MlpSegment&) {
+    if (exported != nullptr) {
+      exported->epochs.Increment();
+      exported->epoch_duration.Observe(metrics.seconds());
+      exported->training_loss.Set(metrics.train_loss());
+      exported->samples_per_second.Set(metrics.samples_per_second());
+      exported->training_memory.Set(
+          static_cast<double>(metrics.peak_rss_growth_bytes()));
+    }
     TrainSegmentUpdate update;
     *update.mutable_epoch() = metrics;
     observer.OnUpdate(std::move(update));
   };
-  train_options.on_batches = [&observer](int epoch, int64_t done,
-                                         int64_t per_epoch, double loss) {
+  train_options.on_batches = [&observer, exported](int epoch, int64_t done,
+                                                   int64_t per_epoch,
+                                                   double loss) {
+    if (exported != nullptr) exported->training_loss.Set(loss);
     TrainSegmentUpdate update;
     auto* progress = update.mutable_progress();
     progress->set_epoch(epoch);

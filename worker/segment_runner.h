@@ -26,6 +26,8 @@ class DatasetCache;
 
 namespace worker {
 
+struct WorkerMetrics;
+
 // Receives one task's updates, in order: started, then progress / epoch
 // updates, then the result (on success), then exactly one OnFinish.
 class SegmentObserver {
@@ -45,6 +47,7 @@ struct SegmentRunnerOptions {
   std::string worker_name;  // reported in SegmentStarted
   int64_t batch_report_interval = 50;
   int max_cached_datasets = 2;
+  WorkerMetrics* metrics = nullptr;  // not owned; null: no metrics
 };
 
 class SegmentRunner {

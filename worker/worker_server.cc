@@ -15,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "rpc/rpc_util.h"
 #include "worker/log.h"
+#include "worker/metrics.h"
 #include "worker/registration.h"
 #include "worker/segment_runner.h"
 #include "worker/worker_service.h"
@@ -101,8 +102,12 @@ absl::StatusOr<int> WorkerServer::Start() {
   runner_options.worker_name = options_.name;
   runner_options.batch_report_interval = options_.batch_report_interval;
   runner_options.max_cached_datasets = options_.max_cached_datasets;
+  if (options_.metrics_registry != nullptr && metrics_ == nullptr) {
+    metrics_ = std::make_unique<WorkerMetrics>(*options_.metrics_registry);
+  }
+  runner_options.metrics = metrics_.get();
   runner_ = std::make_unique<SegmentRunner>(std::move(runner_options));
-  service_ = std::make_unique<WorkerService>(runner_.get());
+  service_ = std::make_unique<WorkerService>(runner_.get(), metrics_.get());
 
   // Both are process-wide switches read when a builder is made.
   grpc::EnableDefaultHealthCheckService(true);

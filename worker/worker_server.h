@@ -28,6 +28,9 @@
 namespace grpc {
 class Server;
 }  // namespace grpc
+namespace prometheus {
+class Registry;
+}  // namespace prometheus
 
 namespace pnn {
 namespace worker {
@@ -35,6 +38,7 @@ namespace worker {
 class CoordinatorRegistration;
 class SegmentRunner;
 class WorkerService;
+struct WorkerMetrics;
 
 struct WorkerOptions {
   // Interface and port to listen on; port 0 picks a free port.
@@ -64,6 +68,8 @@ struct WorkerOptions {
   int coordinator_rpc_timeout_ms = 5000;
   // How long Shutdown waits for open calls to end before cancelling them.
   int shutdown_grace_ms = 5000;
+  // Where the worker's metrics are registered; null: no metrics.
+  std::shared_ptr<prometheus::Registry> metrics_registry;
 };
 
 class WorkerServer {
@@ -105,6 +111,7 @@ class WorkerServer {
   std::condition_variable shut_down_cv_;
   int port_ = 0;
   std::string advertise_address_;
+  std::unique_ptr<WorkerMetrics> metrics_;
   std::unique_ptr<SegmentRunner> runner_;
   std::unique_ptr<WorkerService> service_;
   std::unique_ptr<grpc::Server> server_;

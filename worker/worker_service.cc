@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "rpc/rpc_util.h"
 #include "worker/log.h"
+#include "worker/metrics.h"
 
 namespace pnn {
 namespace worker {
@@ -25,8 +26,9 @@ using pnn::v1::TrainSegmentUpdate;
 // the reactor again (OnDone may delete it at any moment after that).
 class UpdateStream final : public SegmentObserver {
  public:
-  explicit UpdateStream(grpc::ServerWriteReactor<TrainSegmentUpdate>* reactor)
-      : reactor_(reactor) {}
+  UpdateStream(grpc::ServerWriteReactor<TrainSegmentUpdate>* reactor,
+               WorkerMetrics* metrics)
+      : reactor_(reactor), metrics_(metrics) {}
 
   // Training thread.
   void OnUpdate(TrainSegmentUpdate update) override {
@@ -125,6 +127,10 @@ class UpdateStream final : public SegmentObserver {
       case Action::kWrite:
         // in_flight_ is stable until OnWriteDone: only the owner of the
         // next write may replace it, and that needs this write to finish.
+        if (metrics_ != nullptr) {
+          metrics_->network_sent_bytes.Increment(
+              static_cast<double>(in_flight_.ByteSizeLong()));
+        }
         reactor_->StartWrite(&in_flight_);
         break;
       case Action::kFinish:
@@ -136,6 +142,7 @@ class UpdateStream final : public SegmentObserver {
   }
 
   grpc::ServerWriteReactor<TrainSegmentUpdate>* const reactor_;
+  WorkerMetrics* const metrics_;  // may be null
   std::atomic<bool> abandoned_{false};
   std::mutex mutex_;
   std::deque<TrainSegmentUpdate> pending_;    // guarded by mutex_
@@ -150,7 +157,8 @@ class UpdateStream final : public SegmentObserver {
 class TrainSegmentReactor final
     : public grpc::ServerWriteReactor<TrainSegmentUpdate> {
  public:
-  TrainSegmentReactor() : stream_(std::make_shared<UpdateStream>(this)) {}
+  explicit TrainSegmentReactor(WorkerMetrics* metrics)
+      : stream_(std::make_shared<UpdateStream>(this, metrics)) {}
 
   const std::shared_ptr<UpdateStream>& stream() const { return stream_; }
 
@@ -169,7 +177,11 @@ class TrainSegmentReactor final
 grpc::ServerWriteReactor<TrainSegmentUpdate>* WorkerService::TrainSegment(
     grpc::CallbackServerContext* context,
     const pnn::v1::TrainSegmentRequest* request) {
-  auto* reactor = new TrainSegmentReactor();
+  auto* reactor = new TrainSegmentReactor(metrics_);
+  if (metrics_ != nullptr) {
+    metrics_->network_received_bytes.Increment(
+        static_cast<double>(request->ByteSizeLong()));
+  }
   if (!request->has_task()) {
     reactor->stream()->Finish(grpc::Status(
         grpc::StatusCode::INVALID_ARGUMENT,

@@ -12,11 +12,19 @@
 
 namespace pnn {
 namespace worker {
+struct WorkerMetrics;
+}  // namespace worker
+}  // namespace pnn
+
+namespace pnn {
+namespace worker {
 
 class WorkerService final : public pnn::v1::Worker::CallbackService {
  public:
-  // `runner` is not owned.
-  explicit WorkerService(SegmentRunner* runner) : runner_(runner) {}
+  // Neither is owned; `metrics` may be null.
+  explicit WorkerService(SegmentRunner* runner,
+                         WorkerMetrics* metrics = nullptr)
+      : runner_(runner), metrics_(metrics) {}
 
   // Streams started, progress, epoch and finally result updates; the
   // status is the training outcome (see worker.proto).
@@ -31,6 +39,7 @@ class WorkerService final : public pnn::v1::Worker::CallbackService {
 
  private:
   SegmentRunner* const runner_;
+  WorkerMetrics* const metrics_;
 };
 
 }  // namespace worker

@@ -1,0 +1,102 @@
+#include "coordinator/metrics.h"
+
+namespace pnn {
+namespace {
+
+constexpr pnn::v1::JobState kStates[] = {
+    pnn::v1::JOB_STATE_QUEUED,    pnn::v1::JOB_STATE_RUNNING,
+    pnn::v1::JOB_STATE_ASSEMBLING, pnn::v1::JOB_STATE_SUCCEEDED,
+    pnn::v1::JOB_STATE_FAILED,    pnn::v1::JOB_STATE_CANCELLED};
+constexpr pnn::v1::JobState kFinalStates[] = {pnn::v1::JOB_STATE_SUCCEEDED,
+                                              pnn::v1::JOB_STATE_FAILED,
+                                              pnn::v1::JOB_STATE_CANCELLED};
+
+prometheus::Counter& Counter(prometheus::Registry& registry, const char* name,
+                             const char* help) {
+  return prometheus::BuildCounter().Name(name).Help(help).Register(registry).Add(
+      {});
+}
+
+prometheus::Gauge& Gauge(prometheus::Registry& registry, const char* name,
+                         const char* help) {
+  return prometheus::BuildGauge().Name(name).Help(help).Register(registry).Add(
+      {});
+}
+
+}  // namespace
+
+const char* JobStateLabel(pnn::v1::JobState state) {
+  switch (state) {
+    case pnn::v1::JOB_STATE_QUEUED:
+      return "queued";
+    case pnn::v1::JOB_STATE_RUNNING:
+      return "running";
+    case pnn::v1::JOB_STATE_ASSEMBLING:
+      return "assembling";
+    case pnn::v1::JOB_STATE_SUCCEEDED:
+      return "succeeded";
+    case pnn::v1::JOB_STATE_FAILED:
+      return "failed";
+    case pnn::v1::JOB_STATE_CANCELLED:
+      return "cancelled";
+    default:
+      return "unspecified";
+  }
+}
+
+CoordinatorMetrics::CoordinatorMetrics(prometheus::Registry& registry)
+    : jobs_submitted(Counter(registry, "pnn_coordinator_jobs_submitted_total",
+                             "Jobs accepted by SubmitJob.")),
+      queued_tasks(Gauge(registry, "pnn_coordinator_queued_tasks",
+                         "Segment and baseline tasks waiting for a worker.")),
+      running_tasks(Gauge(registry, "pnn_coordinator_running_tasks",
+                          "Tasks being trained on workers.")),
+      workers_registered(Gauge(registry, "pnn_coordinator_workers_registered",
+                               "Workers registered with the coordinator.")),
+      workers_healthy(Gauge(registry, "pnn_coordinator_workers_healthy",
+                            "Registered workers whose last heartbeat is "
+                            "recent (within two intervals).")),
+      workers_busy(Gauge(registry, "pnn_coordinator_workers_busy",
+                         "Registered workers training a task.")),
+      task_dispatches(Counter(registry, "pnn_coordinator_task_dispatches_total",
+                              "Tasks sent to workers, retries included.")),
+      task_retries(Counter(registry, "pnn_coordinator_task_retries_total",
+                           "Tasks queued again after a worker failed or was "
+                           "lost.")),
+      workers_lost(Counter(registry, "pnn_coordinator_workers_lost_total",
+                           "Workers dropped for missed heartbeats or "
+                           "unreachable addresses.")),
+      network_sent_bytes(Counter(
+          registry, "pnn_coordinator_network_sent_bytes_total",
+          "Bytes of training RPC messages sent to workers.")),
+      network_received_bytes(Counter(
+          registry, "pnn_coordinator_network_received_bytes_total",
+          "Bytes of training RPC messages received from workers.")),
+      last_test_accuracy(Gauge(registry, "pnn_coordinator_last_test_accuracy",
+                               "Test accuracy (ratio) of the most recently "
+                               "assembled model.")) {
+  auto& finished = prometheus::BuildCounter()
+                       .Name("pnn_coordinator_jobs_finished_total")
+                       .Help("Jobs that reached a final state, by state.")
+                       .Register(registry);
+  auto& current = prometheus::BuildGauge()
+                      .Name("pnn_coordinator_jobs")
+                      .Help("Jobs known to the coordinator, by current state.")
+                      .Register(registry);
+  auto& duration = prometheus::BuildHistogram()
+                       .Name("pnn_coordinator_job_duration_seconds")
+                       .Help("Submission to final state, by final state.")
+                       .Register(registry);
+  for (pnn::v1::JobState state : kStates) {
+    jobs[state] = &current.Add({{"state", JobStateLabel(state)}});
+  }
+  const prometheus::Histogram::BucketBoundaries buckets = {
+      1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600};
+  for (pnn::v1::JobState state : kFinalStates) {
+    jobs_finished[state] = &finished.Add({{"state", JobStateLabel(state)}});
+    job_duration[state] =
+        &duration.Add({{"state", JobStateLabel(state)}}, buckets);
+  }
+}
+
+}  // namespace pnn

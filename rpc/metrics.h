@@ -1,0 +1,46 @@
+// Prometheus exposition shared by pnn's services: one registry per
+// process, a pull endpoint (/metrics) served by prometheus-cpp's Exposer,
+// and the standard process_* metrics (CPU, memory, start time, open files).
+//
+// Thread safety: metrics objects from prometheus-cpp are thread-safe; the
+// server is started once from main() and lives until the process exits or
+// the object is destroyed.
+#ifndef PNN_RPC_METRICS_H_
+#define PNN_RPC_METRICS_H_
+
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+
+namespace prometheus {
+class Collectable;
+class Exposer;
+class Registry;
+}  // namespace prometheus
+
+namespace pnn {
+
+class MetricsServer {
+ public:
+  // Serves `registry` plus the process metrics on host:port (port 0: pick
+  // a free one). UNAVAILABLE when the port cannot be bound.
+  static absl::StatusOr<std::unique_ptr<MetricsServer>> Start(
+      const std::string& host, int port,
+      std::shared_ptr<prometheus::Registry> registry);
+  ~MetricsServer();
+
+  int port() const { return port_; }
+
+ private:
+  MetricsServer() = default;
+  // The exposer holds collectables by weak_ptr: keep them alive here.
+  std::shared_ptr<prometheus::Registry> registry_;
+  std::shared_ptr<prometheus::Collectable> process_;
+  std::unique_ptr<prometheus::Exposer> exposer_;
+  int port_ = 0;
+};
+
+}  // namespace pnn
+
+#endif  // PNN_RPC_METRICS_H_

@@ -1,0 +1,39 @@
+// The worker's Prometheus metrics, created once at start-up in the process
+// registry (rpc/metrics.h serves them). Labels are fixed outcomes only.
+// The referenced metrics are thread-safe.
+#ifndef PNN_WORKER_METRICS_H_
+#define PNN_WORKER_METRICS_H_
+
+#include <prometheus/counter.h>
+#include <prometheus/gauge.h>
+#include <prometheus/histogram.h>
+#include <prometheus/registry.h>
+
+#include "absl/status/status.h"
+
+namespace pnn {
+namespace worker {
+
+struct WorkerMetrics {
+  explicit WorkerMetrics(prometheus::Registry& registry);
+
+  // Counts a finished segment by outcome (succeeded, failed, cancelled).
+  void RecordOutcome(const absl::Status& status);
+
+  prometheus::Counter& segments_succeeded;
+  prometheus::Counter& segments_failed;
+  prometheus::Counter& segments_cancelled;
+  prometheus::Counter& epochs;
+  prometheus::Histogram& epoch_duration;
+  prometheus::Gauge& training_loss;
+  prometheus::Gauge& samples_per_second;
+  prometheus::Gauge& training_memory;
+  prometheus::Gauge& busy;
+  prometheus::Counter& network_sent_bytes;
+  prometheus::Counter& network_received_bytes;
+};
+
+}  // namespace worker
+}  // namespace pnn
+
+#endif  // PNN_WORKER_METRICS_H_
