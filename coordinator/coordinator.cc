@@ -557,14 +557,15 @@ void Coordinator::DispatchLocked() {
       task.status.set_attempts(task.status.attempts() + 1);
       task.status.set_progress(0);
       task.status.clear_epochs();
-      *task.status.mutable_start_time() = Now();
+      const google::protobuf::Timestamp now = Now();
+      *task.status.mutable_start_time() = now;
       task.status.clear_end_time();
       task.loss_reason.clear();
       task.context = std::make_shared<grpc::ClientContext>();
       if (metrics_ != nullptr) metrics_->task_dispatches.Increment();
       if (record->job.state() == pnn::v1::JOB_STATE_QUEUED) {
         record->job.set_state(pnn::v1::JOB_STATE_RUNNING);
-        *record->job.mutable_start_time() = Now();
+        *record->job.mutable_start_time() = now;
       }
       pnn::v1::TrainSegmentRequest request;
       *request.mutable_task() = task.task;
