@@ -255,7 +255,9 @@ absl::StatusOr<int> CoordinatorServer::Start() {
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
-  ConfigureServerBuilder(&builder);
+  // Only workers' streams carry large messages, and those are responses to
+  // the coordinator's own calls: requests to it stay small.
+  ConfigureServerBuilder(&builder, kMaxRequestBytes);
   builder.AddListeningPort(
       absl::StrCat(options_.listen_host, ":", options_.port),
       grpc::InsecureServerCredentials(), &port_);

@@ -22,8 +22,9 @@ std::shared_ptr<grpc::Channel> MakeChannel(const std::string& target) {
                                    arguments);
 }
 
-void ConfigureServerBuilder(grpc::ServerBuilder* builder) {
-  builder->SetMaxReceiveMessageSize(kMaxMessageBytes);
+void ConfigureServerBuilder(grpc::ServerBuilder* builder,
+                            int max_request_bytes) {
+  builder->SetMaxReceiveMessageSize(max_request_bytes);
   builder->SetMaxSendMessageSize(kMaxMessageBytes);
 }
 

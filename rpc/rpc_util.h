@@ -24,8 +24,14 @@ absl::Status FromGrpcStatus(const grpc::Status& status);
 // kMaxMessageBytes.
 std::shared_ptr<grpc::Channel> MakeChannel(const std::string& target);
 
-// Applies pnn's limits (message sizes) to a server under construction.
-void ConfigureServerBuilder(grpc::ServerBuilder* builder);
+// Largest request a user-facing server accepts (job specs, queries): far
+// above any real request, far below what could hurt the process.
+inline constexpr int kMaxRequestBytes = 4 << 20;
+
+// Applies pnn's message-size limits to a server under construction:
+// requests up to `max_request_bytes`, responses up to kMaxMessageBytes.
+void ConfigureServerBuilder(grpc::ServerBuilder* builder,
+                            int max_request_bytes = kMaxMessageBytes);
 
 }  // namespace pnn
 

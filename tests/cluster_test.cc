@@ -3,6 +3,8 @@
 #include <grpcpp/grpcpp.h>
 
 #include <chrono>
+#include <cmath>
+#include <functional>
 #include <thread>
 
 #include "absl/strings/match.h"
@@ -258,6 +260,143 @@ TEST_F(ClusterTest, UnknownJobsAndMissingModelsAreClearErrors) {
   status = stub_->SubmitJob(&context, bad, &response);
   EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_THAT(status.error_message(), HasSubstr("model.cut_after_layers[0]"));
+}
+
+// Malformed requests at the gRPC edge, each with the code a client can act
+// on; the coordinator keeps serving afterwards and stores nothing.
+TEST_F(ClusterTest, MalformedRequestsGetPreciseCodes) {
+  struct Case {
+    std::string name;
+    std::function<grpc::Status()> call;
+    grpc::StatusCode expected;
+    std::string message;
+  };
+  auto submit = [this](std::function<void(pnn::v1::SubmitJobRequest*)> edit) {
+    return [this, edit] {
+      pnn::v1::SubmitJobRequest request = Request(1);
+      edit(&request);
+      grpc::ClientContext context;
+      pnn::v1::SubmitJobResponse response;
+      return stub_->SubmitJob(&context, request, &response);
+    };
+  };
+  const std::vector<Case> cases = {
+      {"empty spec uses defaults but the default data set is absent",
+       [this] {
+         grpc::ClientContext context;
+         pnn::v1::SubmitJobResponse response;
+         return stub_->SubmitJob(&context, {}, &response);
+       },
+       grpc::StatusCode::INVALID_ARGUMENT, "dataset"},
+      {"negative width", submit([](auto* r) {
+         r->mutable_spec()->mutable_model()->set_hidden_widths(0, -1);
+       }),
+       grpc::StatusCode::INVALID_ARGUMENT, "model.hidden_widths[0]"},
+      {"cut beyond the network", submit([](auto* r) {
+         r->mutable_spec()->mutable_model()->set_cut_after_layers(0, 3);
+       }),
+       grpc::StatusCode::INVALID_ARGUMENT, "model.cut_after_layers[0]"},
+      {"zero batch", submit([](auto* r) {
+         r->mutable_spec()->mutable_training()->set_batch_size(-4);
+       }),
+       grpc::StatusCode::INVALID_ARGUMENT, "training.batch_size"},
+      {"NaN learning rate", submit([](auto* r) {
+         r->mutable_spec()->mutable_training()->set_learning_rate(std::nanf(""));
+       }),
+       grpc::StatusCode::INVALID_ARGUMENT, "training.learning_rate"},
+      {"infinite kappa", submit([](auto* r) {
+         r->mutable_spec()->mutable_sil()->set_kappa(INFINITY);
+       }),
+       grpc::StatusCode::INVALID_ARGUMENT, "sil.kappa"},
+      {"unknown enum value", submit([](auto* r) {
+         r->mutable_spec()->mutable_model()->set_activation(
+             static_cast<pnn::v1::Activation>(77));
+       }),
+       grpc::StatusCode::INVALID_ARGUMENT, "model.activation"},
+      {"path traversal", submit([](auto* r) {
+         r->mutable_spec()->mutable_dataset()->set_path("../../etc");
+       }),
+       grpc::StatusCode::INVALID_ARGUMENT, "dataset.path"},
+      {"absolute path", submit([](auto* r) {
+         r->mutable_spec()->mutable_dataset()->set_path("/etc");
+       }),
+       grpc::StatusCode::INVALID_ARGUMENT, "dataset.path"},
+      {"a model too large to allocate", submit([](auto* r) {
+         r->mutable_spec()->mutable_model()->set_hidden_widths(0, 65536);
+         r->mutable_spec()->mutable_model()->set_hidden_widths(1, 65536);
+       }),
+       grpc::StatusCode::INVALID_ARGUMENT, "parameters"},
+      {"unknown device", submit([](auto* r) {
+         r->mutable_spec()->set_device("tpu:0");
+       }),
+       grpc::StatusCode::INVALID_ARGUMENT, "device"},
+      {"request over the size limit", submit([](auto* r) {
+         r->mutable_spec()->set_name(std::string(kMaxRequestBytes + 1, 'x'));
+       }),
+       grpc::StatusCode::RESOURCE_EXHAUSTED, ""},
+      {"unknown job",
+       [this] {
+         grpc::ClientContext context;
+         pnn::v1::GetJobRequest request;
+         request.set_job_id("job-000000000000");
+         Job job;
+         return stub_->GetJob(&context, request, &job);
+       },
+       grpc::StatusCode::NOT_FOUND, "job-000000000000"},
+      {"cancel unknown job",
+       [this] {
+         grpc::ClientContext context;
+         pnn::v1::CancelJobRequest request;
+         Job job;
+         return stub_->CancelJob(&context, request, &job);
+       },
+       grpc::StatusCode::NOT_FOUND, "no job"},
+      {"forged page token",
+       [this] {
+         grpc::ClientContext context;
+         pnn::v1::ListJobsRequest request;
+         request.set_page_token("'; DROP TABLE jobs");
+         pnn::v1::ListJobsResponse response;
+         return stub_->ListJobs(&context, request, &response);
+       },
+       grpc::StatusCode::INVALID_ARGUMENT, "page_token"},
+      {"huge page",
+       [this] {
+         grpc::ClientContext context;
+         pnn::v1::ListJobsRequest request;
+         request.set_page_size(1 << 30);
+         pnn::v1::ListJobsResponse response;
+         return stub_->ListJobs(&context, request, &response);
+       },
+       grpc::StatusCode::INVALID_ARGUMENT, "page_size"},
+      {"worker without address",
+       [this] {
+         grpc::ClientContext context;
+         pnn::v1::RegisterWorkerRequest request;
+         pnn::v1::RegisterWorkerResponse response;
+         return stub_->RegisterWorker(&context, request, &response);
+       },
+       grpc::StatusCode::INVALID_ARGUMENT, "worker.address"},
+      {"heartbeat of a stranger",
+       [this] {
+         grpc::ClientContext context;
+         pnn::v1::HeartbeatRequest request;
+         request.set_worker_id("worker-999");
+         pnn::v1::HeartbeatResponse response;
+         return stub_->Heartbeat(&context, request, &response);
+       },
+       grpc::StatusCode::NOT_FOUND, "register again"},
+  };
+  for (const auto& c : cases) {
+    const grpc::Status status = c.call();
+    EXPECT_EQ(status.error_code(), c.expected)
+        << c.name << ": " << status.error_message();
+    EXPECT_THAT(status.error_message(), HasSubstr(c.message)) << c.name;
+  }
+  grpc::ClientContext context;
+  pnn::v1::ListJobsResponse listed;
+  ASSERT_TRUE(stub_->ListJobs(&context, {}, &listed).ok());
+  EXPECT_EQ(listed.jobs_size(), 0);
 }
 
 TEST_F(ClusterTest, CancellingARunningJobFreesItsWorkers) {
