@@ -20,6 +20,7 @@
 #include "common/safetensors.h"
 #include "common/status_macros.h"
 #include "common/trainer.h"
+#include "coordinator/job_store.h"
 #include "coordinator/metrics.h"
 #include "pnn/v1/worker.grpc.pb.h"
 #include "rpc/rpc_util.h"
@@ -176,6 +177,11 @@ absl::Status Coordinator::Start() {
   }
   std::lock_guard<std::mutex> lock(mu_);
   if (started_) return absl::OkStatus();
+  auto store = JobStore::Open(
+      (fs::path(options_.state_dir) / "jobs.db").string());
+  if (!store.ok()) return store.status();
+  store_ = *std::move(store);
+  PNN_RETURN_IF_ERROR(RestoreJobs());
   started_ = true;
   scheduler_thread_ = std::thread([this] { SchedulerLoop(); });
   assembly_thread_ = std::thread([this] { AssemblyLoop(); });
@@ -203,6 +209,69 @@ void Coordinator::Shutdown() {
     dispatch.swap(dispatch_threads_);
   }
   for (auto& [id, thread] : dispatch) thread.join();
+}
+
+absl::Status Coordinator::RestoreJobs() {
+  PNN_ASSIGN_OR_RETURN(std::vector<JobStore::Loaded> loaded, store_->LoadAll());
+  int resumed = 0;
+  for (JobStore::Loaded& stored : loaded) {
+    JobRecord record;
+    record.sequence = stored.job.sequence();
+    record.job = stored.job.job();
+    record.assembled = stored.job.assembled();
+    record.baseline_evaluated = stored.job.baseline_evaluated();
+    record.cancel_requested = stored.job.cancel_requested();
+    const int segments = record.job.segments_size();
+    for (int i = 0; i < stored.job.tasks_size(); ++i) {
+      TaskRecord task;
+      task.task = stored.job.tasks(i);
+      task.is_baseline = i >= segments;
+      task.status = task.is_baseline ? record.job.baseline()
+                                     : record.job.segments(i);
+      auto weights = stored.weights.find(i);
+      if (weights != stored.weights.end()) task.weights = weights->second;
+      record.tasks.push_back(std::move(task));
+    }
+    record.job.clear_segments();
+    record.job.clear_baseline();
+    next_job_sequence_ = std::max(next_job_sequence_, record.sequence + 1);
+    const std::string job_id = record.job.job_id();
+    if (!IsFinal(record.job.state())) {
+      ++resumed;
+      bool all_segments_done = true;
+      for (TaskRecord& task : record.tasks) {
+        const bool done = task.status.state() == pnn::v1::TASK_STATE_SUCCEEDED &&
+                          task.weights.tensors_size() > 0;
+        if (!done && (task.status.state() == pnn::v1::TASK_STATE_RUNNING ||
+                      task.status.state() == pnn::v1::TASK_STATE_SUCCEEDED)) {
+          // Its stream died with the old process: train it again.
+          task.status.set_state(pnn::v1::TASK_STATE_QUEUED);
+          task.status.set_progress(0);
+          task.status.set_error("the coordinator restarted while it ran");
+        }
+        if (!task.is_baseline && !done) all_segments_done = false;
+      }
+      if (all_segments_done && !record.assembled) {
+        record.job.set_state(pnn::v1::JOB_STATE_ASSEMBLING);
+        assembly_queue_.emplace_back(job_id, AssemblyWork::kAssemble);
+      }
+      if (!record.tasks.empty() && record.tasks.back().is_baseline &&
+          record.tasks.back().status.state() ==
+              pnn::v1::TASK_STATE_SUCCEEDED &&
+          !record.baseline_evaluated) {
+        assembly_queue_.emplace_back(job_id, AssemblyWork::kEvaluateBaseline);
+      }
+      record.job.set_message("resumed after a coordinator restart");
+    }
+    jobs_.emplace(job_id, std::move(record));
+  }
+  if (!loaded.empty()) {
+    std::fprintf(stderr,
+                 "pnn-coordinator: restored %zu jobs from %s/jobs.db (%d "
+                 "resumed)\n",
+                 loaded.size(), options_.state_dir.c_str(), resumed);
+  }
+  return absl::OkStatus();
 }
 
 // ---------------------------------------------------------------------------
@@ -730,6 +799,7 @@ void Coordinator::OnTaskFinished(const std::string& job_id, int task_index,
       task.status.set_state(status.ok() ? pnn::v1::TASK_STATE_SUCCEEDED
                                         : pnn::v1::TASK_STATE_CANCELLED);
     }
+    PersistLocked(record);
     PublishLocked(record, "");
     return;
   }
@@ -746,6 +816,14 @@ void Coordinator::OnTaskFinished(const std::string& job_id, int task_index,
     }
   }
   if (status.ok()) {
+    if (store_ != nullptr) {
+      if (absl::Status saved =
+              store_->SaveWeights(job_id, task_index, task.weights);
+          !saved.ok()) {
+        std::fprintf(stderr, "pnn-coordinator: %s\n",
+                     std::string(saved.message()).c_str());
+      }
+    }
     task.status.set_state(pnn::v1::TASK_STATE_SUCCEEDED);
     task.status.set_progress(1.0);
     PublishLocked(record, absl::StrCat(name, " finished on ", worker_id));
@@ -1070,8 +1148,26 @@ void Coordinator::RefreshJobLocked(JobRecord& record) {
   record.job.set_bytes_received(received);
 }
 
+void Coordinator::PersistLocked(const JobRecord& record) {
+  if (store_ == nullptr) return;
+  pnn::v1::StoredJob stored;
+  stored.set_sequence(record.sequence);
+  *stored.mutable_job() = SnapshotLocked(record);
+  for (const TaskRecord& task : record.tasks) *stored.add_tasks() = task.task;
+  stored.set_assembled(record.assembled);
+  stored.set_baseline_evaluated(record.baseline_evaluated);
+  stored.set_cancel_requested(record.cancel_requested);
+  if (absl::Status status = store_->SaveJob(stored); !status.ok()) {
+    std::fprintf(stderr, "pnn-coordinator: %s\n",
+                 std::string(status.message()).c_str());
+  }
+}
+
 void Coordinator::PublishLocked(JobRecord& record, const std::string& message) {
   RefreshJobLocked(record);
+  // Every event with a message is a change worth keeping; bare progress
+  // updates are not written.
+  if (!message.empty()) PersistLocked(record);
   if (record.watchers.empty()) return;
   pnn::v1::JobEvent event;
   *event.mutable_time() = Now();

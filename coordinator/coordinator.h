@@ -40,6 +40,7 @@ class Registry;
 namespace pnn {
 
 class DatasetCache;
+class JobStore;
 struct CoordinatorMetrics;
 
 // Events of one job for one watcher, in order. The coordinator pushes;
@@ -88,8 +89,10 @@ class Coordinator {
   Coordinator(const Coordinator&) = delete;
   Coordinator& operator=(const Coordinator&) = delete;
 
-  // Starts the scheduler and assembly threads. Fails when state_dir cannot
-  // be created.
+  // Opens the job store (<state_dir>/jobs.db), restores the jobs in it and
+  // starts the scheduler and assembly threads. Jobs that were unfinished
+  // resume: segments that had finished keep their weights, the others are
+  // queued again. Fails when the state directory or store is unusable.
   absl::Status Start();
   // Cancels running tasks and joins every thread. Idempotent.
   void Shutdown();
@@ -168,6 +171,10 @@ class Coordinator {
   void RecordFinalLocked(const JobRecord& record);
   void UpdateGaugesLocked(absl::Time now);
   void RefreshJobLocked(JobRecord& record);
+  // Writes the job's record to the store (errors are logged: the job goes
+  // on, but would not survive a restart).
+  void PersistLocked(const JobRecord& record);
+  absl::Status RestoreJobs();
   void PublishLocked(JobRecord& record, const std::string& message);
   void ReleaseWorkerLocked(const std::string& worker_id);
   pnn::v1::Job SnapshotLocked(const JobRecord& record) const;
@@ -176,6 +183,7 @@ class Coordinator {
   const Options options_;
   std::unique_ptr<DatasetCache> datasets_;
   std::unique_ptr<CoordinatorMetrics> metrics_;  // null without a registry
+  std::unique_ptr<JobStore> store_;
 
   mutable std::mutex mu_;
   std::condition_variable scheduler_wake_;

@@ -199,6 +199,50 @@ TEST_F(CoordinatorTest, CancelAndWatch) {
             absl::StatusCode::kFailedPrecondition);
 }
 
+TEST_F(CoordinatorTest, JobsSurviveARestart) {
+  auto queued = coordinator_->Submit(Request());
+  auto cancelled = coordinator_->Submit(Request());
+  ASSERT_TRUE(queued.ok() && cancelled.ok());
+  ASSERT_TRUE(coordinator_->CancelJob(cancelled->job_id()).ok());
+  coordinator_->Shutdown();
+  coordinator_.reset();
+
+  Coordinator::Options options;
+  options.state_dir = state_.path();
+  options.data_dir = data_.path();
+  coordinator_ = std::make_unique<Coordinator>(options);
+  ASSERT_TRUE(coordinator_->Start().ok());
+  auto restored = coordinator_->GetJob(queued->job_id());
+  ASSERT_TRUE(restored.ok()) << restored.status();
+  EXPECT_EQ(restored->state(), pnn::v1::JOB_STATE_QUEUED);
+  EXPECT_THAT(restored->message(), HasSubstr("restart"));
+  ASSERT_EQ(restored->segments_size(), 2);
+  EXPECT_EQ(restored->segments(0).state(), pnn::v1::TASK_STATE_QUEUED);
+  EXPECT_EQ(restored->spec().SerializeAsString(),
+            queued->spec().SerializeAsString());
+  auto still_cancelled = coordinator_->GetJob(cancelled->job_id());
+  ASSERT_TRUE(still_cancelled.ok());
+  EXPECT_EQ(still_cancelled->state(), pnn::v1::JOB_STATE_CANCELLED);
+  EXPECT_EQ(still_cancelled->message(), "cancelled by request");
+  // New jobs continue the submission order.
+  auto later = coordinator_->Submit(Request());
+  ASSERT_TRUE(later.ok());
+  auto listed = coordinator_->ListJobs({});
+  ASSERT_TRUE(listed.ok());
+  ASSERT_EQ(listed->jobs_size(), 3);
+  EXPECT_EQ(listed->jobs(0).job_id(), later->job_id());
+  EXPECT_EQ(listed->jobs(2).job_id(), queued->job_id());
+}
+
+TEST_F(CoordinatorTest, AnUnusableStateDirectoryIsAClearError) {
+  Coordinator::Options options;
+  options.state_dir = "/proc/pnn-cannot-create";
+  Coordinator coordinator(options);
+  const absl::Status status = coordinator.Start();
+  EXPECT_FALSE(status.ok());
+  EXPECT_THAT(std::string(status.message()), HasSubstr("/proc/pnn-cannot-create"));
+}
+
 TEST_F(CoordinatorTest, WorkersRegisterHeartbeatAndAreLostWhenSilent) {
   pnn::v1::WorkerInfo info;
   info.set_address("nonsense");

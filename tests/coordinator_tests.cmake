@@ -8,3 +8,10 @@ add_test(NAME e2e_cluster
           $<TARGET_FILE:pnn-coordinator> $<TARGET_FILE:pnn-worker>
           $<TARGET_FILE:pnnctl>)
 set_tests_properties(e2e_cluster PROPERTIES TIMEOUT 600)
+
+# Faults with the real binaries: SIGKILL a worker, SIGKILL the coordinator.
+add_test(NAME e2e_faults
+  COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/e2e_fault_test.sh
+          $<TARGET_FILE:pnn-coordinator> $<TARGET_FILE:pnn-worker>
+          $<TARGET_FILE:pnnctl>)
+set_tests_properties(e2e_faults PROPERTIES TIMEOUT 600)

@@ -1,0 +1,149 @@
+#include "coordinator/job_store.h"
+
+#include <sqlite3.h>
+
+#include "absl/strings/str_cat.h"
+
+namespace pnn {
+namespace {
+
+// Finalizes a prepared statement on every path.
+struct Statement {
+  sqlite3_stmt* handle = nullptr;
+  ~Statement() { sqlite3_finalize(handle); }
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<JobStore>> JobStore::Open(
+    const std::string& path) {
+  sqlite3* db = nullptr;
+  if (sqlite3_open(path.c_str(), &db) != SQLITE_OK) {
+    const std::string message = db != nullptr ? sqlite3_errmsg(db) : "no memory";
+    sqlite3_close(db);
+    return absl::FailedPreconditionError(
+        absl::StrCat("cannot open job store ", path, ": ", message));
+  }
+  std::unique_ptr<JobStore> store(new JobStore(db, path));
+  sqlite3_busy_timeout(db, 5000);
+  // WAL: a reader never blocks the writer and a crash loses at most the
+  // transaction in progress; NORMAL sync is durable across process crashes.
+  for (const char* sql :
+       {"PRAGMA journal_mode=WAL", "PRAGMA synchronous=NORMAL",
+        "CREATE TABLE IF NOT EXISTS jobs (job_id TEXT PRIMARY KEY, "
+        "sequence INTEGER NOT NULL, record BLOB NOT NULL)",
+        "CREATE TABLE IF NOT EXISTS weights (job_id TEXT NOT NULL, "
+        "task_index INTEGER NOT NULL, weights BLOB NOT NULL, "
+        "PRIMARY KEY (job_id, task_index))"}) {
+    if (absl::Status status = store->Execute(sql); !status.ok()) return status;
+  }
+  return store;
+}
+
+JobStore::~JobStore() { sqlite3_close(db_); }
+
+absl::Status JobStore::Execute(const char* sql) {
+  char* message = nullptr;
+  if (sqlite3_exec(db_, sql, nullptr, nullptr, &message) != SQLITE_OK) {
+    const std::string text = message != nullptr ? message : "unknown error";
+    sqlite3_free(message);
+    return absl::InternalError(
+        absl::StrCat("job store ", path_, ": ", text, " (in: ", sql, ")"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status JobStore::Error(const std::string& what) const {
+  return absl::InternalError(
+      absl::StrCat("job store ", path_, ": ", what, ": ", sqlite3_errmsg(db_)));
+}
+
+absl::Status JobStore::SaveJob(const pnn::v1::StoredJob& job) {
+  Statement statement;
+  if (sqlite3_prepare_v2(db_,
+                         "INSERT INTO jobs (job_id, sequence, record) "
+                         "VALUES (?1, ?2, ?3) ON CONFLICT(job_id) DO UPDATE "
+                         "SET record = excluded.record",
+                         -1, &statement.handle, nullptr) != SQLITE_OK) {
+    return Error("prepare");
+  }
+  const std::string record = job.SerializeAsString();
+  sqlite3_bind_text(statement.handle, 1, job.job().job_id().c_str(), -1,
+                    SQLITE_TRANSIENT);
+  sqlite3_bind_int64(statement.handle, 2, job.sequence());
+  sqlite3_bind_blob(statement.handle, 3, record.data(),
+                    static_cast<int>(record.size()), SQLITE_TRANSIENT);
+  if (sqlite3_step(statement.handle) != SQLITE_DONE) {
+    return Error(absl::StrCat("saving job ", job.job().job_id()));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status JobStore::SaveWeights(const std::string& job_id, int task_index,
+                                   const pnn::v1::SegmentWeights& weights) {
+  Statement statement;
+  if (sqlite3_prepare_v2(db_,
+                         "INSERT OR REPLACE INTO weights (job_id, task_index, "
+                         "weights) VALUES (?1, ?2, ?3)",
+                         -1, &statement.handle, nullptr) != SQLITE_OK) {
+    return Error("prepare");
+  }
+  const std::string blob = weights.SerializeAsString();
+  sqlite3_bind_text(statement.handle, 1, job_id.c_str(), -1, SQLITE_TRANSIENT);
+  sqlite3_bind_int(statement.handle, 2, task_index);
+  sqlite3_bind_blob(statement.handle, 3, blob.data(),
+                    static_cast<int>(blob.size()), SQLITE_TRANSIENT);
+  if (sqlite3_step(statement.handle) != SQLITE_DONE) {
+    return Error(absl::StrCat("saving weights of job ", job_id));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<JobStore::Loaded>> JobStore::LoadAll() {
+  std::vector<Loaded> loaded;
+  std::map<std::string, size_t> index;
+  {
+    Statement statement;
+    if (sqlite3_prepare_v2(db_, "SELECT record FROM jobs ORDER BY sequence",
+                           -1, &statement.handle, nullptr) != SQLITE_OK) {
+      return Error("prepare");
+    }
+    int step;
+    while ((step = sqlite3_step(statement.handle)) == SQLITE_ROW) {
+      Loaded job;
+      const void* blob = sqlite3_column_blob(statement.handle, 0);
+      const int size = sqlite3_column_bytes(statement.handle, 0);
+      if (!job.job.ParseFromArray(blob, size)) {
+        return absl::DataLossError(
+            absl::StrCat("job store ", path_, ": a job record is corrupt"));
+      }
+      index[job.job.job().job_id()] = loaded.size();
+      loaded.push_back(std::move(job));
+    }
+    if (step != SQLITE_DONE) return Error("reading jobs");
+  }
+  Statement statement;
+  if (sqlite3_prepare_v2(db_, "SELECT job_id, task_index, weights FROM weights",
+                         -1, &statement.handle, nullptr) != SQLITE_OK) {
+    return Error("prepare");
+  }
+  int step;
+  while ((step = sqlite3_step(statement.handle)) == SQLITE_ROW) {
+    const std::string job_id(
+        reinterpret_cast<const char*>(sqlite3_column_text(statement.handle, 0)));
+    auto it = index.find(job_id);
+    if (it == index.end()) continue;
+    pnn::v1::SegmentWeights weights;
+    if (!weights.ParseFromArray(sqlite3_column_blob(statement.handle, 2),
+                                sqlite3_column_bytes(statement.handle, 2))) {
+      return absl::DataLossError(absl::StrCat(
+          "job store ", path_, ": weights of job ", job_id, " are corrupt"));
+    }
+    loaded[it->second].weights[sqlite3_column_int(statement.handle, 1)] =
+        std::move(weights);
+  }
+  if (step != SQLITE_DONE) return Error("reading weights");
+  return loaded;
+}
+
+}  // namespace pnn
