@@ -81,7 +81,7 @@ grep -q "accuracy" "$work/watch.out" || fail "watch printed no result table"
 
 "$PNNCTL" --coordinator "$target" get "$job" --output json >"$work/job.out" ||
   fail "get"
-python3 - "$work/job.out" <<'PY' || fail "job status assertions"
+/usr/bin/python3 - "$work/job.out" <<'PY' || fail "job status assertions"
 import json, sys
 from datetime import datetime
 
@@ -102,7 +102,7 @@ PY
 
 "$PNNCTL" --coordinator "$target" download "$job" -o "$work/model.safetensors" \
   >/dev/null || fail "download"
-python3 - "$work/model.safetensors" <<'PY' || fail "safetensors file"
+/usr/bin/python3 - "$work/model.safetensors" <<'PY' || fail "safetensors file"
 import json, struct, sys
 data = open(sys.argv[1], "rb").read()
 (n,) = struct.unpack("<Q", data[:8])

@@ -1,0 +1,102 @@
+# Deployment tests (deploy/, docker-compose.yml): what can be checked
+# without a Docker engine or a cluster. Included by tests/CMakeLists.txt.
+# `ctest -L deploy` runs them all. Exit code 77 = skipped (a tool missing).
+#
+# The Python scripts need python3-yaml: Debian's /usr/bin/python3 has it
+# (scripts/setup installs python3-yaml); a python3 earlier on PATH (pyenv,
+# venv) may not, so /usr/bin is searched first.
+find_program(PNN_DEPLOY_PYTHON NAMES python3 PATHS /usr/bin NO_DEFAULT_PATH)
+if(NOT PNN_DEPLOY_PYTHON)
+  find_program(PNN_DEPLOY_PYTHON NAMES python3)
+endif()
+find_program(PNN_PROMTOOL promtool)
+find_program(PNN_DOCKER_COMPOSE docker-compose)
+
+set(_deploy_dir ${PROJECT_SOURCE_DIR}/deploy)
+
+function(pnn_deploy_test name)
+  add_test(NAME ${name} ${ARGN})
+  set_tests_properties(${name} PROPERTIES LABELS deploy SKIP_RETURN_CODE 77
+                                          TIMEOUT 120)
+endfunction()
+
+# A tool missing at configure time: a test that says so and is skipped.
+function(pnn_deploy_skip name message)
+  pnn_deploy_test(${name} COMMAND sh -c "echo 'SKIP: ${message}'; exit 77")
+endfunction()
+
+# (a) Prometheus configuration and alert rules.
+if(PNN_PROMTOOL)
+  pnn_deploy_test(deploy_promtool_check_config
+    COMMAND ${PNN_PROMTOOL} check config ${_deploy_dir}/prometheus/prometheus.yml)
+  pnn_deploy_test(deploy_promtool_check_rules
+    COMMAND ${PNN_PROMTOOL} check rules ${_deploy_dir}/prometheus/alerts.yml)
+  # Behaviour of the alerts on synthetic series (alerts_test.yml).
+  pnn_deploy_test(deploy_promtool_test_rules
+    COMMAND ${PNN_PROMTOOL} test rules alerts_test.yml
+    WORKING_DIRECTORY ${_deploy_dir}/prometheus)
+else()
+  foreach(_name deploy_promtool_check_config deploy_promtool_check_rules
+                deploy_promtool_test_rules)
+    pnn_deploy_skip(${_name}
+      "promtool not found (Debian package prometheus; scripts/setup installs it)")
+  endforeach()
+endif()
+
+# (b) docker-compose.yml: the Compose implementation's own validation, then
+# the structure (scaling, health checks, GPU profile, ports) of its
+# resolved form.
+if(PNN_DOCKER_COMPOSE)
+  pnn_deploy_test(deploy_compose_config
+    COMMAND ${PNN_DOCKER_COMPOSE} -f docker-compose.yml config -q
+    WORKING_DIRECTORY ${PROJECT_SOURCE_DIR})
+  pnn_deploy_test(deploy_compose_config_gpu
+    COMMAND ${PNN_DOCKER_COMPOSE} -f docker-compose.yml --profile gpu config -q
+    WORKING_DIRECTORY ${PROJECT_SOURCE_DIR})
+else()
+  foreach(_name deploy_compose_config deploy_compose_config_gpu)
+    pnn_deploy_skip(${_name}
+      "docker-compose not found (Debian package docker-compose; scripts/setup installs it)")
+  endforeach()
+endif()
+pnn_deploy_test(deploy_compose_structure
+  COMMAND ${PNN_DEPLOY_PYTHON} ${CMAKE_CURRENT_SOURCE_DIR}/deploy_config_test.py
+          compose ${PROJECT_SOURCE_DIR})
+
+# (c) Kubernetes manifests, the Dockerfile and its runtime libraries, the
+# data seeder.
+pnn_deploy_test(deploy_k8s_manifests
+  COMMAND ${PNN_DEPLOY_PYTHON} ${CMAKE_CURRENT_SOURCE_DIR}/deploy_config_test.py
+          k8s ${PROJECT_SOURCE_DIR})
+pnn_deploy_test(deploy_dockerfile
+  COMMAND ${PNN_DEPLOY_PYTHON} ${CMAKE_CURRENT_SOURCE_DIR}/deploy_config_test.py
+          docker ${PROJECT_SOURCE_DIR})
+pnn_deploy_test(deploy_runtime_libraries
+  COMMAND ${PNN_DEPLOY_PYTHON} ${CMAKE_CURRENT_SOURCE_DIR}/deploy_config_test.py
+          runtime-libs ${PROJECT_SOURCE_DIR}
+          $<TARGET_FILE:pnn-coordinator> $<TARGET_FILE:pnn-worker>
+          $<TARGET_FILE:pnnctl>)
+pnn_deploy_test(deploy_seed_data
+  COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/deploy_seed_data_test.sh
+          ${PROJECT_SOURCE_DIR})
+
+# (d) The metric names of the dashboard and the alerts: in the contract, and
+# exported by the real binaries.
+pnn_deploy_test(deploy_metric_names
+  COMMAND ${PNN_DEPLOY_PYTHON} ${CMAKE_CURRENT_SOURCE_DIR}/deploy_metrics.py
+          names ${PROJECT_SOURCE_DIR})
+pnn_deploy_test(deploy_metrics_exported
+  COMMAND ${PNN_DEPLOY_PYTHON} ${CMAKE_CURRENT_SOURCE_DIR}/deploy_metrics.py
+          exported ${PROJECT_SOURCE_DIR}
+          $<TARGET_FILE:pnn-coordinator> $<TARGET_FILE:pnn-worker>)
+
+# (e) A real Prometheus scraping a loopback cluster that trains one job.
+pnn_deploy_test(deploy_prometheus_scrape
+  COMMAND ${PNN_DEPLOY_PYTHON} ${CMAKE_CURRENT_SOURCE_DIR}/deploy_prometheus_test.py
+          ${PROJECT_SOURCE_DIR}
+          $<TARGET_FILE:pnn-coordinator> $<TARGET_FILE:pnn-worker>
+          $<TARGET_FILE:pnnctl>)
+set_tests_properties(deploy_prometheus_scrape PROPERTIES TIMEOUT 240)
+# Both start a coordinator and workers: never both at once.
+set_tests_properties(deploy_metrics_exported deploy_prometheus_scrape
+  PROPERTIES RESOURCE_LOCK pnn_loopback_cluster)
