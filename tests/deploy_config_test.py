@@ -49,7 +49,9 @@ import tempfile
 
 SKIP = 77
 # scripts/setup packages that only the deploy tests need.
-DEPLOY_TEST_TOOLS = {"prometheus", "docker-compose", "python3-yaml", "curl"}
+# Packages scripts/setup installs for the test suite only.
+DEPLOY_TEST_TOOLS = {"prometheus", "docker-compose", "python3-yaml", "curl",
+                     "python3"}
 
 
 def yaml_module():
