@@ -1,27 +1,17 @@
 #include "coordinator/metrics.h"
 
+#include "rpc/metrics.h"
+
 namespace pnn {
 namespace {
 
 constexpr pnn::v1::JobState kStates[] = {
-    pnn::v1::JOB_STATE_QUEUED,    pnn::v1::JOB_STATE_RUNNING,
+    pnn::v1::JOB_STATE_QUEUED,     pnn::v1::JOB_STATE_RUNNING,
     pnn::v1::JOB_STATE_ASSEMBLING, pnn::v1::JOB_STATE_SUCCEEDED,
-    pnn::v1::JOB_STATE_FAILED,    pnn::v1::JOB_STATE_CANCELLED};
+    pnn::v1::JOB_STATE_FAILED,     pnn::v1::JOB_STATE_CANCELLED};
 constexpr pnn::v1::JobState kFinalStates[] = {pnn::v1::JOB_STATE_SUCCEEDED,
                                               pnn::v1::JOB_STATE_FAILED,
                                               pnn::v1::JOB_STATE_CANCELLED};
-
-prometheus::Counter& Counter(prometheus::Registry& registry, const char* name,
-                             const char* help) {
-  return prometheus::BuildCounter().Name(name).Help(help).Register(registry).Add(
-      {});
-}
-
-prometheus::Gauge& Gauge(prometheus::Registry& registry, const char* name,
-                         const char* help) {
-  return prometheus::BuildGauge().Name(name).Help(help).Register(registry).Add(
-      {});
-}
 
 }  // namespace
 
@@ -45,36 +35,41 @@ const char* JobStateLabel(pnn::v1::JobState state) {
 }
 
 CoordinatorMetrics::CoordinatorMetrics(prometheus::Registry& registry)
-    : jobs_submitted(Counter(registry, "pnn_coordinator_jobs_submitted_total",
-                             "Jobs accepted by SubmitJob.")),
-      queued_tasks(Gauge(registry, "pnn_coordinator_queued_tasks",
-                         "Segment and baseline tasks waiting for a worker.")),
-      running_tasks(Gauge(registry, "pnn_coordinator_running_tasks",
-                          "Tasks being trained on workers.")),
-      workers_registered(Gauge(registry, "pnn_coordinator_workers_registered",
-                               "Workers registered with the coordinator.")),
-      workers_healthy(Gauge(registry, "pnn_coordinator_workers_healthy",
-                            "Registered workers whose last heartbeat is "
-                            "recent (within two intervals).")),
-      workers_busy(Gauge(registry, "pnn_coordinator_workers_busy",
-                         "Registered workers training a task.")),
-      task_dispatches(Counter(registry, "pnn_coordinator_task_dispatches_total",
-                              "Tasks sent to workers, retries included.")),
-      task_retries(Counter(registry, "pnn_coordinator_task_retries_total",
-                           "Tasks queued again after a worker failed or was "
-                           "lost.")),
-      workers_lost(Counter(registry, "pnn_coordinator_workers_lost_total",
-                           "Workers dropped for missed heartbeats or "
-                           "unreachable addresses.")),
-      network_sent_bytes(Counter(
-          registry, "pnn_coordinator_network_sent_bytes_total",
-          "Bytes of training RPC messages sent to workers.")),
-      network_received_bytes(Counter(
-          registry, "pnn_coordinator_network_received_bytes_total",
-          "Bytes of training RPC messages received from workers.")),
-      last_test_accuracy(Gauge(registry, "pnn_coordinator_last_test_accuracy",
-                               "Test accuracy (ratio) of the most recently "
-                               "assembled model.")) {
+    : jobs_submitted(AddCounter(registry,
+                                "pnn_coordinator_jobs_submitted_total",
+                                "Jobs accepted by SubmitJob.")),
+      queued_tasks(
+          AddGauge(registry, "pnn_coordinator_queued_tasks",
+                   "Segment and baseline tasks waiting for a worker.")),
+      running_tasks(AddGauge(registry, "pnn_coordinator_running_tasks",
+                             "Tasks being trained on workers.")),
+      workers_registered(AddGauge(registry,
+                                  "pnn_coordinator_workers_registered",
+                                  "Workers registered with the coordinator.")),
+      workers_healthy(AddGauge(registry, "pnn_coordinator_workers_healthy",
+                               "Registered workers whose last heartbeat is "
+                               "recent (within two intervals).")),
+      workers_busy(AddGauge(registry, "pnn_coordinator_workers_busy",
+                            "Registered workers training a task.")),
+      task_dispatches(AddCounter(registry,
+                                 "pnn_coordinator_task_dispatches_total",
+                                 "Tasks sent to workers, retries included.")),
+      task_retries(AddCounter(registry, "pnn_coordinator_task_retries_total",
+                              "Tasks queued again after a worker failed or was "
+                              "lost.")),
+      workers_lost(AddCounter(registry, "pnn_coordinator_workers_lost_total",
+                              "Workers dropped for missed heartbeats or "
+                              "unreachable addresses.")),
+      network_sent_bytes(
+          AddCounter(registry, "pnn_coordinator_network_sent_bytes_total",
+                     "Bytes of training RPC messages sent to workers.")),
+      network_received_bytes(
+          AddCounter(registry, "pnn_coordinator_network_received_bytes_total",
+                     "Bytes of training RPC messages received from workers.")),
+      last_test_accuracy(AddGauge(registry,
+                                  "pnn_coordinator_last_test_accuracy",
+                                  "Test accuracy (ratio) of the most recently "
+                                  "assembled model.")) {
   auto& finished = prometheus::BuildCounter()
                        .Name("pnn_coordinator_jobs_finished_total")
                        .Help("Jobs that reached a final state, by state.")

@@ -2,6 +2,12 @@
 
 #include <dirent.h>
 #include <dlfcn.h>
+#include <prometheus/collectable.h>
+#include <prometheus/counter.h>
+#include <prometheus/exposer.h>
+#include <prometheus/gauge.h>
+#include <prometheus/metric_family.h>
+#include <prometheus/registry.h>
 #include <pthread.h>
 #include <unistd.h>
 
@@ -9,11 +15,6 @@
 #include <fstream>
 #include <sstream>
 #include <vector>
-
-#include <prometheus/collectable.h>
-#include <prometheus/exposer.h>
-#include <prometheus/metric_family.h>
-#include <prometheus/registry.h>
 
 #include "absl/strings/str_cat.h"
 
@@ -31,17 +32,16 @@ extern "C" int pthread_attr_setstacksize(pthread_attr_t* attributes,
       dlsym(RTLD_NEXT, "pthread_attr_setstacksize"));
   constexpr size_t kMinimumStack = size_t{1} << 20;
   if (real == nullptr) return EINVAL;
-  return real(attributes, stack_size < kMinimumStack ? kMinimumStack
-                                                     : stack_size);
+  return real(attributes,
+              stack_size < kMinimumStack ? kMinimumStack : stack_size);
 }
 
 namespace pnn {
 namespace {
 
-prometheus::MetricFamily Gauge(const std::string& name,
-                               const std::string& help, double value,
-                               prometheus::MetricType type =
-                                   prometheus::MetricType::Gauge) {
+prometheus::MetricFamily Gauge(
+    const std::string& name, const std::string& help, double value,
+    prometheus::MetricType type = prometheus::MetricType::Gauge) {
   prometheus::MetricFamily family;
   family.name = name;
   family.help = help;
@@ -124,6 +124,22 @@ class ProcessCollector : public prometheus::Collectable {
 
 }  // namespace
 
+prometheus::Counter& AddCounter(prometheus::Registry& registry,
+                                const std::string& name,
+                                const std::string& help) {
+  return prometheus::BuildCounter()
+      .Name(name)
+      .Help(help)
+      .Register(registry)
+      .Add({});
+}
+
+prometheus::Gauge& AddGauge(prometheus::Registry& registry,
+                            const std::string& name, const std::string& help) {
+  return prometheus::BuildGauge().Name(name).Help(help).Register(registry).Add(
+      {});
+}
+
 absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(
     const std::string& host, int port,
     std::shared_ptr<prometheus::Registry> registry) {
@@ -132,8 +148,8 @@ absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(
     server->exposer_ = std::make_unique<prometheus::Exposer>(
         absl::StrCat(host, ":", port), /*num_threads=*/2);
   } catch (const std::exception& error) {
-    return absl::UnavailableError(absl::StrCat(
-        "cannot serve metrics on ", host, ":", port, ": ", error.what()));
+    return absl::UnavailableError(absl::StrCat("cannot serve metrics on ", host,
+                                               ":", port, ": ", error.what()));
   }
   server->registry_ = std::move(registry);
   server->process_ = std::make_shared<ProcessCollector>();

@@ -15,11 +15,21 @@
 
 namespace prometheus {
 class Collectable;
+class Counter;
 class Exposer;
+class Gauge;
 class Registry;
 }  // namespace prometheus
 
 namespace pnn {
+
+// A label-less counter or gauge in its own family: the common case of the
+// services' metrics. The registry owns it.
+prometheus::Counter& AddCounter(prometheus::Registry& registry,
+                                const std::string& name,
+                                const std::string& help);
+prometheus::Gauge& AddGauge(prometheus::Registry& registry,
+                            const std::string& name, const std::string& help);
 
 class MetricsServer {
  public:

@@ -1,5 +1,7 @@
 #include "worker/metrics.h"
 
+#include "rpc/metrics.h"
+
 namespace pnn {
 namespace worker {
 namespace {
@@ -12,47 +14,37 @@ prometheus::Family<prometheus::Counter>& Segments(
       .Register(registry);
 }
 
-prometheus::Gauge& Gauge(prometheus::Registry& registry, const char* name,
-                         const char* help) {
-  return prometheus::BuildGauge().Name(name).Help(help).Register(registry).Add(
-      {});
-}
-
-prometheus::Counter& Counter(prometheus::Registry& registry, const char* name,
-                             const char* help) {
-  return prometheus::BuildCounter().Name(name).Help(help).Register(registry).Add(
-      {});
-}
-
 }  // namespace
 
 WorkerMetrics::WorkerMetrics(prometheus::Registry& registry)
     : segments_succeeded(Segments(registry).Add({{"outcome", "succeeded"}})),
       segments_failed(Segments(registry).Add({{"outcome", "failed"}})),
       segments_cancelled(Segments(registry).Add({{"outcome", "cancelled"}})),
-      epochs(Counter(registry, "pnn_worker_epochs_total",
-                     "Training epochs completed.")),
-      epoch_duration(prometheus::BuildHistogram()
-                         .Name("pnn_worker_epoch_duration_seconds")
-                         .Help("Wall time of one training epoch.")
-                         .Register(registry)
-                         .Add({}, prometheus::Histogram::BucketBoundaries{
-                                      0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300,
-                                      600, 1800})),
-      training_loss(Gauge(registry, "pnn_worker_training_loss",
-                          "Mean training loss of the running segment's "
-                          "current epoch so far.")),
-      samples_per_second(Gauge(registry, "pnn_worker_samples_per_second",
-                               "Training throughput of the last epoch.")),
-      training_memory(Gauge(registry, "pnn_worker_training_memory_bytes",
-                            "Peak resident memory growth of the running "
-                            "segment's training.")),
-      busy(Gauge(registry, "pnn_worker_busy",
-                 "1 while a segment is training, else 0.")),
-      network_sent_bytes(Counter(registry, "pnn_worker_network_sent_bytes_total",
-                                 "Bytes of training RPC messages sent to the "
-                                 "coordinator.")),
-      network_received_bytes(Counter(
+      epochs(AddCounter(registry, "pnn_worker_epochs_total",
+                        "Training epochs completed.")),
+      epoch_duration(
+          prometheus::BuildHistogram()
+              .Name("pnn_worker_epoch_duration_seconds")
+              .Help("Wall time of one training epoch.")
+              .Register(registry)
+              .Add({},
+                   prometheus::Histogram::BucketBoundaries{
+                       0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800})),
+      training_loss(AddGauge(registry, "pnn_worker_training_loss",
+                             "Mean training loss of the running segment's "
+                             "current epoch so far.")),
+      samples_per_second(AddGauge(registry, "pnn_worker_samples_per_second",
+                                  "Training throughput of the last epoch.")),
+      training_memory(AddGauge(registry, "pnn_worker_training_memory_bytes",
+                               "Peak resident memory growth of the running "
+                               "segment's training.")),
+      busy(AddGauge(registry, "pnn_worker_busy",
+                    "1 while a segment is training, else 0.")),
+      network_sent_bytes(
+          AddCounter(registry, "pnn_worker_network_sent_bytes_total",
+                     "Bytes of training RPC messages sent to the "
+                     "coordinator.")),
+      network_received_bytes(AddCounter(
           registry, "pnn_worker_network_received_bytes_total",
           "Bytes of training RPC messages received from the coordinator.")) {}
 
