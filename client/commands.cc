@@ -16,6 +16,7 @@
 #include "client/exit_codes.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "pnn/v1/coordinator.grpc.pb.h"
+#include "rpc/auth.h"
 #include "rpc/rpc_util.h"
 
 namespace pnn::client {
@@ -51,6 +52,8 @@ Commands:
 
 Global flags:
   --coordinator=HOST:PORT  default: $PNN_COORDINATOR, else localhost:50051
+  --token_file=FILE        bearer token for a coordinator that requires one
+                           (default: $PNN_AUTH_TOKEN)
   --output=table|json      json: protobuf JSON with the .proto field names and
                            every field; watch prints one JobEvent per line
   --timeout=DURATION       deadline of unary calls, e.g. 30s, 2m (default 30s)
@@ -97,6 +100,7 @@ std::unique_ptr<Coordinator::Stub> NewStub(const ClientOptions& options) {
 int Watch(Coordinator::Stub& stub, const ClientOptions& options,
           const std::string& job_id, std::ostream& out, std::ostream& err) {
   grpc::ClientContext context;
+  AttachAuthToken(options.auth_token, &context);
   pnn::v1::WatchJobRequest request;
   request.set_job_id(job_id);
   std::unique_ptr<grpc::ClientReader<JobEvent>> reader =
@@ -158,6 +162,7 @@ int RunSubmit(const ClientOptions& options,
               std::ostream& out, std::ostream& err) {
   std::unique_ptr<Coordinator::Stub> stub = NewStub(options);
   grpc::ClientContext context;
+  AttachAuthToken(options.auth_token, &context);
   SetDeadline(options, &context);
   pnn::v1::SubmitJobResponse response;
   const grpc::Status status = stub->SubmitJob(&context, request, &response);
@@ -176,6 +181,7 @@ int RunGet(const ClientOptions& options, const std::string& job_id,
            std::ostream& out, std::ostream& err) {
   std::unique_ptr<Coordinator::Stub> stub = NewStub(options);
   grpc::ClientContext context;
+  AttachAuthToken(options.auth_token, &context);
   SetDeadline(options, &context);
   pnn::v1::GetJobRequest request;
   request.set_job_id(job_id);
@@ -200,6 +206,7 @@ int RunList(const ClientOptions& options, const ListOptions& list,
   pnn::v1::ListJobsResponse all;
   while (true) {
     grpc::ClientContext context;
+    AttachAuthToken(options.auth_token, &context);
     SetDeadline(options, &context);
     pnn::v1::ListJobsResponse page;
     const grpc::Status status = stub->ListJobs(&context, request, &page);
@@ -238,6 +245,7 @@ int RunCancel(const ClientOptions& options, const std::string& job_id,
               std::ostream& out, std::ostream& err) {
   std::unique_ptr<Coordinator::Stub> stub = NewStub(options);
   grpc::ClientContext context;
+  AttachAuthToken(options.auth_token, &context);
   SetDeadline(options, &context);
   pnn::v1::CancelJobRequest request;
   request.set_job_id(job_id);
@@ -262,6 +270,7 @@ int RunDownload(const ClientOptions& options, const DownloadOptions& download,
                 std::ostream& out, std::ostream& err) {
   std::unique_ptr<Coordinator::Stub> stub = NewStub(options);
   grpc::ClientContext context;
+  AttachAuthToken(options.auth_token, &context);
   pnn::v1::DownloadModelRequest request;
   request.set_job_id(download.job_id);
   request.set_format(download.format);
@@ -375,6 +384,7 @@ int RunHealth(const ClientOptions& options, const std::string& service,
   std::unique_ptr<grpc::health::v1::Health::Stub> stub =
       grpc::health::v1::Health::NewStub(MakeChannel(options.coordinator));
   grpc::ClientContext context;
+  AttachAuthToken(options.auth_token, &context);
   SetDeadline(options, &context);
   grpc::health::v1::HealthCheckRequest request;
   request.set_service(service);

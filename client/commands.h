@@ -35,6 +35,8 @@ struct ClientOptions {
   absl::Duration timeout = absl::Seconds(30);
   // Redraw the watch display in place (stdout is a terminal).
   bool redraw = false;
+  // Bearer token sent with every call (rpc/auth.h); empty: none.
+  std::string auth_token;
   FormatOptions format;
 };
 

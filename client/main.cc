@@ -24,6 +24,7 @@
 #include "absl/strings/strip.h"
 #include "absl/time/time.h"
 #include "client/commands.h"
+#include "rpc/auth.h"
 #include "client/exit_codes.h"
 #include "client/job_request.h"
 
@@ -32,6 +33,9 @@ ABSL_FLAG(std::string, coordinator, "",
           "host:port of the coordinator (default: $PNN_COORDINATOR, else "
           "localhost:50051).");
 ABSL_FLAG(std::string, output, "table", "table or json.");
+ABSL_FLAG(std::string, token_file, "",
+          "File holding the coordinator's bearer token (default: "
+          "$PNN_AUTH_TOKEN).");
 ABSL_FLAG(absl::Duration, timeout, absl::Seconds(30),
           "Deadline of unary calls, e.g. 30s or 2m.");
 
@@ -208,6 +212,9 @@ int main(int argc, char** argv) {
         absl::StrCat("--output=", output, ": expected table or json"));
   }
   options.timeout = absl::GetFlag(FLAGS_timeout);
+  auto token = pnn::LoadAuthToken(absl::GetFlag(FLAGS_token_file));
+  if (!token.ok()) return UsageError(std::string(token.status().message()));
+  options.auth_token = *token;
   const char* term = std::getenv("TERM");
   options.redraw = ::isatty(STDOUT_FILENO) &&
                    (term == nullptr || std::string(term) != "dumb");

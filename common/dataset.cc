@@ -82,6 +82,11 @@ absl::StatusOr<Split> LoadSplit(const std::string& images_path,
       limit > 0 ? std::min<int64_t>(limit, images.items()) : images.items();
   const int r = images.dims[1];
   const int c = images.dims[2];
+  if (int64_t{r} * c > kMaxImagePixels) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        images_path, ": images of ", r, "x", c, " pixels exceed the limit of ",
+        kMaxImagePixels, " pixels"));
+  }
   at::Tensor pixels =
       at::from_blob(images.data.data(), {count, r, c}, at::kByte);
   if (transpose) pixels = pixels.transpose(1, 2);
@@ -220,6 +225,11 @@ absl::StatusOr<DatasetShape> ReadDatasetShape(
   if (train_dims.size() != 3 || test_dims.size() != 3) {
     return absl::InvalidArgumentError(absl::StrCat(
         "images in ", directory, " must be 3-dimensional IDX arrays"));
+  }
+  if (int64_t{train_dims[1]} * train_dims[2] > kMaxImagePixels) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        files.train_images, ": images of ", train_dims[1], "x", train_dims[2],
+        " pixels exceed the limit of ", kMaxImagePixels, " pixels"));
   }
   if (train_dims[1] != test_dims[1] || train_dims[2] != test_dims[2]) {
     return absl::InvalidArgumentError(absl::StrCat(

@@ -17,6 +17,10 @@ namespace pnn {
 // Where Debian's dataset-* packages install their files.
 inline constexpr char kDefaultDataRoot[] = "/usr/share/datasets";
 
+// Largest image (rows x columns) a data set may have: far beyond the
+// MNIST family, small enough that widths stay in int range.
+inline constexpr int64_t kMaxImagePixels = int64_t{1} << 24;
+
 struct DatasetFiles {
   std::string train_images;
   std::string train_labels;

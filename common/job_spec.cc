@@ -2,6 +2,7 @@
 
 #include <cmath>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -76,12 +77,7 @@ absl::Status ValidateTraining(const TrainingConfig& config,
 }
 
 absl::Status ValidateDevice(absl::string_view device) {
-  if (device == "cpu" || device == "cuda") return absl::OkStatus();
-  int index = 0;
-  if (absl::StartsWith(device, "cuda:") &&
-      absl::SimpleAtoi(device.substr(5), &index) && index >= 0) {
-    return absl::OkStatus();
-  }
+  if (IsValidDeviceName(device)) return absl::OkStatus();
   return Invalid("device", absl::StrCat("must be \"cpu\", \"cuda\" or "
                                         "\"cuda:N\", got \"",
                                         device, "\""));
@@ -218,6 +214,16 @@ absl::StatusOr<JobSpec> ResolveJobSpec(const JobSpec& spec,
   if (!pnn::v1::ImageOrientation_IsValid(dataset->orientation())) {
     return Invalid("dataset.orientation", "unknown orientation");
   }
+  for (char c : dataset->emnist_split()) {
+    // The split becomes part of file names: no separators, no "..".
+    if (!absl::ascii_isalnum(static_cast<unsigned char>(c)) && c != '_' &&
+        c != '-') {
+      return Invalid("dataset.emnist_split",
+                     absl::StrCat("must be a split name such as \"balanced\" "
+                                  "(letters, digits, '_', '-'), got \"",
+                                  dataset->emnist_split(), "\""));
+    }
+  }
   if (dataset->train_limit() < 0) {
     return Invalid("dataset.train_limit",
                    absl::StrCat("must be >= 0 (0: all), got ",
@@ -311,6 +317,20 @@ TrainingConfig RecoveryTrainingConfig(const JobSpec& resolved) {
   Inherit(resolved.training(), &config);
   config.set_epochs(epochs);
   return config;
+}
+
+bool IsValidDeviceName(absl::string_view device, int* cuda_index) {
+  int index = -1;
+  bool valid = device == "cpu" || device == "cuda";
+  // N in plain decimal only: SimpleAtoi also takes "01", "+1" and " 1",
+  // which would name the same GPU with a string no worker uses.
+  if (!valid && absl::StartsWith(device, "cuda:") &&
+      absl::SimpleAtoi(device.substr(5), &index) && index >= 0 &&
+      device.substr(5) == absl::StrCat(index)) {
+    valid = true;
+  }
+  if (cuda_index != nullptr) *cuda_index = valid ? index : -1;
+  return valid;
 }
 
 absl::StatusOr<JobSpec> ParseJobSpecJson(absl::string_view json) {

@@ -76,6 +76,11 @@ pnn::v1::TrainingConfig SegmentTrainingConfig(
 pnn::v1::TrainingConfig RecoveryTrainingConfig(
     const pnn::v1::JobSpec& resolved);
 
+// True for "cpu", "cuda" and "cuda:N" with N in plain decimal (the exact
+// spelling matters: tasks go to workers whose device string is equal).
+// Sets *cuda_index (-1 for "cpu" and "cuda") when given.
+bool IsValidDeviceName(absl::string_view device, int* cuda_index = nullptr);
+
 // Parses protobuf JSON of a JobSpec (unknown fields are an error, so a typo
 // is reported instead of silently ignored).
 absl::StatusOr<pnn::v1::JobSpec> ParseJobSpecJson(absl::string_view json);

@@ -6,6 +6,7 @@
 #include <torch/optim/adam.h>
 #include <torch/optim/sgd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <memory>
@@ -15,6 +16,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "common/accounting.h"
+#include "common/job_spec.h"
 #include "common/status_macros.h"
 #include "common/tensor_codec.h"
 
@@ -178,26 +180,26 @@ absl::Status CheckSilTable(const pnn::v1::Tensor& table, const char* field,
 
 absl::StatusOr<c10::Device> ResolveDevice(const std::string& device) {
   if (device.empty() || device == "cpu") return c10::Device(c10::kCPU);
-  int index = 0;
-  if (device == "cuda" ||
-      (absl::StartsWith(device, "cuda:") &&
-       absl::SimpleAtoi(device.substr(5), &index) && index >= 0)) {
-    if (!torch::cuda::is_available()) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "device \"", device,
-          "\" requested but CUDA is not available here (this libtorch build "
-          "or machine has no CUDA device); use \"cpu\" or run on a CUDA "
-          "worker with a CUDA build of libtorch"));
-    }
-    if (index >= static_cast<int>(torch::cuda::device_count())) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("device \"", device, "\" requested but only ",
-                       torch::cuda::device_count(), " CUDA devices exist"));
-    }
-    return c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(index));
+  int index = -1;
+  if (!IsValidDeviceName(device, &index)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "device must be \"cpu\", \"cuda\" or \"cuda:N\", got \"", device,
+        "\""));
   }
-  return absl::InvalidArgumentError(absl::StrCat(
-      "device must be \"cpu\", \"cuda\" or \"cuda:N\", got \"", device, "\""));
+  if (!torch::cuda::is_available()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "device \"", device,
+        "\" requested but CUDA is not available here (this libtorch build "
+        "or machine has no CUDA device); use \"cpu\" or run on a CUDA "
+        "worker with a CUDA build of libtorch"));
+  }
+  if (index >= static_cast<int>(torch::cuda::device_count())) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("device \"", device, "\" requested but only ",
+                     torch::cuda::device_count(), " CUDA devices exist"));
+  }
+  return c10::Device(c10::kCUDA,
+                     static_cast<c10::DeviceIndex>(std::max(index, 0)));
 }
 
 absl::Status ValidateSegmentTask(const SegmentTask& task, const Dataset& data) {

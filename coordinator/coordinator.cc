@@ -23,6 +23,7 @@
 #include "coordinator/job_store.h"
 #include "coordinator/metrics.h"
 #include "pnn/v1/worker.grpc.pb.h"
+#include "rpc/auth.h"
 #include "rpc/rpc_util.h"
 
 namespace pnn {
@@ -550,6 +551,10 @@ absl::Status Coordinator::Heartbeat(const pnn::v1::HeartbeatRequest& request) {
   return absl::OkStatus();
 }
 
+void Coordinator::RecordUnauthenticated() {
+  if (metrics_ != nullptr) metrics_->unauthenticated_requests.Increment();
+}
+
 int Coordinator::registered_workers() const {
   std::lock_guard<std::mutex> lock(mu_);
   return static_cast<int>(workers_.size());
@@ -694,6 +699,7 @@ void Coordinator::RunTask(std::string job_id, int task_index,
                           std::shared_ptr<grpc::ClientContext> context,
                           int64_t thread_id) {
   auto stub = pnn::v1::Worker::NewStub(MakeChannel(address));
+  AttachAuthToken(options_.auth_token, context.get());
   {
     std::lock_guard<std::mutex> lock(mu_);
     auto job = jobs_.find(job_id);

@@ -80,6 +80,9 @@ class Coordinator {
     int max_attempts = 3;
     // Jobs not yet in a final state; more are refused (RESOURCE_EXHAUSTED).
     int max_active_jobs = 64;
+    // Bearer token (rpc/auth.h) sent to workers with every task. The
+    // service requires the same token from its callers.
+    std::string auth_token;
     // Where the coordinator's metrics are registered; null: no metrics.
     std::shared_ptr<prometheus::Registry> metrics_registry;
   };
@@ -118,6 +121,9 @@ class Coordinator {
       const pnn::v1::WorkerInfo& worker);
   absl::Status Heartbeat(const pnn::v1::HeartbeatRequest& request);
   int registered_workers() const;
+  // Counts a call refused for a missing or wrong token.
+  void RecordUnauthenticated();
+  const std::string& auth_token() const { return options_.auth_token; }
 
  private:
   struct TaskRecord {

@@ -13,10 +13,14 @@
 #include "absl/time/time.h"
 #include "coordinator/service.h"
 #include "prometheus/registry.h"
+#include "rpc/auth.h"
 #include "rpc/metrics.h"
 #include "rpc/stop_signal.h"
 
 ABSL_FLAG(int32_t, port, 50051, "gRPC port (0: pick a free port).");
+ABSL_FLAG(std::string, token_file, "",
+          "File holding the bearer token that clients and workers must send "
+          "(default: $PNN_AUTH_TOKEN; neither: no authentication).");
 ABSL_FLAG(int32_t, metrics_port, 9101,
           "Prometheus /metrics port (0: pick a free port; -1: no metrics).");
 ABSL_FLAG(std::string, listen_host, "0.0.0.0", "Address to listen on.");
@@ -56,6 +60,13 @@ int main(int argc, char** argv) {
   core.worker_timeout = absl::Milliseconds(absl::GetFlag(FLAGS_worker_timeout_ms));
   core.max_attempts = absl::GetFlag(FLAGS_max_attempts);
   core.max_active_jobs = absl::GetFlag(FLAGS_max_active_jobs);
+  auto token = pnn::LoadAuthToken(absl::GetFlag(FLAGS_token_file));
+  if (!token.ok()) {
+    std::fprintf(stderr, "pnn-coordinator: %s\n",
+                 std::string(token.status().message()).c_str());
+    return 1;
+  }
+  core.auth_token = *token;
   const int metrics_port = absl::GetFlag(FLAGS_metrics_port);
   if (metrics_port >= 0) {
     core.metrics_registry = std::make_shared<prometheus::Registry>();

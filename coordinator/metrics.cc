@@ -69,7 +69,10 @@ CoordinatorMetrics::CoordinatorMetrics(prometheus::Registry& registry)
       last_test_accuracy(AddGauge(registry,
                                   "pnn_coordinator_last_test_accuracy",
                                   "Test accuracy (ratio) of the most recently "
-                                  "assembled model.")) {
+                                  "assembled model.")),
+      unauthenticated_requests(AddCounter(
+          registry, "pnn_coordinator_unauthenticated_requests_total",
+          "Calls refused for a missing or wrong token.")) {
   auto& finished = prometheus::BuildCounter()
                        .Name("pnn_coordinator_jobs_finished_total")
                        .Help("Jobs that reached a final state, by state.")

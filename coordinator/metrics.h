@@ -34,6 +34,7 @@ struct CoordinatorMetrics {
   prometheus::Counter& network_sent_bytes;
   prometheus::Counter& network_received_bytes;
   prometheus::Gauge& last_test_accuracy;
+  prometheus::Counter& unauthenticated_requests;
 };
 
 // "queued", "running", ... for the state label.

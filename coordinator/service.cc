@@ -7,6 +7,7 @@
 #include <mutex>
 
 #include "absl/strings/str_cat.h"
+#include "rpc/auth.h"
 #include "rpc/rpc_util.h"
 
 namespace pnn {
@@ -32,6 +33,16 @@ grpc::ServerUnaryReactor* RespondWith(grpc::CallbackServerContext* context,
   if (result.ok()) *response = *std::move(result);
   return Respond(context, result.status());
 }
+
+// A stream that ends at once with `status` (a refused call).
+template <typename T>
+class RefusedStream final : public grpc::ServerWriteReactor<T> {
+ public:
+  explicit RefusedStream(const absl::Status& status) {
+    this->Finish(ToGrpcStatus(status));
+  }
+  void OnDone() override { delete this; }
+};
 
 // Streams a job's events until it reaches a final state or the client
 // goes away. Owned by gRPC: deletes itself in OnDone.
@@ -183,10 +194,21 @@ class DownloadReactor final
 
 }  // namespace
 
+absl::Status CoordinatorService::Authenticate(
+    const grpc::CallbackServerContext* context) {
+  absl::Status status = CheckAuthToken(context->client_metadata(),
+                                       coordinator_->auth_token());
+  if (!status.ok()) coordinator_->RecordUnauthenticated();
+  return status;
+}
+
 grpc::ServerUnaryReactor* CoordinatorService::SubmitJob(
     grpc::CallbackServerContext* context,
     const pnn::v1::SubmitJobRequest* request,
     pnn::v1::SubmitJobResponse* response) {
+  if (absl::Status allowed = Authenticate(context); !allowed.ok()) {
+    return Respond(context, allowed);
+  }
   absl::StatusOr<pnn::v1::Job> job = coordinator_->Submit(*request);
   if (job.ok()) {
     response->set_job_id(job->job_id());
@@ -198,6 +220,9 @@ grpc::ServerUnaryReactor* CoordinatorService::SubmitJob(
 grpc::ServerUnaryReactor* CoordinatorService::GetJob(
     grpc::CallbackServerContext* context, const pnn::v1::GetJobRequest* request,
     pnn::v1::Job* response) {
+  if (absl::Status allowed = Authenticate(context); !allowed.ok()) {
+    return Respond(context, allowed);
+  }
   return RespondWith(context, coordinator_->GetJob(request->job_id()),
                      response);
 }
@@ -206,12 +231,18 @@ grpc::ServerUnaryReactor* CoordinatorService::ListJobs(
     grpc::CallbackServerContext* context,
     const pnn::v1::ListJobsRequest* request,
     pnn::v1::ListJobsResponse* response) {
+  if (absl::Status allowed = Authenticate(context); !allowed.ok()) {
+    return Respond(context, allowed);
+  }
   return RespondWith(context, coordinator_->ListJobs(*request), response);
 }
 
 grpc::ServerUnaryReactor* CoordinatorService::CancelJob(
     grpc::CallbackServerContext* context,
     const pnn::v1::CancelJobRequest* request, pnn::v1::Job* response) {
+  if (absl::Status allowed = Authenticate(context); !allowed.ok()) {
+    return Respond(context, allowed);
+  }
   return RespondWith(context, coordinator_->CancelJob(request->job_id()),
                      response);
 }
@@ -219,12 +250,18 @@ grpc::ServerUnaryReactor* CoordinatorService::CancelJob(
 grpc::ServerWriteReactor<pnn::v1::JobEvent>* CoordinatorService::WatchJob(
     grpc::CallbackServerContext* context,
     const pnn::v1::WatchJobRequest* request) {
+  if (absl::Status allowed = Authenticate(context); !allowed.ok()) {
+    return new RefusedStream<pnn::v1::JobEvent>(allowed);
+  }
   return new WatchReactor(coordinator_, request->job_id());
 }
 
 grpc::ServerWriteReactor<pnn::v1::ModelChunk>*
 CoordinatorService::DownloadModel(grpc::CallbackServerContext* context,
                                   const pnn::v1::DownloadModelRequest* request) {
+  if (absl::Status allowed = Authenticate(context); !allowed.ok()) {
+    return new RefusedStream<pnn::v1::ModelChunk>(allowed);
+  }
   return new DownloadReactor(coordinator_, *request);
 }
 
@@ -232,6 +269,9 @@ grpc::ServerUnaryReactor* CoordinatorService::RegisterWorker(
     grpc::CallbackServerContext* context,
     const pnn::v1::RegisterWorkerRequest* request,
     pnn::v1::RegisterWorkerResponse* response) {
+  if (absl::Status allowed = Authenticate(context); !allowed.ok()) {
+    return Respond(context, allowed);
+  }
   return RespondWith(context, coordinator_->RegisterWorker(request->worker()),
                      response);
 }
@@ -240,6 +280,9 @@ grpc::ServerUnaryReactor* CoordinatorService::Heartbeat(
     grpc::CallbackServerContext* context,
     const pnn::v1::HeartbeatRequest* request,
     pnn::v1::HeartbeatResponse* response) {
+  if (absl::Status allowed = Authenticate(context); !allowed.ok()) {
+    return Respond(context, allowed);
+  }
   return Respond(context, coordinator_->Heartbeat(*request));
 }
 

@@ -51,6 +51,10 @@ class CoordinatorService final : public pnn::v1::Coordinator::CallbackService {
       pnn::v1::HeartbeatResponse* response) override;
 
  private:
+  // UNAUTHENTICATED (and counted) when the coordinator has a token and the
+  // call does not carry it.
+  absl::Status Authenticate(const grpc::CallbackServerContext* context);
+
   Coordinator* const coordinator_;
 };
 

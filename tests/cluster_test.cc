@@ -19,6 +19,7 @@
 #include "gtest/gtest.h"
 #include "pnn/v1/coordinator.grpc.pb.h"
 #include "pnn/v1/worker.grpc.pb.h"
+#include "rpc/auth.h"
 #include "rpc/rpc_util.h"
 #include "tests/test_util.h"
 #include "worker/worker_server.h"
@@ -57,7 +58,9 @@ class SilentWorker final : public pnn::v1::Worker::CallbackService {
 
 class ClusterTest : public ::testing::Test {
  protected:
-  void SetUp() override {
+  void SetUp() override { StartCoordinator(""); }
+
+  void StartCoordinator(const std::string& token) {
     SyntheticDatasetOptions toy;
     toy.train_samples = 2048;
     toy.test_samples = 512;
@@ -70,6 +73,7 @@ class ClusterTest : public ::testing::Test {
     options.coordinator.data_dir = data_.path();
     options.coordinator.heartbeat_interval = absl::Milliseconds(100);
     options.coordinator.worker_timeout = absl::Milliseconds(600);
+    options.coordinator.auth_token = token;
     coordinator_ = std::make_unique<CoordinatorServer>(options);
     auto port = coordinator_->Start();
     ASSERT_TRUE(port.ok()) << port.status();
@@ -82,8 +86,9 @@ class ClusterTest : public ::testing::Test {
     coordinator_->Shutdown();
   }
 
-  worker::WorkerServer* AddWorker() {
+  worker::WorkerServer* AddWorker(const std::string& token = "") {
     worker::WorkerOptions options;
+    options.auth_token = token;
     options.listen_host = "127.0.0.1";
     options.coordinator = target_;
     options.data_dir = data_.path();
@@ -482,6 +487,76 @@ TEST_F(ClusterTest, ASilentWorkerIsDeclaredLostAndItsSegmentRetried) {
   }
   EXPECT_TRUE(announced);
   silent_server->Shutdown();
+}
+
+class AuthenticatedClusterTest : public ClusterTest {
+ protected:
+  void SetUp() override { StartCoordinator("s3cret-token"); }
+};
+
+TEST_F(AuthenticatedClusterTest, RightTokenWorksMissingOrWrongTokenIsRefused) {
+  // A worker with the wrong token cannot register; the right one can.
+  AddWorker("wrong-token");
+  AddWorker("s3cret-token");
+  WaitForWorkers(1);
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  EXPECT_EQ(coordinator_->coordinator().registered_workers(), 1);
+
+  auto call_submit = [this](const std::string& token) {
+    grpc::ClientContext context;
+    AttachAuthToken(token, &context);
+    pnn::v1::SubmitJobResponse response;
+    grpc::Status status = stub_->SubmitJob(&context, Request(2), &response);
+    return std::make_pair(status, response.job_id());
+  };
+  for (const std::string& token : {std::string(), std::string("nope")}) {
+    auto [status, id] = call_submit(token);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAUTHENTICATED);
+    EXPECT_THAT(status.error_message(), ::testing::Not(HasSubstr("s3cret")));
+  }
+  {
+    grpc::ClientContext context;
+    pnn::v1::WatchJobRequest request;
+    request.set_job_id("job-x");
+    auto reader = stub_->WatchJob(&context, request);
+    pnn::v1::JobEvent event;
+    EXPECT_FALSE(reader->Read(&event));
+    EXPECT_EQ(reader->Finish().error_code(),
+              grpc::StatusCode::UNAUTHENTICATED);
+  }
+  auto [status, id] = call_submit("s3cret-token");
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  // The coordinator passes its token to the worker with the task.
+  for (int i = 0; i < 400; ++i) {
+    grpc::ClientContext context;
+    AttachAuthToken("s3cret-token", &context);
+    pnn::v1::GetJobRequest request;
+    request.set_job_id(id);
+    Job job;
+    ASSERT_TRUE(stub_->GetJob(&context, request, &job).ok());
+    if (job.state() == pnn::v1::JOB_STATE_SUCCEEDED) break;
+    ASSERT_NE(job.state(), pnn::v1::JOB_STATE_FAILED) << job.message();
+    std::this_thread::sleep_for(std::chrono::milliseconds(25));
+  }
+  {
+    grpc::ClientContext context;
+    AttachAuthToken("s3cret-token", &context);
+    pnn::v1::GetJobRequest request;
+    request.set_job_id(id);
+    Job job;
+    ASSERT_TRUE(stub_->GetJob(&context, request, &job).ok());
+    EXPECT_EQ(job.state(), pnn::v1::JOB_STATE_SUCCEEDED);
+  }
+  // Workers accept training only from a caller with the token.
+  auto worker = pnn::v1::Worker::NewStub(
+      MakeChannel(workers_.back()->listen_address()));
+  grpc::ClientContext context;
+  pnn::v1::TrainSegmentRequest request;
+  request.mutable_task()->set_job_id("intruder");
+  auto reader = worker->TrainSegment(&context, request);
+  pnn::v1::TrainSegmentUpdate update;
+  EXPECT_FALSE(reader->Read(&update));
+  EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::UNAUTHENTICATED);
 }
 
 }  // namespace

@@ -122,6 +122,8 @@ TEST(JobSpecTest, InvalidSpecsNameTheFieldAndTheRule) {
       {R"({"recovery": {"epochs": -1}})", "recovery.epochs", "between 0"},
       {R"({"dataset": {"train_limit": -5}})", "dataset.train_limit", ">= 0"},
       {R"({"device": "tpu"})", "device", "\"cpu\", \"cuda\""},
+      {R"({"dataset": {"emnist_split": "../../etc/x"}})",
+       "dataset.emnist_split", "split name"},
       {R"({"model": {"hidden_widths": [4], "cut_after_layers": [1]},
            "device": "cuda:x"})", "device", "cuda:N"},
   };
@@ -172,6 +174,29 @@ TEST(JobSpecTest, JsonParsingRejectsUnknownFields) {
   ASSERT_TRUE(named.ok()) << named.status();
   EXPECT_EQ(named->sil().distribution(), pnn::v1::SIL_DISTRIBUTION_NORMAL);
   EXPECT_EQ(named->seed(), 42u);
+}
+
+// Found by tests/fuzz/job_spec_fuzzer: SimpleAtoi accepts "007", "+1" and
+// " 1", but the coordinator dispatches a task only to a worker whose device
+// string equals the task's, so such a job stayed queued for ever.
+TEST(JobSpecTest, DeviceIndexMustBePlainDecimal) {
+  for (const char* device : {"cpu", "cuda", "cuda:0", "cuda:7", "cuda:12"}) {
+    JobSpec spec;
+    spec.set_device(device);
+    auto resolved = ResolveJobSpec(spec);
+    ASSERT_TRUE(resolved.ok()) << device << ": " << resolved.status();
+    EXPECT_EQ(resolved->device(), device);
+  }
+  for (const char* device : {"cuda:007", "cuda:00", "cuda:+1", "cuda: 1",
+                             "cuda:1 ", "cuda:-0", "cuda:", "cuda:1x",
+                             "cuda:99999999999"}) {
+    JobSpec spec;
+    spec.set_device(device);
+    auto resolved = ResolveJobSpec(spec);
+    ASSERT_FALSE(resolved.ok()) << device;
+    EXPECT_THAT(std::string(resolved.status().message()),
+                HasSubstr("cuda:N")) << device;
+  }
 }
 
 }  // namespace

@@ -17,6 +17,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "prometheus/registry.h"
+#include "rpc/auth.h"
 #include "rpc/metrics.h"
 #include "rpc/stop_signal.h"
 #include "worker/worker_server.h"
@@ -24,6 +25,9 @@
 ABSL_FLAG(std::string, coordinator, "",
           "Coordinator to register with, HOST:PORT (required).");
 ABSL_FLAG(int32_t, port, 0, "Port to listen on (0: pick a free port).");
+ABSL_FLAG(std::string, token_file, "",
+          "File holding the bearer token shared with the coordinator "
+          "(default: $PNN_AUTH_TOKEN; neither: no authentication).");
 ABSL_FLAG(int32_t, metrics_port, 9102,
           "Prometheus /metrics port (0: pick a free port; -1: no metrics).");
 ABSL_FLAG(std::string, listen_host, "0.0.0.0",
@@ -85,6 +89,9 @@ int main(int argc, char** argv) {
   options.threads = absl::GetFlag(FLAGS_threads);
   options.device = absl::GetFlag(FLAGS_device);
   options.name = absl::GetFlag(FLAGS_name);
+  auto token = pnn::LoadAuthToken(absl::GetFlag(FLAGS_token_file));
+  if (!token.ok()) return Fail(std::string(token.status().message()));
+  options.auth_token = *token;
   const int metrics_port = absl::GetFlag(FLAGS_metrics_port);
   if (metrics_port >= 0) {
     options.metrics_registry = std::make_shared<prometheus::Registry>();

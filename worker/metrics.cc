@@ -46,7 +46,10 @@ WorkerMetrics::WorkerMetrics(prometheus::Registry& registry)
                      "coordinator.")),
       network_received_bytes(AddCounter(
           registry, "pnn_worker_network_received_bytes_total",
-          "Bytes of training RPC messages received from the coordinator.")) {}
+          "Bytes of training RPC messages received from the coordinator.")),
+      unauthenticated_requests(AddCounter(
+          registry, "pnn_worker_unauthenticated_requests_total",
+          "Calls refused for a missing or wrong token.")) {}
 
 void WorkerMetrics::RecordOutcome(const absl::Status& status) {
   if (status.ok()) {

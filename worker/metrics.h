@@ -31,6 +31,7 @@ struct WorkerMetrics {
   prometheus::Gauge& busy;
   prometheus::Counter& network_sent_bytes;
   prometheus::Counter& network_received_bytes;
+  prometheus::Counter& unauthenticated_requests;
 };
 
 }  // namespace worker

@@ -6,6 +6,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "rpc/auth.h"
 #include "rpc/rpc_util.h"
 #include "worker/log.h"
 
@@ -64,6 +65,7 @@ grpc::Status CoordinatorRegistration::Invoke(Call&& call) {
   grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() +
                        std::chrono::milliseconds(options_.rpc_timeout_ms));
+  AttachAuthToken(options_.auth_token, &context);
   {
     std::lock_guard<std::mutex> lock(mutex_);
     if (stopping_) {

@@ -35,6 +35,8 @@ struct RegistrationOptions {
   int rpc_timeout_ms = 5000;
   // Used when the coordinator answers heartbeat_interval_ms <= 0.
   int default_heartbeat_interval_ms = 5000;
+  // Sent with every call (rpc/auth.h); empty: none.
+  std::string auth_token;
 };
 
 class CoordinatorRegistration {

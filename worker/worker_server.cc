@@ -13,6 +13,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "common/job_spec.h"
 #include "rpc/rpc_util.h"
 #include "worker/log.h"
 #include "worker/metrics.h"
@@ -26,13 +27,6 @@ namespace {
 
 // The syntax ResolveDevice accepts; whether CUDA exists is left to training
 // time, so a misconfigured worker still registers and reports why it fails.
-bool IsDeviceName(const std::string& device) {
-  int index = 0;
-  return device == "cpu" || device == "cuda" ||
-         (absl::StartsWith(device, "cuda:") &&
-          absl::SimpleAtoi(absl::string_view(device).substr(5), &index) &&
-          index >= 0);
-}
 
 bool IsWildcardHost(const std::string& host) {
   return host == "0.0.0.0" || host == "::" || host == "[::]";
@@ -73,7 +67,7 @@ absl::StatusOr<int> WorkerServer::Start() {
     return absl::InvalidArgumentError(absl::StrCat(
         "port must be in [0, 65535] (0: any free port), got ", options_.port));
   }
-  if (!IsDeviceName(options_.device)) {
+  if (!IsValidDeviceName(options_.device)) {
     return absl::InvalidArgumentError(
         absl::StrCat("device must be \"cpu\", \"cuda\" or \"cuda:N\", got \"",
                      options_.device, "\""));
@@ -107,7 +101,8 @@ absl::StatusOr<int> WorkerServer::Start() {
   }
   runner_options.metrics = metrics_.get();
   runner_ = std::make_unique<SegmentRunner>(std::move(runner_options));
-  service_ = std::make_unique<WorkerService>(runner_.get(), metrics_.get());
+  service_ = std::make_unique<WorkerService>(runner_.get(), metrics_.get(),
+                                             options_.auth_token);
 
   // Both are process-wide switches read when a builder is made.
   grpc::EnableDefaultHealthCheckService(true);
@@ -151,6 +146,7 @@ absl::StatusOr<int> WorkerServer::Start() {
     registration.initial_retry_ms = options_.registration_initial_retry_ms;
     registration.max_retry_ms = options_.registration_max_retry_ms;
     registration.rpc_timeout_ms = options_.coordinator_rpc_timeout_ms;
+    registration.auth_token = options_.auth_token;
     registration_ =
         std::make_unique<CoordinatorRegistration>(std::move(registration));
     registration_->Start();

@@ -68,6 +68,9 @@ struct WorkerOptions {
   int coordinator_rpc_timeout_ms = 5000;
   // How long Shutdown waits for open calls to end before cancelling them.
   int shutdown_grace_ms = 5000;
+  // Bearer token (rpc/auth.h): sent with RegisterWorker and Heartbeat, and
+  // required on TrainSegment / CancelSegment. Empty: no authentication.
+  std::string auth_token;
   // Where the worker's metrics are registered; null: no metrics.
   std::shared_ptr<prometheus::Registry> metrics_registry;
 };

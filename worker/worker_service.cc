@@ -8,6 +8,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "rpc/auth.h"
 #include "rpc/rpc_util.h"
 #include "worker/log.h"
 #include "worker/metrics.h"
@@ -178,6 +179,10 @@ grpc::ServerWriteReactor<TrainSegmentUpdate>* WorkerService::TrainSegment(
     grpc::CallbackServerContext* context,
     const pnn::v1::TrainSegmentRequest* request) {
   auto* reactor = new TrainSegmentReactor(metrics_);
+  if (absl::Status allowed = Authenticate(context); !allowed.ok()) {
+    reactor->stream()->Finish(ToGrpcStatus(allowed));
+    return reactor;
+  }
   if (metrics_ != nullptr) {
     metrics_->network_received_bytes.Increment(
         static_cast<double>(request->ByteSizeLong()));
@@ -209,11 +214,24 @@ grpc::ServerWriteReactor<TrainSegmentUpdate>* WorkerService::TrainSegment(
   return reactor;
 }
 
+absl::Status WorkerService::Authenticate(
+    const grpc::CallbackServerContext* context) {
+  absl::Status status = CheckAuthToken(context->client_metadata(), auth_token_);
+  if (!status.ok() && metrics_ != nullptr) {
+    metrics_->unauthenticated_requests.Increment();
+  }
+  return status;
+}
+
 grpc::ServerUnaryReactor* WorkerService::CancelSegment(
     grpc::CallbackServerContext* context,
     const pnn::v1::CancelSegmentRequest* request,
     pnn::v1::CancelSegmentResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  if (absl::Status allowed = Authenticate(context); !allowed.ok()) {
+    reactor->Finish(ToGrpcStatus(allowed));
+    return reactor;
+  }
   if (request->job_id().empty()) {
     reactor->Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
                                  "CancelSegmentRequest.job_id is empty"));

@@ -7,6 +7,10 @@
 #ifndef PNN_WORKER_WORKER_SERVICE_H_
 #define PNN_WORKER_WORKER_SERVICE_H_
 
+#include <string>
+#include <utility>
+
+#include "absl/status/status.h"
 #include "pnn/v1/worker.grpc.pb.h"
 #include "worker/segment_runner.h"
 
@@ -21,10 +25,14 @@ namespace worker {
 
 class WorkerService final : public pnn::v1::Worker::CallbackService {
  public:
-  // Neither is owned; `metrics` may be null.
+  // Neither is owned; `metrics` may be null. A non-empty `auth_token` is
+  // required on every call (rpc/auth.h).
   explicit WorkerService(SegmentRunner* runner,
-                         WorkerMetrics* metrics = nullptr)
-      : runner_(runner), metrics_(metrics) {}
+                         WorkerMetrics* metrics = nullptr,
+                         std::string auth_token = "")
+      : runner_(runner),
+        metrics_(metrics),
+        auth_token_(std::move(auth_token)) {}
 
   // Streams started, progress, epoch and finally result updates; the
   // status is the training outcome (see worker.proto).
@@ -38,8 +46,12 @@ class WorkerService final : public pnn::v1::Worker::CallbackService {
       pnn::v1::CancelSegmentResponse* response) override;
 
  private:
+  // UNAUTHENTICATED (and counted) when the call lacks the token.
+  absl::Status Authenticate(const grpc::CallbackServerContext* context);
+
   SegmentRunner* const runner_;
   WorkerMetrics* const metrics_;
+  const std::string auth_token_;
 };
 
 }  // namespace worker

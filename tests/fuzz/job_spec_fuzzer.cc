@@ -1,0 +1,229 @@
+// libFuzzer target for job specs (common/job_spec.h), which arrive from
+// clients as protobuf over gRPC (SubmitJob) or as JSON (pnn-train, pnnctl).
+//
+// Input layout, chosen by the first byte:
+//   0x00 W W C C <bytes>  binary mode: <bytes> is a serialized
+//                         pnn.v1.JobSpec (ParseFromArray); the input width
+//                         is 1 + (WW % 4096) and the class count
+//                         1 + (CC % 300) (big-endian 16-bit values);
+//   anything else         JSON mode: the whole input is JobSpec JSON
+//                         (ParseJobSpecJson); width and class count come
+//                         from a hash of the input, so examples/*.json are
+//                         valid seeds as they are.
+// Then, as the coordinator does: ResolveJobSpec; ValidateAgainstData against
+// that shape and two fixed ones (784 x 10, and the largest width with 256
+// classes); when valid, NetworkWidths + CutNetwork and the per-segment
+// training configs. Checked invariants (a violation calls __builtin_trap):
+//   - errors are INVALID_ARGUMENT with a message;
+//   - a resolved spec has no "default" field left, its device is spelled
+//     as workers spell theirs ("cuda:N", N plain decimal), resolving it
+//     again gives the same spec, and its JSON (ToJson, as reported to
+//     clients) parses back to the same spec;
+//   - a valid network stays under the parameter limit, and its segments
+//     cover linear layers 1..L contiguously with chained widths.
+#include <cstdint>
+#include <cstdio>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "absl/strings/string_view.h"
+#include "common/job_spec.h"
+#include "google/protobuf/stubs/logging.h"
+#include "google/protobuf/util/message_differencer.h"
+#include "pnn/v1/job.pb.h"
+
+namespace {
+
+#define FUZZ_CHECK(condition)                                              \
+  do {                                                                     \
+    if (!(condition)) {                                                    \
+      std::fprintf(stderr, "job_spec_fuzzer: check failed: %s (%s:%d)\n",  \
+                   #condition, __FILE__, __LINE__);                        \
+      __builtin_trap();                                                    \
+    }                                                                      \
+  } while (0)
+
+using google::protobuf::util::MessageDifferencer;
+using pnn::v1::JobSpec;
+using pnn::v1::TrainingConfig;
+
+void CheckError(const absl::Status& status) {
+  FUZZ_CHECK(status.code() == absl::StatusCode::kInvalidArgument);
+  FUZZ_CHECK(!status.message().empty());
+}
+
+void CheckTraining(const TrainingConfig& config, bool allow_zero_epochs) {
+  FUZZ_CHECK(config.epochs() >= (allow_zero_epochs ? 0 : 1));
+  FUZZ_CHECK(config.batch_size() >= 1);
+  FUZZ_CHECK(config.learning_rate() > 0);
+  FUZZ_CHECK(config.optimizer() != pnn::v1::OPTIMIZER_UNSPECIFIED);
+}
+
+// The coordinator hands a task only to a worker whose device string equals
+// the task's ("cuda:1" == "cuda:1"), so an accepted spelling must be the
+// one workers use: "cpu", "cuda" or "cuda:N" with N in plain decimal.
+bool IsCanonicalDevice(const std::string& device) {
+  if (device == "cpu" || device == "cuda") return true;
+  if (device.rfind("cuda:", 0) != 0) return false;
+  const std::string index = device.substr(5);
+  if (index.empty() || (index.size() > 1 && index[0] == '0')) return false;
+  for (char c : index) {
+    if (c < '0' || c > '9') return false;
+  }
+  return true;
+}
+
+void CheckResolved(const JobSpec& resolved) {
+  const auto& model = resolved.model();
+  FUZZ_CHECK(model.hidden_widths_size() >= 1);
+  FUZZ_CHECK(model.cut_after_layers_size() >= 1);
+  FUZZ_CHECK(model.activation() != pnn::v1::ACTIVATION_UNSPECIFIED);
+  const int layers = model.hidden_widths_size() + 1;
+  int previous = 0;
+  for (int cut : model.cut_after_layers()) {
+    FUZZ_CHECK(cut > previous && cut < layers);
+    previous = cut;
+  }
+  for (int width : model.hidden_widths()) FUZZ_CHECK(width >= 1);
+  FUZZ_CHECK(resolved.sil().distribution() !=
+             pnn::v1::SIL_DISTRIBUTION_UNSPECIFIED);
+  FUZZ_CHECK(resolved.sil().has_kappa() && resolved.sil().kappa() > 0);
+  FUZZ_CHECK(resolved.sil().has_input_noise_std());
+  FUZZ_CHECK(resolved.sil().input_mode() != pnn::v1::INPUT_MODE_UNSPECIFIED);
+  CheckTraining(resolved.training(), false);
+  FUZZ_CHECK(resolved.segment_training_size() <=
+             model.cut_after_layers_size() + 1);
+  for (const auto& config : resolved.segment_training()) {
+    CheckTraining(config, false);
+  }
+  CheckTraining(resolved.recovery(), true);
+  FUZZ_CHECK(!resolved.dataset().path().empty());
+  FUZZ_CHECK(resolved.has_seed());
+  FUZZ_CHECK(IsCanonicalDevice(resolved.device()));
+
+  // Resolving is idempotent.
+  const auto again = pnn::ResolveJobSpec(resolved);
+  FUZZ_CHECK(again.ok());
+  FUZZ_CHECK(MessageDifferencer::Equals(*again, resolved));
+
+  // The JSON clients see parses back to the same spec (unknown fields from
+  // the binary form have no JSON form).
+  JobSpec known = resolved;
+  known.DiscardUnknownFields();
+  const std::string json = pnn::ToJson(known, /*multiline=*/false);
+  const auto reparsed = pnn::ParseJobSpecJson(json);
+  if (!reparsed.ok()) {
+    std::fprintf(stderr,
+                 "job_spec_fuzzer: ToJson output does not parse: %s\n%s\n",
+                 std::string(reparsed.status().message()).c_str(),
+                 json.c_str());
+  }
+  FUZZ_CHECK(reparsed.ok());
+  FUZZ_CHECK(MessageDifferencer::Equals(*reparsed, known));
+}
+
+void CheckAgainstData(const JobSpec& resolved, int input_width,
+                      int num_classes) {
+  const absl::Status valid =
+      pnn::ValidateAgainstData(resolved, input_width, num_classes);
+  if (!valid.ok()) {
+    CheckError(valid);
+    return;
+  }
+  FUZZ_CHECK(num_classes >= 2);
+  const std::vector<int> widths =
+      pnn::NetworkWidths(resolved, input_width, num_classes);
+  const int layers = resolved.model().hidden_widths_size() + 1;
+  FUZZ_CHECK(static_cast<int>(widths.size()) == layers + 1);
+  FUZZ_CHECK(widths.front() == input_width);
+  FUZZ_CHECK(widths.back() == num_classes);
+  int64_t parameters = 0;
+  for (size_t i = 1; i < widths.size(); ++i) {
+    FUZZ_CHECK(widths[i] >= 1);
+    parameters += int64_t{widths[i - 1]} * widths[i] + widths[i];
+  }
+  FUZZ_CHECK(parameters <= pnn::SpecLimits().max_parameters);
+
+  const std::vector<pnn::SegmentLayout> segments =
+      pnn::CutNetwork(resolved, widths);
+  FUZZ_CHECK(static_cast<int>(segments.size()) ==
+             resolved.model().cut_after_layers_size() + 1);
+  int next_layer = 1;
+  for (size_t s = 0; s < segments.size(); ++s) {
+    const pnn::SegmentLayout& segment = segments[s];
+    FUZZ_CHECK(segment.index == static_cast<int>(s));
+    FUZZ_CHECK(segment.first_layer == next_layer);
+    FUZZ_CHECK(segment.last_layer >= segment.first_layer);
+    FUZZ_CHECK(segment.widths.size() ==
+               static_cast<size_t>(segment.last_layer -
+                                   segment.first_layer + 2));
+    for (size_t i = 0; i < segment.widths.size(); ++i) {
+      FUZZ_CHECK(segment.widths[i] == widths[segment.first_layer - 1 + i]);
+    }
+    if (s > 0) {
+      FUZZ_CHECK(segment.widths.front() == segments[s - 1].widths.back());
+    }
+    if (s + 1 < segments.size() &&
+        resolved.sil().distribution() ==
+            pnn::v1::SIL_DISTRIBUTION_ORTHOGONAL) {
+      FUZZ_CHECK(segment.widths.back() >= num_classes);
+    }
+    CheckTraining(pnn::SegmentTrainingConfig(resolved, static_cast<int>(s)),
+                  false);
+    next_layer = segment.last_layer + 1;
+  }
+  FUZZ_CHECK(next_layer == layers + 1);
+  FUZZ_CHECK(segments.back().widths.back() == num_classes);
+  CheckTraining(pnn::RecoveryTrainingConfig(resolved), true);
+}
+
+uint64_t Hash(const uint8_t* data, size_t size) {
+  uint64_t h = 1469598103934665603ull ^ size;  // FNV-1a
+  for (size_t i = 0; i < size; ++i) h = (h ^ data[i]) * 1099511628211ull;
+  return h;
+}
+
+}  // namespace
+
+extern "C" int LLVMFuzzerInitialize(int* argc, char*** argv) {
+  // The binary parser logs every string field with invalid UTF-8; at
+  // thousands of inputs a second that is only noise.
+  google::protobuf::SetLogHandler(nullptr);
+  return 0;
+}
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  if (size == 0) return 0;
+  JobSpec spec;
+  int input_width = 0;
+  int num_classes = 0;
+  if (data[0] == 0x00) {
+    if (size < 5) return 0;
+    input_width = 1 + ((data[1] << 8) | data[2]) % 4096;
+    num_classes = 1 + ((data[3] << 8) | data[4]) % 300;
+    if (!spec.ParseFromArray(data + 5, static_cast<int>(size - 5))) return 0;
+  } else {
+    const uint64_t h = Hash(data, size);
+    input_width = 1 + static_cast<int>(h % 4096);
+    num_classes = 1 + static_cast<int>((h >> 16) % 300);
+    auto parsed = pnn::ParseJobSpecJson(
+        absl::string_view(reinterpret_cast<const char*>(data), size));
+    if (!parsed.ok()) {
+      CheckError(parsed.status());
+      return 0;
+    }
+    spec = std::move(*parsed);
+  }
+
+  const auto resolved = pnn::ResolveJobSpec(spec);
+  if (!resolved.ok()) {
+    CheckError(resolved.status());
+    return 0;
+  }
+  CheckResolved(*resolved);
+  CheckAgainstData(*resolved, input_width, num_classes);
+  CheckAgainstData(*resolved, 784, 10);
+  CheckAgainstData(*resolved, std::numeric_limits<int32_t>::max(), 256);
+  return 0;
+}
