@@ -2,7 +2,9 @@
 // on loopback (port 0), driven through the coordinator's gRPC API.
 #include <grpcpp/grpcpp.h>
 
+#include <atomic>
 #include <chrono>
+#include <mutex>
 #include <cmath>
 #include <functional>
 #include <thread>
@@ -487,6 +489,78 @@ TEST_F(ClusterTest, ASilentWorkerIsDeclaredLostAndItsSegmentRetried) {
   }
   EXPECT_TRUE(announced);
   silent_server->Shutdown();
+}
+
+// Many small jobs submitted at once from several threads while others poll
+// their status: every job reaches a final state, none is lost, and the
+// services keep answering throughout.
+TEST_F(ClusterTest, ManyConcurrentJobsAllFinish) {
+  AddWorker();
+  AddWorker();
+  WaitForWorkers(2);
+  constexpr int kSubmitters = 4;
+  constexpr int kJobsEach = 6;
+  std::mutex mu;
+  std::vector<std::string> ids;
+  std::atomic<int> refused{0};
+  std::vector<std::thread> submitters;
+  for (int t = 0; t < kSubmitters; ++t) {
+    submitters.emplace_back([&] {
+      auto stub = pnn::v1::Coordinator::NewStub(MakeChannel(target_));
+      for (int j = 0; j < kJobsEach; ++j) {
+        grpc::ClientContext context;
+        pnn::v1::SubmitJobResponse response;
+        if (!stub->SubmitJob(&context, Request(1), &response).ok()) {
+          ++refused;
+          continue;
+        }
+        std::lock_guard<std::mutex> lock(mu);
+        ids.push_back(response.job_id());
+      }
+    });
+  }
+  std::atomic<bool> done{false};
+  std::atomic<int> queries{0};
+  std::atomic<int> failed_queries{0};
+  std::thread poller([&] {
+    auto stub = pnn::v1::Coordinator::NewStub(MakeChannel(target_));
+    while (!done) {
+      grpc::ClientContext context;
+      pnn::v1::ListJobsResponse response;
+      if (!stub->ListJobs(&context, {}, &response).ok()) ++failed_queries;
+      ++queries;
+    }
+  });
+  for (auto& thread : submitters) thread.join();
+  EXPECT_EQ(refused, 0);
+  ASSERT_EQ(ids.size(), static_cast<size_t>(kSubmitters * kJobsEach));
+  int succeeded = 0;
+  for (const std::string& id : ids) {
+    Job job;
+    for (int i = 0; i < 1200; ++i) {
+      job = Get(id);
+      if (job.state() == pnn::v1::JOB_STATE_SUCCEEDED ||
+          job.state() == pnn::v1::JOB_STATE_FAILED ||
+          job.state() == pnn::v1::JOB_STATE_CANCELLED) {
+        break;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(25));
+    }
+    succeeded += job.state() == pnn::v1::JOB_STATE_SUCCEEDED;
+    EXPECT_EQ(job.state(), pnn::v1::JOB_STATE_SUCCEEDED)
+        << id << ": " << job.message();
+  }
+  done = true;
+  poller.join();
+  EXPECT_EQ(succeeded, kSubmitters * kJobsEach);
+  EXPECT_GT(queries, 10);
+  EXPECT_EQ(failed_queries, 0);
+  grpc::ClientContext context;
+  pnn::v1::ListJobsRequest all;
+  all.set_page_size(1000);
+  pnn::v1::ListJobsResponse listed;
+  ASSERT_TRUE(stub_->ListJobs(&context, all, &listed).ok());
+  EXPECT_EQ(listed.jobs_size(), kSubmitters * kJobsEach);
 }
 
 class AuthenticatedClusterTest : public ClusterTest {
