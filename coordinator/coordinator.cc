@@ -245,7 +245,11 @@ absl::Status Coordinator::RestoreJobs() {
                           task.weights.tensors_size() > 0;
         if (!done && (task.status.state() == pnn::v1::TASK_STATE_RUNNING ||
                       task.status.state() == pnn::v1::TASK_STATE_SUCCEEDED)) {
-          // Its stream died with the old process: train it again.
+          // Its stream died with the old process: train it again. The
+          // crash was not the task's fault, so the attempt does not count.
+          if (task.status.state() == pnn::v1::TASK_STATE_RUNNING) {
+            task.status.set_attempts(std::max(0, task.status.attempts() - 1));
+          }
           task.status.set_state(pnn::v1::TASK_STATE_QUEUED);
           task.status.set_progress(0);
           task.status.set_error("the coordinator restarted while it ran");
