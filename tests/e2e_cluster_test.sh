@@ -12,36 +12,11 @@ WORKER=$2
 PNNCTL=$3
 DATA_ROOT=${PNN_DATA_ROOT:-/usr/share/datasets}
 
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-fail() {
-  echo "FAIL: $*" >&2
-  for log in "$work"/*.log; do echo "--- $log" >&2; tail -20 "$log" >&2; done
-  exit 1
-}
-
-# Waits for "<name> listening on HOST:PORT" in a log and prints the port.
-wait_for_port() {
-  local log=$1 name=$2
-  for _ in $(seq 1 200); do
-    local port
-    port=$(sed -n "s/^$name listening on [^:]*:\([0-9]*\).*/\1/p" "$log" | head -1)
-    if [ -n "$port" ]; then echo "$port"; return 0; fi
-    sleep 0.1
-  done
-  fail "$name did not report its port"
-}
+source "$(dirname "$0")/e2e_lib.sh"
 
 "$COORDINATOR" --port 0 --metrics_port 0 --listen_host 127.0.0.1 --state_dir "$work/state" \
   --data_dir "$DATA_ROOT" --threads 1 2>"$work/coordinator.log" &
-pids+=($!)
+pids[coordinator]=$!
 port=$(wait_for_port "$work/coordinator.log" pnn-coordinator)
 target="127.0.0.1:$port"
 
@@ -49,7 +24,7 @@ for i in 1 2; do
   "$WORKER" --coordinator "$target" --port 0 --metrics_port 0 --listen_host 127.0.0.1 \
     --data_dir "$DATA_ROOT" --threads 1 --name "e2e-$i" \
     2>"$work/worker$i.log" &
-  pids+=($!)
+  pids[worker$i]=$!
   wait_for_port "$work/worker$i.log" pnn-worker >/dev/null
 done
 

@@ -14,28 +14,7 @@ WORKER=$2
 PNNCTL=$3
 DATA_ROOT=${PNN_DATA_ROOT:-/usr/share/datasets}
 
-work=$(mktemp -d)
-declare -A pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-fail() {
-  echo "FAIL: $*" >&2
-  for log in "$work"/*.log; do echo "--- $log" >&2; tail -15 "$log" >&2; done
-  exit 1
-}
-
-wait_for_line() {  # LOG REGEX
-  for _ in $(seq 1 300); do
-    grep -q "$2" "$1" 2>/dev/null && return 0
-    sleep 0.1
-  done
-  fail "no line matching '$2' in $1"
-}
+source "$(dirname "$0")/e2e_lib.sh"
 
 free_port() {
   /usr/bin/python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'

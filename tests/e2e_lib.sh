@@ -1,0 +1,47 @@
+# Shared by the end-to-end test scripts (source it): a work directory, the
+# processes a test started (stopped by PID on exit), failure reporting with
+# the logs, and waiting for log lines.
+
+work=$(mktemp -d)
+# name -> PID of every process the test started.
+declare -A pids=()
+# SIGTERM first (the services shut down gracefully), SIGKILL after 10 s.
+cleanup() {
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for _ in $(seq 1 100); do
+    local alive=0
+    for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+    [ "$alive" -eq 0 ] && break
+    sleep 0.1
+  done
+  for pid in "${pids[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+fail() {
+  echo "FAIL: $*" >&2
+  for log in "$work"/*.log; do echo "--- $log" >&2; tail -20 "$log" >&2; done
+  exit 1
+}
+
+# Waits until LOG has a line matching REGEX.
+wait_for_line() {
+  for _ in $(seq 1 300); do
+    grep -q "$2" "$1" 2>/dev/null && return 0
+    sleep 0.1
+  done
+  fail "no line matching '$2' in $1"
+}
+
+# Waits for "<NAME> listening on HOST:PORT" in LOG and prints the port.
+wait_for_port() {
+  local log=$1 name=$2 port
+  for _ in $(seq 1 300); do
+    port=$(sed -n "s/^$name listening on [^:]*:\([0-9]*\).*/\1/p" "$log" | head -1)
+    if [ -n "$port" ]; then echo "$port"; return 0; fi
+    sleep 0.1
+  done
+  fail "$name did not report its port"
+}
