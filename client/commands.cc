@@ -54,6 +54,9 @@ Global flags:
   --coordinator=HOST:PORT  default: $PNN_COORDINATOR, else localhost:50051
   --token_file=FILE        bearer token for a coordinator that requires one
                            (default: $PNN_AUTH_TOKEN)
+  --tls_ca=FILE            connect with TLS, verifying the coordinator
+                           against this CA (PEM); --tls_cert/--tls_key add a
+                           client certificate
   --output=table|json      json: protobuf JSON with the .proto field names and
                            every field; watch prints one JobEvent per line
   --timeout=DURATION       deadline of unary calls, e.g. 30s, 2m (default 30s)
@@ -72,6 +75,13 @@ namespace {
 using pnn::v1::Coordinator;
 using pnn::v1::Job;
 using pnn::v1::JobEvent;
+
+// main() has checked the TLS files (CheckTls), so this cannot fail.
+std::shared_ptr<grpc::ChannelCredentials> Credentials(
+    const ClientOptions& options) {
+  return MakeChannelCredentials(options.tls).value_or(
+      grpc::InsecureChannelCredentials());
+}
 
 void SetDeadline(const ClientOptions& options, grpc::ClientContext* context) {
   if (options.timeout == absl::InfiniteDuration() ||
@@ -94,7 +104,7 @@ int LocalFailure(absl::string_view message, std::ostream& err) {
 }
 
 std::unique_ptr<Coordinator::Stub> NewStub(const ClientOptions& options) {
-  return Coordinator::NewStub(MakeChannel(options.coordinator));
+  return Coordinator::NewStub(MakeChannel(options.coordinator, Credentials(options)));
 }
 
 int Watch(Coordinator::Stub& stub, const ClientOptions& options,
@@ -382,7 +392,8 @@ int RunDownload(const ClientOptions& options, const DownloadOptions& download,
 int RunHealth(const ClientOptions& options, const std::string& service,
               std::ostream& out, std::ostream& err) {
   std::unique_ptr<grpc::health::v1::Health::Stub> stub =
-      grpc::health::v1::Health::NewStub(MakeChannel(options.coordinator));
+      grpc::health::v1::Health::NewStub(
+          MakeChannel(options.coordinator, Credentials(options)));
   grpc::ClientContext context;
   AttachAuthToken(options.auth_token, &context);
   SetDeadline(options, &context);

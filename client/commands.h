@@ -16,6 +16,7 @@
 #include "absl/time/time.h"
 #include "client/format.h"
 #include "pnn/v1/coordinator.pb.h"
+#include "rpc/tls.h"
 
 namespace pnn::client {
 
@@ -37,6 +38,8 @@ struct ClientOptions {
   bool redraw = false;
   // Bearer token sent with every call (rpc/auth.h); empty: none.
   std::string auth_token;
+  // TLS towards the coordinator (rpc/tls.h); empty: plaintext.
+  TlsFiles tls;
   FormatOptions format;
 };
 

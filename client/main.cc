@@ -25,6 +25,7 @@
 #include "absl/time/time.h"
 #include "client/commands.h"
 #include "rpc/auth.h"
+#include "rpc/tls.h"
 #include "client/exit_codes.h"
 #include "client/job_request.h"
 
@@ -33,6 +34,10 @@ ABSL_FLAG(std::string, coordinator, "",
           "host:port of the coordinator (default: $PNN_COORDINATOR, else "
           "localhost:50051).");
 ABSL_FLAG(std::string, output, "table", "table or json.");
+ABSL_FLAG(std::string, tls_ca, "",
+          "Connect with TLS, verifying the coordinator against this CA.");
+ABSL_FLAG(std::string, tls_cert, "", "Client certificate (PEM), optional.");
+ABSL_FLAG(std::string, tls_key, "", "Private key of --tls_cert.");
 ABSL_FLAG(std::string, token_file, "",
           "File holding the coordinator's bearer token (default: "
           "$PNN_AUTH_TOKEN).");
@@ -215,6 +220,12 @@ int main(int argc, char** argv) {
   auto token = pnn::LoadAuthToken(absl::GetFlag(FLAGS_token_file));
   if (!token.ok()) return UsageError(std::string(token.status().message()));
   options.auth_token = *token;
+  options.tls = {absl::GetFlag(FLAGS_tls_cert), absl::GetFlag(FLAGS_tls_key),
+                 absl::GetFlag(FLAGS_tls_ca)};
+  if (auto credentials = pnn::MakeChannelCredentials(options.tls);
+      !credentials.ok()) {
+    return UsageError(std::string(credentials.status().message()));
+  }
   const char* term = std::getenv("TERM");
   options.redraw = ::isatty(STDOUT_FILENO) &&
                    (term == nullptr || std::string(term) != "dumb");

@@ -178,6 +178,9 @@ absl::Status Coordinator::Start() {
   }
   std::lock_guard<std::mutex> lock(mu_);
   if (started_) return absl::OkStatus();
+  auto credentials = MakeChannelCredentials(options_.tls);
+  if (!credentials.ok()) return credentials.status();
+  worker_credentials_ = *credentials;
   auto store = JobStore::Open(
       (fs::path(options_.state_dir) / "jobs.db").string());
   if (!store.ok()) return store.status();
@@ -702,7 +705,8 @@ void Coordinator::RunTask(std::string job_id, int task_index,
                           pnn::v1::TrainSegmentRequest request,
                           std::shared_ptr<grpc::ClientContext> context,
                           int64_t thread_id) {
-  auto stub = pnn::v1::Worker::NewStub(MakeChannel(address));
+  auto stub =
+      pnn::v1::Worker::NewStub(MakeChannel(address, worker_credentials_));
   AttachAuthToken(options_.auth_token, context.get());
   {
     std::lock_guard<std::mutex> lock(mu_);

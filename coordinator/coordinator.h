@@ -29,6 +29,7 @@
 #include "absl/time/time.h"
 #include "pnn/v1/coordinator.pb.h"
 #include "pnn/v1/worker.pb.h"
+#include "rpc/tls.h"
 
 namespace grpc {
 class ClientContext;
@@ -83,6 +84,10 @@ class Coordinator {
     // Bearer token (rpc/auth.h) sent to workers with every task. The
     // service requires the same token from its callers.
     std::string auth_token;
+    // TLS (rpc/tls.h): the service's certificate, and the certificate the
+    // coordinator presents to workers (mutual TLS) with the CA that signed
+    // theirs. Empty: plaintext.
+    TlsFiles tls;
     // Where the coordinator's metrics are registered; null: no metrics.
     std::shared_ptr<prometheus::Registry> metrics_registry;
   };
@@ -190,6 +195,7 @@ class Coordinator {
   std::unique_ptr<DatasetCache> datasets_;
   std::unique_ptr<CoordinatorMetrics> metrics_;  // null without a registry
   std::unique_ptr<JobStore> store_;
+  std::shared_ptr<grpc::ChannelCredentials> worker_credentials_;
 
   mutable std::mutex mu_;
   std::condition_variable scheduler_wake_;

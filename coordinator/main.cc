@@ -21,6 +21,11 @@ ABSL_FLAG(int32_t, port, 50051, "gRPC port (0: pick a free port).");
 ABSL_FLAG(std::string, token_file, "",
           "File holding the bearer token that clients and workers must send "
           "(default: $PNN_AUTH_TOKEN; neither: no authentication).");
+ABSL_FLAG(std::string, tls_cert, "",
+          "PEM certificate to serve TLS with (and to present to workers).");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert.");
+ABSL_FLAG(std::string, tls_ca, "",
+          "PEM CA that signed the workers' certificates (mutual TLS).");
 ABSL_FLAG(int32_t, metrics_port, 9101,
           "Prometheus /metrics port (0: pick a free port; -1: no metrics).");
 ABSL_FLAG(std::string, listen_host, "0.0.0.0", "Address to listen on.");
@@ -67,6 +72,8 @@ int main(int argc, char** argv) {
     return 1;
   }
   core.auth_token = *token;
+  core.tls = {absl::GetFlag(FLAGS_tls_cert), absl::GetFlag(FLAGS_tls_key),
+              absl::GetFlag(FLAGS_tls_ca)};
   const int metrics_port = absl::GetFlag(FLAGS_metrics_port);
   if (metrics_port >= 0) {
     core.metrics_registry = std::make_shared<prometheus::Registry>();

@@ -295,6 +295,11 @@ CoordinatorServer::~CoordinatorServer() { Shutdown(); }
 
 absl::StatusOr<int> CoordinatorServer::Start() {
   if (absl::Status status = coordinator_->Start(); !status.ok()) return status;
+  // Clients may present a certificate (verified when a CA is set); users'
+  // clients need not, so it is not required.
+  auto credentials = MakeServerCredentials(options_.coordinator.tls,
+                                           /*require_client_certificate=*/false);
+  if (!credentials.ok()) return credentials.status();
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
@@ -303,7 +308,7 @@ absl::StatusOr<int> CoordinatorServer::Start() {
   ConfigureServerBuilder(&builder, kMaxRequestBytes);
   builder.AddListeningPort(
       absl::StrCat(options_.listen_host, ":", options_.port),
-      grpc::InsecureServerCredentials(), &port_);
+      *credentials, &port_);
   builder.RegisterService(service_.get());
   server_ = builder.BuildAndStart();
   if (server_ == nullptr || port_ == 0) {

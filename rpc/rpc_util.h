@@ -20,9 +20,11 @@ inline constexpr int kMaxMessageBytes = 256 << 20;
 grpc::Status ToGrpcStatus(const absl::Status& status);
 absl::Status FromGrpcStatus(const grpc::Status& status);
 
-// An insecure channel to `target` that accepts messages up to
-// kMaxMessageBytes.
-std::shared_ptr<grpc::Channel> MakeChannel(const std::string& target);
+// A channel to `target` that accepts messages up to kMaxMessageBytes;
+// plaintext unless `credentials` are given (rpc/tls.h).
+std::shared_ptr<grpc::Channel> MakeChannel(
+    const std::string& target,
+    std::shared_ptr<grpc::ChannelCredentials> credentials = nullptr);
 
 // Largest request a user-facing server accepts (job specs, queries): far
 // above any real request, far below what could hurt the process.

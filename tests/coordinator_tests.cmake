@@ -15,3 +15,10 @@ add_test(NAME e2e_faults
           $<TARGET_FILE:pnn-coordinator> $<TARGET_FILE:pnn-worker>
           $<TARGET_FILE:pnnctl>)
 set_tests_properties(e2e_faults PROPERTIES TIMEOUT 600)
+
+# TLS and mutual TLS with the real binaries and a test CA.
+add_test(NAME e2e_tls
+  COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/e2e_tls_test.sh
+          $<TARGET_FILE:pnn-coordinator> $<TARGET_FILE:pnn-worker>
+          $<TARGET_FILE:pnnctl>)
+set_tests_properties(e2e_tls PROPERTIES TIMEOUT 300)

@@ -51,7 +51,7 @@ SKIP = 77
 # scripts/setup packages that only the deploy tests need.
 # Packages scripts/setup installs for the test suite only.
 DEPLOY_TEST_TOOLS = {"prometheus", "docker-compose", "python3-yaml", "curl",
-                     "python3", "clang", "libclang-rt-14-dev"}
+                     "python3", "clang", "libclang-rt-14-dev", "openssl"}
 
 
 def yaml_module():

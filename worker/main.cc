@@ -28,6 +28,13 @@ ABSL_FLAG(int32_t, port, 0, "Port to listen on (0: pick a free port).");
 ABSL_FLAG(std::string, token_file, "",
           "File holding the bearer token shared with the coordinator "
           "(default: $PNN_AUTH_TOKEN; neither: no authentication).");
+ABSL_FLAG(std::string, tls_cert, "",
+          "PEM certificate to serve TLS with (and to present to the "
+          "coordinator).");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert.");
+ABSL_FLAG(std::string, tls_ca, "",
+          "PEM CA of the coordinator's certificate; callers must present a "
+          "certificate it signed (mutual TLS).");
 ABSL_FLAG(int32_t, metrics_port, 9102,
           "Prometheus /metrics port (0: pick a free port; -1: no metrics).");
 ABSL_FLAG(std::string, listen_host, "0.0.0.0",
@@ -92,6 +99,9 @@ int main(int argc, char** argv) {
   auto token = pnn::LoadAuthToken(absl::GetFlag(FLAGS_token_file));
   if (!token.ok()) return Fail(std::string(token.status().message()));
   options.auth_token = *token;
+  options.tls_cert = absl::GetFlag(FLAGS_tls_cert);
+  options.tls_key = absl::GetFlag(FLAGS_tls_key);
+  options.tls_ca = absl::GetFlag(FLAGS_tls_ca);
   const int metrics_port = absl::GetFlag(FLAGS_metrics_port);
   if (metrics_port >= 0) {
     options.metrics_registry = std::make_shared<prometheus::Registry>();

@@ -24,7 +24,12 @@ std::string Describe(const grpc::Status& status) {
 
 CoordinatorRegistration::CoordinatorRegistration(RegistrationOptions options)
     : options_(std::move(options)),
-      stub_(pnn::v1::Coordinator::NewStub(MakeChannel(options_.coordinator))) {}
+      stub_(pnn::v1::Coordinator::NewStub(MakeChannel(
+          options_.coordinator,
+          // WorkerServer::Start has read these files already; a failure
+          // here cannot happen without one there.
+          MakeChannelCredentials(options_.tls)
+              .value_or(grpc::InsecureChannelCredentials())))) {}
 
 CoordinatorRegistration::~CoordinatorRegistration() { Stop(); }
 

@@ -21,6 +21,7 @@
 #include <thread>
 
 #include "pnn/v1/coordinator.grpc.pb.h"
+#include "rpc/tls.h"
 
 namespace pnn {
 namespace worker {
@@ -37,6 +38,8 @@ struct RegistrationOptions {
   int default_heartbeat_interval_ms = 5000;
   // Sent with every call (rpc/auth.h); empty: none.
   std::string auth_token;
+  // TLS for the channel to the coordinator; empty: plaintext.
+  TlsFiles tls;
 };
 
 class CoordinatorRegistration {

@@ -15,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/job_spec.h"
 #include "rpc/rpc_util.h"
+#include "rpc/tls.h"
 #include "worker/log.h"
 #include "worker/metrics.h"
 #include "worker/registration.h"
@@ -114,7 +115,11 @@ absl::StatusOr<int> WorkerServer::Start() {
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   const std::string requested =
       JoinHostPort(options_.listen_host, options_.port);
-  builder.AddListeningPort(requested, grpc::InsecureServerCredentials(),
+  auto credentials = MakeServerCredentials(
+      {options_.tls_cert, options_.tls_key, options_.tls_ca},
+      /*require_client_certificate=*/true);
+  if (!credentials.ok()) return credentials.status();
+  builder.AddListeningPort(requested, *credentials,
                            &port_);
   builder.RegisterService(service_.get());
   server_ = builder.BuildAndStart();
@@ -147,6 +152,7 @@ absl::StatusOr<int> WorkerServer::Start() {
     registration.max_retry_ms = options_.registration_max_retry_ms;
     registration.rpc_timeout_ms = options_.coordinator_rpc_timeout_ms;
     registration.auth_token = options_.auth_token;
+    registration.tls = {options_.tls_cert, options_.tls_key, options_.tls_ca};
     registration_ =
         std::make_unique<CoordinatorRegistration>(std::move(registration));
     registration_->Start();

@@ -71,6 +71,12 @@ struct WorkerOptions {
   // Bearer token (rpc/auth.h): sent with RegisterWorker and Heartbeat, and
   // required on TrainSegment / CancelSegment. Empty: no authentication.
   std::string auth_token;
+  // TLS (rpc/tls.h): the worker's certificate and the CA of its peers.
+  // With a CA, callers must present a certificate it signed (mutual TLS);
+  // the same files secure the channel to the coordinator.
+  std::string tls_cert;
+  std::string tls_key;
+  std::string tls_ca;
   // Where the worker's metrics are registered; null: no metrics.
   std::shared_ptr<prometheus::Registry> metrics_registry;
 };
