@@ -336,6 +336,18 @@ std::string FormatJobHeader(const Job& job, const FormatOptions& options) {
     absl::StrAppend(&run, ", with conventional baseline");
   }
   table.Row({"run", run});
+  switch (job.spec().parallelism()) {
+    case pnn::v1::PARALLELISM_MODEL_PARALLEL:
+      table.Row({"parallelism",
+                 "model-parallel pipeline (activations and gradients "
+                 "between workers every batch)"});
+      break;
+    case pnn::v1::PARALLELISM_CONVENTIONAL:
+      table.Row({"parallelism", "conventional (whole network, one worker)"});
+      break;
+    default:
+      break;  // partitioned: the default, said by the network row
+  }
   return table.Render("");
 }
 
@@ -431,7 +443,31 @@ std::string FormatResultTable(const Job& job) {
                   "state and activations at the batch size\n");
   absl::StrAppend(
       &out, "  bytes on the wire (job total): ", FormatBytes(job.bytes_sent()),
-      " sent, ", FormatBytes(job.bytes_received()), " received\n");
+      " sent, ", FormatBytes(job.bytes_received()), " received");
+  if (job.peer_bytes() > 0) {
+    absl::StrAppend(&out, ", ", FormatBytes(job.peer_bytes()),
+                    " between workers");
+  }
+  if (job.checkpoint_bytes() > 0) {
+    absl::StrAppend(&out, "; checkpoints ", FormatBytes(job.checkpoint_bytes()));
+  }
+  absl::StrAppend(&out, "\n");
+  if (job.training_seconds() > 0) {
+    absl::StrAppend(&out, "  training wall time: ",
+                    Seconds(job.training_seconds()), "\n");
+  }
+  if (job.evaluations_size() > 0) {
+    Table curve({true, true, true, true});
+    curve.Row({"at", "epochs", "test accuracy", "CPU"});
+    for (const auto& point : job.evaluations()) {
+      curve.Row({Seconds(point.wall_seconds()),
+                 absl::StrFormat("%.2f", point.epochs_done()),
+                 FormatPercent(point.test_accuracy()),
+                 Seconds(point.cpu_seconds())});
+    }
+    absl::StrAppend(&out, "\n  accuracy over training time:\n");
+    out += curve.Render("  ");
+  }
   if (job.model_bytes() > 0) {
     absl::StrAppend(&out, "  model: ", FormatBytes(job.model_bytes()),
                     "; pnnctl download ", job.job_id(), "\n");

@@ -39,7 +39,7 @@ absl::Status ParseJson(absl::string_view json, google::protobuf::Message* out) {
 bool SpecOverrides::any() const {
   return epochs || train_limit || test_limit || hidden_widths || cut_after ||
          kappa || seed || dataset || recovery_epochs || device || name ||
-         baseline;
+         baseline || parallelism || evaluations_per_epoch;
 }
 
 absl::StatusOr<SubmitJobRequest> ParseSubmitRequestJson(
@@ -154,6 +154,14 @@ absl::Status ApplyOverrides(const SpecOverrides& overrides,
   if (overrides.baseline) {
     request->set_conventional_baseline(*overrides.baseline);
   }
+  if (overrides.parallelism) {
+    auto parallelism = ParseParallelism(*overrides.parallelism);
+    if (!parallelism.ok()) return parallelism.status();
+    spec->set_parallelism(*parallelism);
+  }
+  if (overrides.evaluations_per_epoch) {
+    spec->set_evaluations_per_epoch(*overrides.evaluations_per_epoch);
+  }
   return absl::OkStatus();
 }
 
@@ -190,6 +198,19 @@ absl::StatusOr<std::vector<JobState>> ParseStateList(absl::string_view text) {
     states.push_back(state);
   }
   return states;
+}
+
+absl::StatusOr<pnn::v1::Parallelism> ParseParallelism(absl::string_view text) {
+  std::string name = absl::AsciiStrToUpper(text);
+  if (!absl::StartsWith(name, "PARALLELISM_")) name = "PARALLELISM_" + name;
+  pnn::v1::Parallelism parallelism;
+  if (name != "PARALLELISM_UNSPECIFIED" &&
+      pnn::v1::Parallelism_Parse(name, &parallelism)) {
+    return parallelism;
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("--parallelism=", text,
+                   ": expected partitioned, model_parallel or conventional"));
 }
 
 absl::StatusOr<pnn::v1::ModelFormat> ParseModelFormat(absl::string_view text) {

@@ -34,6 +34,8 @@ struct SpecOverrides {
   std::optional<std::string> device;
   std::optional<std::string> name;
   std::optional<bool> baseline;  // conventional_baseline
+  std::optional<std::string> parallelism;  // see ParseParallelism
+  std::optional<int32_t> evaluations_per_epoch;
 
   // True when any override is set.
   bool any() const;
@@ -68,6 +70,10 @@ absl::StatusOr<std::vector<int32_t>> ParseIntList(absl::string_view text,
 // are case-insensitive, with or without the JOB_STATE_ prefix.
 absl::StatusOr<std::vector<pnn::v1::JobState>> ParseStateList(
     absl::string_view text);
+
+// "partitioned", "model_parallel" or "conventional" (case-insensitive,
+// also the enum names).
+absl::StatusOr<pnn::v1::Parallelism> ParseParallelism(absl::string_view text);
 
 // "safetensors" or "pnn" (also the enum names).
 absl::StatusOr<pnn::v1::ModelFormat> ParseModelFormat(absl::string_view text);

@@ -63,6 +63,13 @@ ABSL_FLAG(int32_t, recovery_epochs, 0,
           "submit: end-to-end epochs on the joined network.");
 ABSL_FLAG(std::string, device, "", "submit: cpu, cuda or cuda:N.");
 ABSL_FLAG(std::string, name, "", "submit: a label for people.");
+ABSL_FLAG(std::string, parallelism, "",
+          "submit: partitioned (SIL segments, the default), model_parallel "
+          "(pipeline over one worker per segment) or conventional (the whole "
+          "network on one worker).");
+ABSL_FLAG(int32_t, evaluations_per_epoch, 0,
+          "submit: test-set evaluations per epoch for the accuracy-over-time "
+          "curve (0-20).");
 ABSL_FLAG(bool, baseline, false,
           "submit: also train the unsplit network conventionally.");
 
@@ -100,6 +107,8 @@ const std::map<std::string, std::string>& FlagCommands() {
       {"device", "submit"},
       {"name", "submit"},
       {"baseline", "submit"},
+      {"parallelism", "submit"},
+      {"evaluations_per_epoch", "submit"},
       {"state", "list"},
       {"page_size", "list"},
       {"page_token", "list"},
@@ -163,6 +172,12 @@ pnn::client::SpecOverrides Overrides(const std::set<std::string>& given) {
   if (has("device")) overrides.device = absl::GetFlag(FLAGS_device);
   if (has("name")) overrides.name = absl::GetFlag(FLAGS_name);
   if (has("baseline")) overrides.baseline = absl::GetFlag(FLAGS_baseline);
+  if (has("parallelism")) {
+    overrides.parallelism = absl::GetFlag(FLAGS_parallelism);
+  }
+  if (has("evaluations_per_epoch")) {
+    overrides.evaluations_per_epoch = absl::GetFlag(FLAGS_evaluations_per_epoch);
+  }
   return overrides;
 }
 

@@ -1,5 +1,7 @@
 #include "common/accounting.h"
 
+#include <time.h>
+
 #include <algorithm>
 #include <fstream>
 #include <string>
@@ -60,6 +62,12 @@ pnn::v1::TrainingCost AnalyticTrainingCost(
 
 int64_t CurrentRssBytes() { return ReadStatusKilobytes("VmRSS"); }
 int64_t PeakRssBytes() { return ReadStatusKilobytes("VmHWM"); }
+
+double ProcessCpuSeconds() {
+  timespec now{};
+  if (clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &now) != 0) return 0;
+  return static_cast<double>(now.tv_sec) + 1e-9 * static_cast<double>(now.tv_nsec);
+}
 
 void PeakRssMeter::Start() {
   std::ofstream clear_refs("/proc/self/clear_refs");

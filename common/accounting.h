@@ -27,6 +27,9 @@ pnn::v1::TrainingCost AnalyticTrainingCost(
 int64_t CurrentRssBytes();
 int64_t PeakRssBytes();
 
+// CPU time (user + system, all threads) this process has used so far.
+double ProcessCpuSeconds();
+
 // Measures the peak RSS growth over a region: Start() records the RSS and
 // resets the kernel's high-water mark (/proc/self/clear_refs), so the peak
 // afterwards belongs to the region. Meaningful when one region runs at a

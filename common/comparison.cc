@@ -93,9 +93,13 @@ absl::StatusOr<RunReport> RunPartitioned(const pnn::v1::JobSpec& spec,
                                          const ComparisonOptions& options) {
   RunReport report;
   report.set_mode("partitioned");
-  PNN_ASSIGN_OR_RETURN(
-      std::vector<pnn::v1::SegmentTask> tasks,
-      PlanSegmentTasks(spec, data.input_width(), data.num_classes, "local"));
+  // In one process the segments train one after another; the job's
+  // parallelism (a cluster setting) does not apply here.
+  pnn::v1::JobSpec partitioned = spec;
+  partitioned.set_parallelism(pnn::v1::PARALLELISM_PARTITIONED);
+  PNN_ASSIGN_OR_RETURN(std::vector<pnn::v1::SegmentTask> tasks,
+                       PlanSegmentTasks(partitioned, data.input_width(),
+                                        data.num_classes, "local"));
   const int segment_count = static_cast<int>(tasks.size());
   // snapshots[s][e]: weights of segment s after epoch e + 1.
   std::vector<std::vector<pnn::v1::SegmentWeights>> snapshots(tasks.size());

@@ -58,9 +58,15 @@ std::set<std::string> EmnistSplits(const std::vector<std::string>& files) {
 
 absl::StatusOr<Split> LoadSplit(const std::string& images_path,
                                 const std::string& labels_path,
-                                bool transpose, int64_t limit, int* rows,
-                                int* cols) {
-  PNN_ASSIGN_OR_RETURN(IdxArray images, ReadIdxFile(images_path));
+                                bool transpose, int64_t limit,
+                                DatasetContent content, int* rows, int* cols) {
+  IdxArray images;
+  if (content == DatasetContent::kLabelsOnly) {
+    // The header is enough: the shape and the count to check the labels.
+    PNN_ASSIGN_OR_RETURN(images.dims, ReadIdxDims(images_path));
+  } else {
+    PNN_ASSIGN_OR_RETURN(images, ReadIdxFile(images_path));
+  }
   PNN_ASSIGN_OR_RETURN(IdxArray labels, ReadIdxFile(labels_path));
   if (images.dims.size() != 3) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -87,12 +93,14 @@ absl::StatusOr<Split> LoadSplit(const std::string& images_path,
         images_path, ": images of ", r, "x", c, " pixels exceed the limit of ",
         kMaxImagePixels, " pixels"));
   }
-  at::Tensor pixels =
-      at::from_blob(images.data.data(), {count, r, c}, at::kByte);
-  if (transpose) pixels = pixels.transpose(1, 2);
   Split split;
-  // One conversion; the float tensor is the only copy kept.
-  split.images = pixels.reshape({count, r * c}).to(at::kFloat).div_(255.0f);
+  if (content == DatasetContent::kAll) {
+    at::Tensor pixels =
+        at::from_blob(images.data.data(), {count, r, c}, at::kByte);
+    if (transpose) pixels = pixels.transpose(1, 2);
+    // One conversion; the float tensor is the only copy kept.
+    split.images = pixels.reshape({count, r * c}).to(at::kFloat).div_(255.0f);
+  }
   split.labels =
       at::from_blob(labels.data.data(), {count}, at::kByte).to(at::kLong);
   *rows = transpose ? c : r;
@@ -178,7 +186,8 @@ absl::StatusOr<DatasetFiles> LocateDataset(const std::string& directory,
 }
 
 absl::StatusOr<Dataset> LoadDataset(const std::string& directory,
-                                    const pnn::v1::DatasetSpec& spec) {
+                                    const pnn::v1::DatasetSpec& spec,
+                                    DatasetContent content) {
   PNN_ASSIGN_OR_RETURN(DatasetFiles files, LocateDataset(directory, spec));
   Dataset dataset;
   dataset.directory = directory;
@@ -188,11 +197,11 @@ absl::StatusOr<Dataset> LoadDataset(const std::string& directory,
     PNN_ASSIGN_OR_RETURN(
         dataset.train,
         LoadSplit(files.train_images, files.train_labels, files.transpose,
-                  spec.train_limit(), &dataset.rows, &dataset.cols));
+                  spec.train_limit(), content, &dataset.rows, &dataset.cols));
     PNN_ASSIGN_OR_RETURN(
         dataset.test,
         LoadSplit(files.test_images, files.test_labels, files.transpose,
-                  spec.test_limit(), &test_rows, &test_cols));
+                  spec.test_limit(), content, &test_rows, &test_cols));
   } catch (const std::exception& error) {
     return absl::InternalError(
         absl::StrCat("loading ", directory, ": ", error.what()));

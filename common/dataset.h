@@ -53,12 +53,18 @@ struct Dataset {
   int64_t memory_bytes() const;
 };
 
+// What to load: a segment that trains on SIL reads only the labels, and
+// reading and converting the images is most of a load's time and memory.
+enum class DatasetContent { kAll, kLabelsOnly };
+
 // Reads, validates and converts the files. Checks that images and labels
 // agree in count, that train and test images have the same size, and that
 // every label is below 256 (IDX unsigned bytes) and test labels appear in
-// the training classes. Applies spec.train_limit / test_limit.
-absl::StatusOr<Dataset> LoadDataset(const std::string& directory,
-                                    const pnn::v1::DatasetSpec& spec);
+// the training classes. Applies spec.train_limit / test_limit. With
+// kLabelsOnly the splits' images stay undefined (rows and cols are set).
+absl::StatusOr<Dataset> LoadDataset(
+    const std::string& directory, const pnn::v1::DatasetSpec& spec,
+    DatasetContent content = DatasetContent::kAll);
 
 // The shape of a data set read from the file headers and the label files
 // only (milliseconds even for EMNIST): enough to validate a job against it

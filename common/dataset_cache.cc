@@ -5,11 +5,23 @@
 namespace pnn {
 
 absl::StatusOr<std::shared_ptr<const Dataset>> DatasetCache::Get(
-    const std::string& directory, const pnn::v1::DatasetSpec& spec) {
-  const std::string key = absl::StrCat(
+    const std::string& directory, const pnn::v1::DatasetSpec& spec,
+    DatasetContent content) {
+  const std::string whole_key = absl::StrCat(
       directory, "|", spec.emnist_split(), "|", spec.orientation(), "|",
       spec.train_limit(), "|", spec.test_limit());
+  const std::string key = content == DatasetContent::kAll
+                              ? whole_key
+                              : absl::StrCat(whole_key, "|labels");
   std::unique_lock<std::mutex> lock(mu_);
+  if (content == DatasetContent::kLabelsOnly) {
+    for (auto it = entries_.begin(); it != entries_.end(); ++it) {
+      if (it->key == whole_key && it->dataset != nullptr) {
+        entries_.splice(entries_.begin(), entries_, it);
+        return it->dataset;
+      }
+    }
+  }
   for (;;) {
     auto it = entries_.begin();
     for (; it != entries_.end() && it->key != key; ++it) {
@@ -23,7 +35,7 @@ absl::StatusOr<std::shared_ptr<const Dataset>> DatasetCache::Get(
   }
   entries_.push_front(Entry{key, nullptr});
   lock.unlock();
-  absl::StatusOr<Dataset> loaded = LoadDataset(directory, spec);
+  absl::StatusOr<Dataset> loaded = LoadDataset(directory, spec, content);
   lock.lock();
   auto it = entries_.begin();
   for (; it != entries_.end() && it->key != key; ++it) {

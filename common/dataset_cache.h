@@ -23,9 +23,11 @@ class DatasetCache {
   explicit DatasetCache(size_t capacity = 2) : capacity_(capacity) {}
 
   // The data set of `spec` in `directory` (see LoadDataset). Errors are not
-  // cached: a data set fixed on disk loads on the next call.
+  // cached: a data set fixed on disk loads on the next call. A labels-only
+  // request is served by a whole cached data set when there is one.
   absl::StatusOr<std::shared_ptr<const Dataset>> Get(
-      const std::string& directory, const pnn::v1::DatasetSpec& spec);
+      const std::string& directory, const pnn::v1::DatasetSpec& spec,
+      DatasetContent content = DatasetContent::kAll);
 
  private:
   struct Entry {

@@ -120,6 +120,10 @@ absl::StatusOr<JobSpec> ResolveJobSpec(const JobSpec& spec,
   if (dataset->path().empty()) dataset->set_path(kDefaultDatasetPath);
   if (!out.has_seed()) out.set_seed(kDefaultSeed);
   if (out.device().empty()) out.set_device("cpu");
+  if (out.parallelism() == pnn::v1::PARALLELISM_UNSPECIFIED) {
+    out.set_parallelism(pnn::v1::PARALLELISM_PARTITIONED);
+  }
+  if (!out.has_resume_checkpoints()) out.set_resume_checkpoints(true);
 
   // Shapes.
   const int layers = model->hidden_widths_size() + 1;
@@ -236,6 +240,22 @@ absl::StatusOr<JobSpec> ResolveJobSpec(const JobSpec& spec,
   }
   if (absl::Status status = ValidateDevice(out.device()); !status.ok()) {
     return status;
+  }
+  if (!pnn::v1::Parallelism_IsValid(out.parallelism())) {
+    return Invalid("parallelism", "unknown parallelism");
+  }
+  if (out.parallelism() != pnn::v1::PARALLELISM_PARTITIONED &&
+      out.recovery().epochs() > 0) {
+    return Invalid("recovery.epochs",
+                   "recovery epochs fine-tune a network joined from "
+                   "independently trained segments; a model-parallel or "
+                   "conventional job trains end to end already (set 0)");
+  }
+  if (out.evaluations_per_epoch() < 0 ||
+      out.evaluations_per_epoch() > kMaxEvaluationsPerEpoch) {
+    return Invalid("evaluations_per_epoch",
+                   absl::StrCat("must be in [0, ", kMaxEvaluationsPerEpoch,
+                                "], got ", out.evaluations_per_epoch()));
   }
   return out;
 }

@@ -27,6 +27,9 @@ inline constexpr float kDefaultLearningRate = 1e-3f;
 inline constexpr float kDefaultKappa = 1.0f;
 inline constexpr uint64_t kDefaultSeed = 1;
 inline constexpr char kDefaultDatasetPath[] = "fashion-mnist";
+// Each evaluation point costs a test pass after training and a weights
+// message during it.
+inline constexpr int kMaxEvaluationsPerEpoch = 20;
 
 // Upper bounds that keep a single request from exhausting a process.
 struct SpecLimits {

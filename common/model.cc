@@ -5,6 +5,7 @@
 #include <torch/nn/functional/activation.h>
 
 #include <cmath>
+#include <exception>
 #include <string>
 
 #include "absl/container/flat_hash_map.h"
@@ -167,6 +168,18 @@ absl::StatusOr<MlpSegment> ModelFromWeights(
       return absl::InvalidArgumentError(absl::StrCat(
           "weights: tensor \"", name, "\" is missing or not a matrix"));
     }
+    // The module below is allocated from the declared shapes: they must be
+    // backed by the bytes actually received, so that a message cannot make
+    // this process allocate more than it carries (a worker's result is
+    // untrusted input).
+    const int64_t elements = found->shape(0) * found->shape(1);  // < 2^62
+    if (found->data().size() % sizeof(float) != 0 ||
+        static_cast<int64_t>(found->data().size() / sizeof(float)) != elements) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "weights: tensor \"", name, "\": shape [", found->shape(0), ", ",
+          found->shape(1), "] does not match its ", found->data().size(),
+          " bytes of float32 data"));
+    }
     if (widths.empty()) widths.push_back(static_cast<int>(found->shape(1)));
     if (widths.back() != found->shape(1)) {
       return absl::InvalidArgumentError(absl::StrCat(
@@ -175,9 +188,14 @@ absl::StatusOr<MlpSegment> ModelFromWeights(
     }
     widths.push_back(static_cast<int>(found->shape(0)));
   }
-  MlpSegment model(first, widths, activation);
-  PNN_RETURN_IF_ERROR(ImportWeights(weights, model));
-  return model;
+  try {
+    MlpSegment model(first, widths, activation);
+    PNN_RETURN_IF_ERROR(ImportWeights(weights, model));
+    return model;
+  } catch (const std::exception& error) {  // e.g. out of memory
+    return absl::ResourceExhaustedError(
+        absl::StrCat("weights: cannot build the segment: ", error.what()));
+  }
 }
 
 absl::StatusOr<MlpSegment> JoinSegments(const std::vector<MlpSegment>& parts) {

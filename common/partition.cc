@@ -29,9 +29,32 @@ absl::StatusOr<std::vector<pnn::v1::SegmentTask>> PlanSegmentTasks(
     return absl::InternalError(
         absl::StrCat("drawing SIL tables: ", error.what()));
   }
+  const pnn::v1::Parallelism parallelism = resolved.parallelism();
   const bool sequential =
       resolved.sil().input_mode() == pnn::v1::INPUT_MODE_PREVIOUS_OUTPUTS;
   std::vector<pnn::v1::SegmentTask> tasks;
+  if (parallelism == pnn::v1::PARALLELISM_CONVENTIONAL) {
+    // The unsplit network is one segment that reads the data and learns the
+    // classes: the same task type, no SIL.
+    pnn::v1::SegmentTask task;
+    task.set_job_id(job_id);
+    task.set_segment_index(0);
+    task.set_segment_count(1);
+    task.set_first_layer(1);
+    task.set_last_layer(static_cast<int>(widths.size()) - 1);
+    for (int width : widths) task.add_widths(width);
+    task.set_activation(resolved.model().activation());
+    *task.mutable_training() = resolved.training();
+    *task.mutable_dataset() = resolved.dataset();
+    task.set_seed(resolved.seed());
+    task.set_num_classes(num_classes);
+    task.set_device(resolved.device());
+    task.set_checkpoints_per_epoch(resolved.evaluations_per_epoch());
+    task.set_resume_checkpoints(resolved.resume_checkpoints());
+    tasks.push_back(std::move(task));
+    return tasks;
+  }
+  const bool pipeline = parallelism == pnn::v1::PARALLELISM_MODEL_PARALLEL;
   for (const SegmentLayout& segment : layout) {
     pnn::v1::SegmentTask task;
     task.set_job_id(job_id);
@@ -46,6 +69,17 @@ absl::StatusOr<std::vector<pnn::v1::SegmentTask>> PlanSegmentTasks(
     task.set_seed(resolved.seed());
     task.set_num_classes(num_classes);
     task.set_device(resolved.device());
+    task.set_checkpoints_per_epoch(resolved.evaluations_per_epoch());
+    if (pipeline) {
+      // End to end: every stage trains with the job's training config, and
+      // its neighbours are filled in when all stages are placed. A stage
+      // cannot resume alone: the pipeline restarts as a whole.
+      *task.mutable_training() = resolved.training();
+      task.mutable_pipeline();
+      tasks.push_back(std::move(task));
+      continue;
+    }
+    task.set_resume_checkpoints(resolved.resume_checkpoints());
     task.set_input_noise_std(resolved.sil().input_noise_std());
     if (segment.index > 0 && !sequential) {
       *task.mutable_input_sil() = TensorToProto(

@@ -19,7 +19,10 @@ namespace pnn {
 // In the synthetic-labels mode each task carries only the SIL tables of its
 // own cuts: no task refers to another segment, so all can train at once.
 // In the previous-outputs mode, tasks after the first need AttachUpstream
-// with the earlier segments' results before they can run.
+// with the earlier segments' results before they can run. A conventional
+// job is one task for the whole network; a model-parallel job has one
+// pipeline stage per segment (task.pipeline set, no SIL), whose
+// downstream addresses the scheduler fills in.
 absl::StatusOr<std::vector<pnn::v1::SegmentTask>> PlanSegmentTasks(
     const pnn::v1::JobSpec& resolved, int input_width, int num_classes,
     const std::string& job_id);

@@ -5,11 +5,15 @@
 #include <torch/cuda.h>
 #include <torch/optim/adam.h>
 #include <torch/optim/sgd.h>
+#include <torch/serialize/archive.h>
+
+#include <dlfcn.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <memory>
+#include <sstream>
 #include <utility>
 
 #include "absl/strings/match.h"
@@ -41,8 +45,10 @@ using BatchFn =
 struct LoopResult {
   std::vector<EpochMetrics> epochs;
   double seconds = 0;
-  int64_t samples_seen = 0;
+  int64_t samples_seen = 0;  // in this run (not counting a resumed part)
   int64_t peak_rss_growth_bytes = 0;
+  double cpu_seconds = 0;
+  double resumed_seconds = 0;  // training time before a resume
 };
 
 double SecondsSince(Clock::time_point start) {
@@ -62,10 +68,35 @@ std::unique_ptr<torch::optim::Optimizer> MakeOptimizer(
                                .weight_decay(config.weight_decay()));
 }
 
+// Bytes of the optimizer's state (torch's archive format), and back.
+std::string SaveOptimizerState(torch::optim::Optimizer& optimizer) {
+  torch::serialize::OutputArchive archive;
+  optimizer.save(archive);
+  std::ostringstream out;
+  archive.save_to(out);
+  return out.str();
+}
+
+void LoadOptimizerState(const std::string& bytes,
+                        torch::optim::Optimizer& optimizer,
+                        c10::Device device) {
+  torch::serialize::InputArchive archive;
+  std::istringstream in(bytes);
+  archive.load_from(in, device);
+  optimizer.load(archive);
+}
+
+// True when batch `batch` (1-based) of `batches` ends one of `per_epoch`
+// evenly spaced evaluation points; the last batch always does.
+bool IsCheckpointBatch(int64_t batch, int64_t batches, int per_epoch) {
+  if (per_epoch <= 0) return false;
+  return (batch * per_epoch) / batches > ((batch - 1) * per_epoch) / batches;
+}
+
 absl::StatusOr<LoopResult> RunTrainingLoop(
-    MlpSegment& model, int64_t samples, const BatchFn& make_batch,
-    LossKind loss_kind, const TrainingConfig& config, uint64_t seed,
-    c10::Device device, const TrainOptions& options) {
+    MlpSegment& model, int segment_index, int64_t samples,
+    const BatchFn& make_batch, LossKind loss_kind, const TrainingConfig& config,
+    uint64_t seed, c10::Device device, const TrainOptions& options) {
   if (samples < 1) {
     return absl::FailedPreconditionError("no training samples");
   }
@@ -77,10 +108,54 @@ absl::StatusOr<LoopResult> RunTrainingLoop(
   const int64_t batches = (samples + batch_size - 1) / batch_size;
 
   LoopResult result;
+  int first_epoch = 1;
+  double resumed_seconds = 0;
+  if (options.resume != nullptr) {
+    const pnn::v1::TrainingState& state = *options.resume;
+    if (state.epochs_done() < 0 || state.epochs_done() > config.epochs()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "resume state: epochs_done ", state.epochs_done(),
+          " is outside [0, ", config.epochs(), "]"));
+    }
+    PNN_RETURN_IF_ERROR(ImportWeights(state.weights(), model));
+    if (!state.optimizer_state().empty()) {
+      LoadOptimizerState(state.optimizer_state(), *optimizer, device);
+    }
+    // The same shuffles as an uninterrupted run: replay the permutations of
+    // the epochs already trained.
+    for (int epoch = 1; epoch <= state.epochs_done(); ++epoch) {
+      (void)at::randperm(samples, shuffle_generator, at::kLong);
+    }
+    for (const auto& epoch : state.epochs()) result.epochs.push_back(epoch);
+    first_epoch = state.epochs_done() + 1;
+    resumed_seconds = state.seconds();
+  }
+
   PeakRssMeter memory;
   memory.Start();
   const auto start = Clock::now();
-  for (int epoch = 1; epoch <= config.epochs(); ++epoch) {
+  const double cpu_start = ProcessCpuSeconds();
+  auto emit_checkpoint = [&](int epoch, int64_t batch, bool with_state) {
+    pnn::v1::Checkpoint checkpoint;
+    checkpoint.set_epoch(epoch);
+    checkpoint.set_batches_done(batch);
+    checkpoint.set_epochs_done((epoch - 1) + static_cast<double>(batch) /
+                                                 static_cast<double>(batches));
+    checkpoint.set_elapsed_seconds(resumed_seconds + SecondsSince(start));
+    checkpoint.set_cpu_seconds(ProcessCpuSeconds() - cpu_start);
+    if (with_state) {
+      pnn::v1::TrainingState* state = checkpoint.mutable_state();
+      state->set_epochs_done(epoch);
+      *state->mutable_weights() = ExportWeights(model, segment_index);
+      state->set_optimizer_state(SaveOptimizerState(*optimizer));
+      for (const auto& done : result.epochs) *state->add_epochs() = done;
+      state->set_seconds(checkpoint.elapsed_seconds());
+    } else {
+      *checkpoint.mutable_weights() = ExportWeights(model, segment_index);
+    }
+    options.on_checkpoint(std::move(checkpoint));
+  };
+  for (int epoch = first_epoch; epoch <= config.epochs(); ++epoch) {
     const auto epoch_start = Clock::now();
     const at::Tensor order = at::randperm(samples, shuffle_generator, at::kLong);
     double loss_sum = 0;
@@ -90,6 +165,13 @@ absl::StatusOr<LoopResult> RunTrainingLoop(
         return absl::CancelledError(absl::StrCat(
             "training cancelled in epoch ", epoch, ", batch ", batch + 1));
       }
+      BatchPosition position;
+      position.epoch = epoch;
+      position.batch = batch + 1;
+      position.batches_per_epoch = batches;
+      position.checkpoint = options.on_checkpoint != nullptr &&
+                            IsCheckpointBatch(batch + 1, batches,
+                                              options.checkpoints_per_epoch);
       const int64_t begin = batch * batch_size;
       const at::Tensor indices =
           order.slice(0, begin, std::min(samples, begin + batch_size));
@@ -98,12 +180,27 @@ absl::StatusOr<LoopResult> RunTrainingLoop(
       target = target.to(device);
       optimizer->zero_grad();
       const at::Tensor output = model->forward(input);
-      const at::Tensor loss = loss_kind == LossKind::kMse
-                                  ? at::mse_loss(output, target)
-                                  : at::cross_entropy_loss(output, target);
-      loss.backward();
+      double loss_value = 0;
+      if (options.remote_loss) {
+        PNN_ASSIGN_OR_RETURN(
+            RemoteLoss remote,
+            options.remote_loss(output.detach(), target, position));
+        if (!remote.output_gradient.defined() ||
+            !remote.output_gradient.sizes().equals(output.sizes())) {
+          return absl::DataLossError(absl::StrCat(
+              "the next pipeline stage returned a gradient of the wrong "
+              "shape in epoch ", epoch, ", batch ", batch + 1));
+        }
+        output.backward(remote.output_gradient.to(device));
+        loss_value = remote.loss;
+      } else {
+        const at::Tensor loss = loss_kind == LossKind::kMse
+                                    ? at::mse_loss(output, target)
+                                    : at::cross_entropy_loss(output, target);
+        loss.backward();
+        loss_value = loss.item<double>();
+      }
       optimizer->step();
-      const double loss_value = loss.item<double>();
       if (!std::isfinite(loss_value)) {
         return absl::FailedPreconditionError(absl::StrCat(
             "training diverged: loss is ", loss_value, " in epoch ", epoch,
@@ -117,6 +214,11 @@ absl::StatusOr<LoopResult> RunTrainingLoop(
            batch + 1 == batches)) {
         options.on_batches(epoch, batch + 1, batches, loss_sum / seen);
       }
+      // The epoch's last evaluation point waits for its metrics below, so
+      // that a resumable state includes them.
+      if (position.checkpoint && batch + 1 < batches) {
+        emit_checkpoint(epoch, batch + 1, /*with_state=*/false);
+      }
     }
     EpochMetrics metrics;
     metrics.set_epoch(epoch);
@@ -128,17 +230,27 @@ absl::StatusOr<LoopResult> RunTrainingLoop(
     result.samples_seen += seen;
     result.epochs.push_back(metrics);
     if (options.on_epoch) options.on_epoch(metrics, model);
+    if (options.on_checkpoint &&
+        (options.resume_checkpoints || options.checkpoints_per_epoch > 0)) {
+      // One message serves both: the state's weights are the evaluation
+      // point's weights.
+      emit_checkpoint(epoch, batches, options.resume_checkpoints);
+    }
   }
-  result.seconds = SecondsSince(start);
+  result.seconds = resumed_seconds + SecondsSince(start);
+  result.resumed_seconds = resumed_seconds;
+  result.cpu_seconds = ProcessCpuSeconds() - cpu_start;
   result.peak_rss_growth_bytes = memory.PeakGrowthBytes();
   return result;
 }
 
 void FillMeasuredCost(const LoopResult& loop, pnn::v1::TrainingCost* cost) {
   cost->set_wall_seconds(loop.seconds);
-  cost->set_samples_per_second(static_cast<double>(loop.samples_seen) /
-                               std::max(loop.seconds, 1e-9));
+  cost->set_samples_per_second(
+      static_cast<double>(loop.samples_seen) /
+      std::max(loop.seconds - loop.resumed_seconds, 1e-9));
   cost->set_peak_rss_growth_bytes(loop.peak_rss_growth_bytes);
+  cost->set_cpu_seconds(loop.cpu_seconds);
 }
 
 // Runs `body`, turning libtorch exceptions into a status.
@@ -154,15 +266,20 @@ absl::StatusOr<T> Guarded(const char* what, Body&& body) {
   }
 }
 
+// at::set_num_threads sizes torch's own (OpenMP) pool but not OpenBLAS's,
+// which Debian's libopenblas0-pthread starts with one thread per core in
+// every process: without this, a worker told to use one thread still
+// multiplies matrices on every core, and two workers on one machine fight
+// over them. Looked up at run time: other BLAS builds lack the symbol.
+void SetBlasThreads(int threads) {
+  using SetThreadsFn = void (*)(int);
+  static const SetThreadsFn set_threads = reinterpret_cast<SetThreadsFn>(
+      dlsym(RTLD_DEFAULT, "openblas_set_num_threads"));
+  if (set_threads != nullptr) set_threads(threads);
+}
+
 absl::Status ApplyThreads(const TrainOptions& options) {
-  if (options.threads < 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("threads must be >= 0, got ", options.threads));
-  }
-  if (options.threads > 0 && at::get_num_threads() != options.threads) {
-    at::set_num_threads(options.threads);
-  }
-  return absl::OkStatus();
+  return SetTrainingThreads(options.threads);
 }
 
 absl::Status CheckSilTable(const pnn::v1::Tensor& table, const char* field,
@@ -177,6 +294,17 @@ absl::Status CheckSilTable(const pnn::v1::Tensor& table, const char* field,
 }
 
 }  // namespace
+
+absl::Status SetTrainingThreads(int threads) {
+  if (threads < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("threads must be >= 0, got ", threads));
+  }
+  if (threads == 0) return absl::OkStatus();
+  if (at::get_num_threads() != threads) at::set_num_threads(threads);
+  SetBlasThreads(threads);
+  return absl::OkStatus();
+}
 
 absl::StatusOr<c10::Device> ResolveDevice(const std::string& device) {
   if (device.empty() || device == "cpu") return c10::Device(c10::kCPU);
@@ -243,6 +371,16 @@ absl::Status ValidateSegmentTask(const SegmentTask& task, const Dataset& data) {
   }
   const bool first = task.segment_index() == 0;
   const bool last = task.segment_index() + 1 == task.segment_count();
+  const bool pipeline = task.has_pipeline();
+  if (pipeline && last != task.pipeline().downstream_address().empty()) {
+    return absl::InvalidArgumentError(
+        "segment task: every pipeline stage but the last needs "
+        "pipeline.downstream_address, and the last has none");
+  }
+  if (task.checkpoints_per_epoch() < 0) {
+    return absl::InvalidArgumentError(
+        "segment task: checkpoints_per_epoch must be >= 0");
+  }
   if (first) {
     if (task.input_case() != SegmentTask::INPUT_NOT_SET) {
       return absl::InvalidArgumentError(
@@ -254,6 +392,12 @@ absl::Status ValidateSegmentTask(const SegmentTask& task, const Dataset& data) {
           "segment task: the first segment takes ", task.widths(0),
           " inputs at layer ", task.first_layer(), " but the data set's images "
           "have ", data.input_width(), " pixels"));
+    }
+  } else if (pipeline) {
+    if (task.input_case() != SegmentTask::INPUT_NOT_SET) {
+      return absl::InvalidArgumentError(
+          "segment task: a pipeline stage takes its input from the previous "
+          "stage; it takes no input_sil or upstream");
     }
   } else if (task.input_case() == SegmentTask::kInputSil) {
     PNN_RETURN_IF_ERROR(CheckSilTable(task.input_sil(), "input_sil",
@@ -281,6 +425,12 @@ absl::Status ValidateSegmentTask(const SegmentTask& task, const Dataset& data) {
           " class scores, its widths end with ",
           task.widths(task.widths_size() - 1)));
     }
+  } else if (pipeline) {
+    if (task.has_target_sil()) {
+      return absl::InvalidArgumentError(
+          "segment task: a pipeline stage learns from the next stage's "
+          "gradient; it takes no target_sil");
+    }
   } else {
     if (!task.has_target_sil()) {
       return absl::InvalidArgumentError(
@@ -297,6 +447,23 @@ absl::StatusOr<pnn::v1::SegmentResult> TrainSegment(
     const SegmentTask& task, const Dataset& data, const TrainOptions& options) {
   PNN_RETURN_IF_ERROR(ValidateSegmentTask(task, data));
   PNN_RETURN_IF_ERROR(ApplyThreads(options));
+  if (task.has_pipeline() &&
+      (task.segment_index() != 0 || !options.remote_loss)) {
+    return absl::InvalidArgumentError(
+        "segment task: TrainSegment trains only the first stage of a "
+        "pipeline, with TrainOptions::remote_loss set");
+  }
+  if (task.has_resume() && task.resume().weights().segment_index() !=
+                               task.segment_index()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "segment task: the resume state belongs to segment ",
+        task.resume().weights().segment_index(), ", not ",
+        task.segment_index()));
+  }
+  TrainOptions segment_options = options;
+  segment_options.checkpoints_per_epoch = task.checkpoints_per_epoch();
+  segment_options.resume_checkpoints = task.resume_checkpoints();
+  segment_options.resume = task.has_resume() ? &task.resume() : nullptr;
   PNN_ASSIGN_OR_RETURN(const c10::Device device, ResolveDevice(task.device().empty() ? options.device : task.device()));
   return Guarded<pnn::v1::SegmentResult>("training segment", [&]()
       -> absl::StatusOr<pnn::v1::SegmentResult> {
@@ -340,7 +507,7 @@ absl::StatusOr<pnn::v1::SegmentResult> TrainSegment(
       }
       precomputed_inputs = at::cat(chunks);
     }
-    if (!last) {
+    if (!last && !task.has_pipeline()) {
       PNN_ASSIGN_OR_RETURN(target_sil, TensorFromProto(task.target_sil()));
     }
     auto noise_generator = at::detail::createCPUGenerator(
@@ -361,15 +528,18 @@ absl::StatusOr<pnn::v1::SegmentResult> TrainSegment(
       } else {
         input = data.train.images.index_select(0, indices);
       }
-      at::Tensor target =
-          last ? batch_labels : target_sil.index_select(0, batch_labels);
+      // A pipeline's first stage hands the classes on to the last stage.
+      at::Tensor target = last || task.has_pipeline()
+                              ? batch_labels
+                              : target_sil.index_select(0, batch_labels);
       return std::make_pair(input, target);
     };
     PNN_ASSIGN_OR_RETURN(
         LoopResult loop,
-        RunTrainingLoop(model, data.train.size(), make_batch,
+        RunTrainingLoop(model, task.segment_index(), data.train.size(),
+                        make_batch,
                         last ? LossKind::kCrossEntropy : LossKind::kMse,
-                        task.training(), task.seed(), device, options));
+                        task.training(), task.seed(), device, segment_options));
 
     pnn::v1::SegmentResult result;
     result.set_segment_index(task.segment_index());
@@ -405,8 +575,9 @@ absl::StatusOr<NetworkTrainingResult> TrainNetwork(
     };
     PNN_ASSIGN_OR_RETURN(
         LoopResult loop,
-        RunTrainingLoop(network, train.size(), make_batch,
-                        LossKind::kCrossEntropy, config, seed, device, options));
+        RunTrainingLoop(network, /*segment_index=*/0, train.size(),
+                        make_batch, LossKind::kCrossEntropy, config, seed,
+                        device, options));
     NetworkTrainingResult result;
     result.epochs = loop.epochs;
     result.cost = AnalyticTrainingCost(network->widths(),

@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include <ATen/core/Tensor.h>
 #include <c10/core/Device.h>
 
 #include "absl/status/statusor.h"
@@ -23,6 +24,22 @@
 #include "pnn/v1/segment.pb.h"
 
 namespace pnn {
+
+// Where a batch falls in training; 1-based.
+struct BatchPosition {
+  int epoch = 1;
+  int64_t batch = 1;
+  int64_t batches_per_epoch = 1;
+  // The batch ends at an evaluation point (TrainOptions::
+  // checkpoints_per_epoch): a checkpoint follows it.
+  bool checkpoint = false;
+};
+
+// What the rest of a model-parallel pipeline returns for one batch.
+struct RemoteLoss {
+  at::Tensor output_gradient;  // d loss / d (this stage's output)
+  double loss = 0;             // the batch's mean loss
+};
 
 struct TrainOptions {
   // "cpu", "cuda" or "cuda:N". Asking for CUDA where there is none is a
@@ -40,7 +57,32 @@ struct TrainOptions {
   int64_t batch_report_interval = 50;
   // Polled between batches; returning true ends training with CANCELLED.
   std::function<bool()> should_stop;
+
+  // Checkpoints, on the training thread: `checkpoints_per_epoch` evenly
+  // spaced evaluation points per epoch (weights only; the last one is the
+  // epoch's end), and with `resume_checkpoints` the resumable state
+  // (weights + optimizer) at every epoch's end. TrainSegment takes both
+  // settings from its task.
+  int checkpoints_per_epoch = 0;
+  bool resume_checkpoints = false;
+  std::function<void(pnn::v1::Checkpoint)> on_checkpoint;
+  // Continue from this state instead of epoch 0 (not owned). The shuffle
+  // order continues as if training had not stopped; the SIL input noise
+  // stream restarts from its seed.
+  const pnn::v1::TrainingState* resume = nullptr;
+  // Model-parallel first stage: instead of a local loss, the model's output
+  // and the batch's target go to the rest of the pipeline, which returns
+  // the gradient of the loss with respect to that output.
+  std::function<absl::StatusOr<RemoteLoss>(
+      const at::Tensor& output, const at::Tensor& target,
+      const BatchPosition& position)>
+      remote_loss;
 };
+
+// Sets the process-wide intra-op thread count of torch and of OpenBLAS
+// (which at::set_num_threads alone leaves at one thread per core); 0 leaves
+// both alone.
+absl::Status SetTrainingThreads(int threads);
 
 // Resolves a device string against what this process can use.
 absl::StatusOr<c10::Device> ResolveDevice(const std::string& device);
@@ -58,6 +100,9 @@ absl::Status ValidateSegmentTask(const pnn::v1::SegmentTask& task,
 //    output of the given previous segments on the training images.
 // Only the labels of `data` are read by SIL-input segments. Deterministic
 // for a given task and thread count.
+// A model-parallel task (task.pipeline set) trains the first stage: images
+// -> this stage's output, with options.remote_loss supplying the gradient;
+// later stages are trained by PipelineStageTrainer (common/pipeline.h).
 absl::StatusOr<pnn::v1::SegmentResult> TrainSegment(
     const pnn::v1::SegmentTask& task, const Dataset& data,
     const TrainOptions& options);

@@ -48,6 +48,12 @@ google::protobuf::Timestamp Now() {
   return timestamp;
 }
 
+double SecondsBetween(const google::protobuf::Timestamp& from,
+                      const google::protobuf::Timestamp& to) {
+  return static_cast<double>(to.seconds() - from.seconds()) +
+         (to.nanos() - from.nanos()) / 1e9;
+}
+
 bool IsFinal(JobState state) {
   return state == pnn::v1::JOB_STATE_SUCCEEDED ||
          state == pnn::v1::JOB_STATE_FAILED ||
@@ -234,6 +240,10 @@ absl::Status Coordinator::RestoreJobs() {
                                      : record.job.segments(i);
       auto weights = stored.weights.find(i);
       if (weights != stored.weights.end()) task.weights = weights->second;
+      auto state = stored.resume_states.find(i);
+      if (state != stored.resume_states.end()) {
+        task.resume_state = state->second;
+      }
       record.tasks.push_back(std::move(task));
     }
     record.job.clear_segments();
@@ -299,6 +309,12 @@ absl::StatusOr<Job> Coordinator::Submit(
   }
   PNN_RETURN_IF_ERROR(
       ValidateAgainstData(spec, shape->input_width(), shape->num_classes));
+  if (request.conventional_baseline() &&
+      spec.parallelism() == pnn::v1::PARALLELISM_CONVENTIONAL) {
+    return absl::InvalidArgumentError(
+        "conventional_baseline: the job trains the network conventionally "
+        "already; leave the baseline off");
+  }
   const std::string job_id = NewJobId();
   PNN_ASSIGN_OR_RETURN(std::vector<pnn::v1::SegmentTask> tasks,
                        PlanSegmentTasks(spec, shape->input_width(),
@@ -327,23 +343,16 @@ absl::StatusOr<Job> Coordinator::Submit(
     record.tasks.push_back(std::move(task_record));
   }
   if (request.conventional_baseline()) {
-    // The unsplit network is one segment that reads the data and learns the
-    // classes: the same task type, no SIL.
     TaskRecord baseline;
     baseline.is_baseline = true;
+    pnn::v1::JobSpec whole = spec;
+    whole.set_parallelism(pnn::v1::PARALLELISM_CONVENTIONAL);
+    whole.set_evaluations_per_epoch(0);
+    PNN_ASSIGN_OR_RETURN(std::vector<pnn::v1::SegmentTask> whole_tasks,
+                         PlanSegmentTasks(whole, shape->input_width(),
+                                          shape->num_classes, job_id));
     pnn::v1::SegmentTask& task = baseline.task;
-    task = record.tasks.front().task;
-    task.clear_target_sil();
-    task.clear_input();
-    task.set_segment_index(0);
-    task.set_segment_count(1);
-    task.set_last_layer(record.tasks.back().task.last_layer());
-    task.clear_widths();
-    for (int width : NetworkWidths(spec, shape->input_width(),
-                                   shape->num_classes)) {
-      task.add_widths(width);
-    }
-    *task.mutable_training() = spec.training();
+    task = std::move(whole_tasks.front());
     baseline.status.set_segment_index(kBaselineIndex);
     baseline.status.set_first_layer(1);
     baseline.status.set_last_layer(task.last_layer());
@@ -616,11 +625,142 @@ void Coordinator::DispatchLocked() {
   std::sort(order.begin(), order.end(), [](JobRecord* a, JobRecord* b) {
     return a->sequence < b->sequence;
   });
+  // Model-parallel jobs: their stage tasks (task.pipeline set), and those
+  // stages when the pipeline is ready to (re)start as a whole: no stage's
+  // stream is open any more, some stage is queued, not all have finished.
+  auto pipeline_stage_count = [](const JobRecord& record) {
+    return static_cast<int>(std::count_if(
+        record.tasks.begin(), record.tasks.end(),
+        [](const TaskRecord& task) { return task.task.has_pipeline(); }));
+  };
+  // A restart also waits a moment after the last stage ended: a cancelled
+  // stream ends at once on this side, but its worker needs a little while
+  // to stop the old run, and would refuse the new one as busy.
+  const google::protobuf::Timestamp now = Now();
+  auto pipeline_stages_to_start = [&now](const JobRecord& record) {
+    constexpr double kSettleSeconds = 0.5;
+    std::vector<size_t> stages;
+    bool queued = false;
+    bool all_succeeded = true;
+    for (size_t index = 0; index < record.tasks.size(); ++index) {
+      const TaskRecord& task = record.tasks[index];
+      if (!task.task.has_pipeline()) continue;
+      if (task.context != nullptr ||
+          (task.status.has_end_time() &&
+           SecondsBetween(task.status.end_time(), now) < kSettleSeconds)) {
+        return std::vector<size_t>();
+      }
+      queued |= task.status.state() == pnn::v1::TASK_STATE_QUEUED;
+      all_succeeded &= task.status.state() == pnn::v1::TASK_STATE_SUCCEEDED;
+      stages.push_back(index);
+    }
+    if (!queued || all_succeeded) stages.clear();
+    return stages;
+  };
+  // Starts task `index` of `record` on `worker`, on its own RunTask thread.
+  auto dispatch = [this](JobRecord& record, size_t index,
+                         WorkerRecord& worker) {
+    TaskRecord& task = record.tasks[index];
+    worker.job_id = record.job.job_id();
+    worker.task_index = static_cast<int>(index);
+    task.status.set_state(pnn::v1::TASK_STATE_RUNNING);
+    task.status.set_worker_id(worker.id);
+    task.status.set_worker_address(worker.info.address());
+    task.status.set_attempts(task.status.attempts() + 1);
+    task.status.set_progress(0);
+    task.status.clear_epochs();
+    const google::protobuf::Timestamp now = Now();
+    *task.status.mutable_start_time() = now;
+    task.status.clear_end_time();
+    task.loss_reason.clear();
+    task.context = std::make_shared<grpc::ClientContext>();
+    if (metrics_ != nullptr) metrics_->task_dispatches.Increment();
+    if (record.job.state() == pnn::v1::JOB_STATE_QUEUED) {
+      record.job.set_state(pnn::v1::JOB_STATE_RUNNING);
+      *record.job.mutable_start_time() = now;
+    }
+    pnn::v1::TrainSegmentRequest request;
+    *request.mutable_task() = task.task;
+    if (task.resume_state.has_value() && !task.task.has_pipeline()) {
+      // Continue from the last finished epoch of an earlier attempt.
+      *request.mutable_task()->mutable_resume() = *task.resume_state;
+      task.status.set_resumed_from_epoch(task.resume_state->epochs_done());
+      for (const auto& epoch : task.resume_state->epochs()) {
+        *task.status.add_epochs() = epoch;
+      }
+      task.status.set_progress(
+          static_cast<double>(task.resume_state->epochs_done()) /
+          std::max(1, task.status.epochs_total()));
+    } else {
+      task.status.set_resumed_from_epoch(0);
+    }
+    const int64_t thread_id = next_thread_id_++;
+    dispatch_threads_.emplace(
+        thread_id,
+        std::thread(&Coordinator::RunTask, this, record.job.job_id(),
+                    static_cast<int>(index), worker.id, worker.info.address(),
+                    std::move(request), task.context, thread_id));
+    PublishLocked(record,
+                  absl::StrCat(TaskName(task.status, record.tasks.front().task.segment_count()),
+                               " dispatched to ", worker.id, " (",
+                               worker.info.address(), ")"));
+  };
   for (JobRecord* record : order) {
     bool changed = false;
-    for (size_t index = 0; index < record->tasks.size(); ++index) {
+    // Model-parallel: every batch crosses every stage, so the stages start
+    // together on as many workers or not at all. A job that waits for its
+    // gang keeps later jobs off the idle workers (else small jobs could
+    // starve it), unless too few matching workers are registered for it
+    // ever to start.
+    bool gang_waits = false;
+    if (std::vector<size_t> stages = pipeline_stages_to_start(*record);
+        !stages.empty()) {
+      const std::string& device = record->tasks[stages[0]].task.device();
+      std::vector<WorkerRecord*> idle;
+      size_t matching = 0;
+      const absl::Time heard_since =
+          absl::Now() - 2 * options_.heartbeat_interval;
+      for (auto& [id, worker] : workers_) {
+        if (!DeviceMatches(device, worker.info.device())) continue;
+        ++matching;
+        // Only workers heard from lately: one that is going away (it
+        // stopped heartbeating) would cost the whole pipeline a restart.
+        if (worker.job_id.empty() && worker.last_heartbeat >= heard_since) {
+          idle.push_back(&worker);
+        }
+      }
+      if (idle.size() >= stages.size()) {
+        // A fresh session per run (unique even when a busy worker's refusal
+        // did not count as an attempt): calls from an earlier run's stages
+        // are refused by this run's workers.
+        int attempt = 0;
+        for (size_t index : stages) {
+          attempt = std::max(attempt, record->tasks[index].status.attempts());
+        }
+        const std::string session = absl::StrCat(
+            record->job.job_id(), "-run", attempt + 1, "-", next_thread_id_);
+        for (size_t i = 0; i < stages.size(); ++i) {
+          pnn::v1::PipelineStage* pipeline =
+              record->tasks[stages[i]].task.mutable_pipeline();
+          pipeline->set_session_id(session);
+          pipeline->set_downstream_address(
+              i + 1 < stages.size() ? idle[i + 1]->info.address() : "");
+        }
+        for (size_t i = 0; i < stages.size(); ++i) {
+          dispatch(*record, stages[i], *idle[i]);
+        }
+        changed = true;
+      } else {
+        gang_waits = matching >= stages.size();
+      }
+    }
+    for (size_t index = 0; index < record->tasks.size() && !gang_waits;
+         ++index) {
       TaskRecord& task = record->tasks[index];
-      if (task.status.state() != pnn::v1::TASK_STATE_QUEUED) continue;
+      if (task.status.state() != pnn::v1::TASK_STATE_QUEUED ||
+          task.task.has_pipeline()) {
+        continue;
+      }
       WorkerRecord* idle = nullptr;
       for (auto& [id, worker] : workers_) {
         if (worker.job_id.empty() &&
@@ -630,39 +770,11 @@ void Coordinator::DispatchLocked() {
         }
       }
       if (idle == nullptr) break;
-      idle->job_id = record->job.job_id();
-      idle->task_index = static_cast<int>(index);
-      task.status.set_state(pnn::v1::TASK_STATE_RUNNING);
-      task.status.set_worker_id(idle->id);
-      task.status.set_worker_address(idle->info.address());
-      task.status.set_attempts(task.status.attempts() + 1);
-      task.status.set_progress(0);
-      task.status.clear_epochs();
-      const google::protobuf::Timestamp now = Now();
-      *task.status.mutable_start_time() = now;
-      task.status.clear_end_time();
-      task.loss_reason.clear();
-      task.context = std::make_shared<grpc::ClientContext>();
-      if (metrics_ != nullptr) metrics_->task_dispatches.Increment();
-      if (record->job.state() == pnn::v1::JOB_STATE_QUEUED) {
-        record->job.set_state(pnn::v1::JOB_STATE_RUNNING);
-        *record->job.mutable_start_time() = now;
-      }
-      pnn::v1::TrainSegmentRequest request;
-      *request.mutable_task() = task.task;
-      const int64_t thread_id = next_thread_id_++;
-      dispatch_threads_.emplace(
-          thread_id,
-          std::thread(&Coordinator::RunTask, this, record->job.job_id(),
-                      static_cast<int>(index), idle->id, idle->info.address(),
-                      std::move(request), task.context, thread_id));
-      PublishLocked(*record,
-                    absl::StrCat(TaskName(task.status, record->tasks.front().task.segment_count()),
-                                 " dispatched to ", idle->id, " (",
-                                 idle->info.address(), ")"));
+      dispatch(*record, index, *idle);
       changed = true;
     }
     if (changed) RefreshJobLocked(*record);
+    if (gang_waits) break;
   }
   // Say why queued work waits.
   for (JobRecord* record : order) {
@@ -671,7 +783,16 @@ void Coordinator::DispatchLocked() {
           return t.status.state() == pnn::v1::TASK_STATE_QUEUED;
         });
     std::string message;
-    if (queued) {
+    const int stages = pipeline_stage_count(*record);
+    if (queued && stages > 0 && !workers_.empty()) {
+      const auto idle = std::count_if(
+          workers_.begin(), workers_.end(),
+          [](const auto& entry) { return entry.second.job_id.empty(); });
+      message = absl::StrCat(
+          "waiting for ", stages,
+          " idle workers at once (model-parallel: one per stage); ", idle,
+          " of ", workers_.size(), " registered are idle");
+    } else if (queued) {
       message = workers_.empty()
                     ? "waiting for a worker to register (none is registered)"
                     : absl::StrCat("waiting for an idle worker (",
@@ -752,7 +873,11 @@ void Coordinator::OnTaskUpdate(const std::string& job_id, int task_index,
   JobRecord& record = it->second;
   TaskRecord& task = record.tasks[task_index];
   auto& status = task.status;
-  status.set_bytes_received(status.bytes_received() + bytes);
+  if (update.has_checkpoint()) {
+    status.set_checkpoint_bytes(status.checkpoint_bytes() + bytes);
+  } else {
+    status.set_bytes_received(status.bytes_received() + bytes);
+  }
   if (IsFinal(record.job.state())) return;
   const std::string name = TaskName(status, record.tasks.front().task.segment_count());
   switch (update.update_case()) {
@@ -786,6 +911,40 @@ void Coordinator::OnTaskUpdate(const std::string& job_id, int task_index,
                                     update.epoch().samples_per_second()));
       break;
     }
+    case pnn::v1::TrainSegmentUpdate::kCheckpoint: {
+      const pnn::v1::Checkpoint& checkpoint = update.checkpoint();
+      if (checkpoint.has_state()) {
+        // Kept only if it fits the task: a bad state must not break the
+        // retry it is meant for.
+        const auto& state = checkpoint.state();
+        if (state.epochs_done() >= 1 &&
+            state.epochs_done() <= status.epochs_total() &&
+            state.weights().segment_index() == task.task.segment_index()) {
+          task.resume_state = state;
+          if (store_ != nullptr) {
+            if (absl::Status saved =
+                    store_->SaveResumeState(job_id, task_index, state);
+                !saved.ok()) {
+              std::fprintf(stderr, "pnn-coordinator: %s\n",
+                           std::string(saved.message()).c_str());
+            }
+          }
+        }
+      }
+      if (record.job.spec().evaluations_per_epoch() > 0 && !task.is_baseline &&
+          record.job.has_start_time()) {
+        CheckpointRecord point;
+        point.job_seconds = SecondsBetween(record.job.start_time(), Now());
+        point.epoch = checkpoint.epoch();
+        point.batches_done = checkpoint.batches_done();
+        point.epochs_done = checkpoint.epochs_done();
+        point.cpu_seconds = checkpoint.cpu_seconds();
+        point.weights = checkpoint.has_state() ? checkpoint.state().weights()
+                                               : checkpoint.weights();
+        task.checkpoints.push_back(std::move(point));
+      }
+      break;
+    }
     case pnn::v1::TrainSegmentUpdate::kResult:
       task.weights = update.result().weights();
       *status.mutable_cost() = update.result().cost();
@@ -808,12 +967,28 @@ void Coordinator::OnTaskFinished(const std::string& job_id, int task_index,
   task.context.reset();
   *task.status.mutable_end_time() = Now();
   const std::string name = TaskName(task.status, record.tasks.front().task.segment_count());
+  if (shutting_down_ && !status.ok()) {
+    // This process cancelled the call to stop: no fault of the task. The
+    // stored record keeps the task RUNNING, so the next start re-queues it
+    // without counting the attempt, as after a crash (RestoreJobs).
+    return;
+  }
   if (IsFinal(record.job.state()) || record.cancel_requested) {
     if (!IsFinal(task.status.state())) {
       task.status.set_state(status.ok() ? pnn::v1::TASK_STATE_SUCCEEDED
                                         : pnn::v1::TASK_STATE_CANCELLED);
     }
     PersistLocked(record);
+    PublishLocked(record, "");
+    return;
+  }
+  if (task.task.has_pipeline() &&
+      task.status.state() == pnn::v1::TASK_STATE_CANCELLED) {
+    // A stage stopped for a restart of its pipeline (see the failure path
+    // below): however it ended, it trains again with the others, and the
+    // attempt is not its failure.
+    task.status.set_state(pnn::v1::TASK_STATE_QUEUED);
+    task.status.set_progress(0);
     PublishLocked(record, "");
     return;
   }
@@ -840,6 +1015,7 @@ void Coordinator::OnTaskFinished(const std::string& job_id, int task_index,
     }
     task.status.set_state(pnn::v1::TASK_STATE_SUCCEEDED);
     task.status.set_progress(1.0);
+    task.resume_state.reset();
     PublishLocked(record, absl::StrCat(name, " finished on ", worker_id));
     if (task.is_baseline) {
       assembly_queue_.emplace_back(job_id, AssemblyWork::kEvaluateBaseline);
@@ -865,12 +1041,91 @@ void Coordinator::OnTaskFinished(const std::string& job_id, int task_index,
       }
     }
     if (all_done) {
+      if (record.job.has_start_time()) {
+        record.job.set_training_seconds(
+            SecondsBetween(record.job.start_time(), Now()));
+      }
       record.job.set_state(pnn::v1::JOB_STATE_ASSEMBLING);
       record.job.set_message("joining the segments and testing");
       PublishLocked(record, "all segments trained; assembling");
       assembly_queue_.emplace_back(job_id, AssemblyWork::kAssemble);
       assembly_wake_.notify_all();
     }
+    return;
+  }
+  if (task.task.has_pipeline()) {
+    // Model-parallel: the stages depend on each other every batch, so one
+    // stage's failure ends the pipeline's run. While a retry can help and
+    // attempts remain, every stage restarts from scratch together (a new
+    // session, on whichever workers are idle); the others are marked
+    // CANCELLED until their streams close, which does not count against
+    // them (see above).
+    const std::string where =
+        absl::StrCat(worker_id, " (", task.status.worker_address(), ")");
+    const bool lost = !task.loss_reason.empty();
+    // UNAVAILABLE: this worker cannot be reached. CANCELLED: it stopped
+    // the stage itself, i.e. it is shutting down (the coordinator's own
+    // cancellations end above). Either way it must not get the restart; a
+    // live worker registers again at its next heartbeat. A stage whose
+    // neighbour is gone says ABORTED instead, and keeps its worker.
+    if (!lost &&
+        (status.code() == absl::StatusCode::kUnavailable ||
+         status.code() == absl::StatusCode::kCancelled) &&
+        workers_.erase(worker_id) > 0) {
+      if (metrics_ != nullptr) metrics_->workers_lost.Increment();
+      std::fprintf(stderr,
+                   "pnn-coordinator: worker %s unreachable or stopping (%s); "
+                   "removed\n",
+                   worker_id.c_str(), std::string(status.message()).c_str());
+    }
+    const std::string error =
+        lost ? task.loss_reason
+             : absl::StrCat(absl::StatusCodeToString(status.code()), ": ",
+                            status.message());
+    task.status.set_error(error);
+    if (!lost && !IsRetryable(status)) {
+      task.status.set_state(pnn::v1::TASK_STATE_FAILED);
+      FailJobLocked(record,
+                    absl::StrCat(name, " failed on ", where, ": ", error,
+                                 " (model-parallel stages depend on each "
+                                 "other every batch: the whole pipeline "
+                                 "stops)"));
+      return;
+    }
+    if (!lost && status.code() == absl::StatusCode::kResourceExhausted) {
+      // A busy worker tried nothing: no stage's attempt counts.
+      for (TaskRecord& stage : record.tasks) {
+        if (stage.task.has_pipeline()) {
+          stage.status.set_attempts(std::max(0, stage.status.attempts() - 1));
+        }
+      }
+    }
+    if (task.status.attempts() >= options_.max_attempts) {
+      task.status.set_state(pnn::v1::TASK_STATE_FAILED);
+      FailJobLocked(record,
+                    absl::StrCat(name, " failed ", task.status.attempts(),
+                                 " times (each time the whole model-parallel "
+                                 "pipeline restarted); last error on ",
+                                 where, ": ", error));
+      return;
+    }
+    task.status.set_state(pnn::v1::TASK_STATE_QUEUED);
+    task.status.set_progress(0);
+    for (TaskRecord& stage : record.tasks) {
+      if (&stage == &task || !stage.task.has_pipeline()) continue;
+      stage.status.set_progress(0);
+      if (stage.context != nullptr) {
+        stage.context->TryCancel();
+        stage.status.set_state(pnn::v1::TASK_STATE_CANCELLED);
+        *stage.status.mutable_end_time() = Now();
+      } else {
+        stage.status.set_state(pnn::v1::TASK_STATE_QUEUED);
+      }
+    }
+    if (metrics_ != nullptr) metrics_->task_retries.Increment();
+    PublishLocked(record,
+                  absl::StrCat(name, " failed on ", where, ": ", error,
+                               "; restarting every model-parallel stage"));
     return;
   }
   const std::string where =
@@ -946,13 +1201,18 @@ bool Coordinator::ShouldStopAssembly(const std::string& job_id) {
 void Coordinator::Assemble(const std::string& job_id) {
   pnn::v1::JobSpec spec;
   std::vector<pnn::v1::SegmentWeights> weights;
+  std::vector<std::vector<CheckpointRecord>> checkpoints;
+  bool pipeline = false;
   {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = jobs_.find(job_id);
     if (it == jobs_.end() || IsFinal(it->second.job.state())) return;
     spec = it->second.job.spec();
     for (const TaskRecord& task : it->second.tasks) {
-      if (!task.is_baseline) weights.push_back(task.weights);
+      if (task.is_baseline) continue;
+      weights.push_back(task.weights);
+      checkpoints.push_back(task.checkpoints);
+      pipeline = task.task.has_pipeline();
     }
   }
   auto outcome = [&]() -> absl::Status {
@@ -966,6 +1226,10 @@ void Coordinator::Assemble(const std::string& job_id) {
     PNN_ASSIGN_OR_RETURN(
         pnn::v1::TestResult joined_test,
         Evaluate(joined, data->test, data->num_classes, spec.device()));
+    PNN_ASSIGN_OR_RETURN(
+        std::vector<pnn::v1::EvaluationPoint> curve,
+        EvaluateCheckpoints(checkpoints, pipeline, spec.model().activation(),
+                            *data, spec.device(), job_id));
     pnn::v1::TestResult final_test = joined_test;
     double recovery_seconds = 0;
     const pnn::v1::TrainingConfig recovery = RecoveryTrainingConfig(spec);
@@ -1006,6 +1270,12 @@ void Coordinator::Assemble(const std::string& job_id) {
     record.job.set_joined_test_accuracy(joined_test.accuracy());
     record.job.set_recovery_seconds(recovery_seconds);
     record.job.set_model_bytes(static_cast<int64_t>(safetensors.size()));
+    record.job.clear_evaluations();
+    for (auto& point : curve) *record.job.add_evaluations() = std::move(point);
+    for (TaskRecord& task : record.tasks) {
+      task.checkpoints.clear();
+      task.checkpoints.shrink_to_fit();
+    }
     record.assembled = true;
     if (!IsFinal(record.job.state())) {
       PublishLocked(record,
@@ -1023,6 +1293,93 @@ void Coordinator::Assemble(const std::string& job_id) {
                     absl::StrCat("assembly failed: ", outcome.message()));
     }
   }
+}
+
+absl::StatusOr<std::vector<pnn::v1::EvaluationPoint>>
+Coordinator::EvaluateCheckpoints(
+    const std::vector<std::vector<CheckpointRecord>>& checkpoints,
+    bool pipeline, pnn::v1::Activation activation, const Dataset& data,
+    const std::string& device, const std::string& job_id) {
+  // Each evaluation point picks one checkpoint per task, at a moment.
+  struct Point {
+    double seconds = 0;
+    std::vector<const CheckpointRecord*> parts;
+  };
+  std::vector<Point> points;
+  const size_t tasks = checkpoints.size();
+  if (tasks == 0) return std::vector<pnn::v1::EvaluationPoint>{};
+  if (pipeline) {
+    // The stages of a pipeline checkpoint the same batch: join those.
+    std::map<std::pair<int, int64_t>, Point> by_batch;
+    for (size_t t = 0; t < tasks; ++t) {
+      for (const CheckpointRecord& checkpoint : checkpoints[t]) {
+        Point& point = by_batch[{checkpoint.epoch, checkpoint.batches_done}];
+        point.parts.resize(tasks, nullptr);
+        point.parts[t] = &checkpoint;  // a retry's later one wins
+        point.seconds = std::max(point.seconds, checkpoint.job_seconds);
+      }
+    }
+    for (auto& [position, point] : by_batch) points.push_back(point);
+  } else {
+    // Segments train independently: at every checkpoint's arrival, join
+    // the latest checkpoint of every segment (once all have one).
+    struct Arrival {
+      double seconds;
+      size_t task;
+      const CheckpointRecord* checkpoint;
+    };
+    std::vector<Arrival> arrivals;
+    for (size_t t = 0; t < tasks; ++t) {
+      for (const CheckpointRecord& checkpoint : checkpoints[t]) {
+        arrivals.push_back({checkpoint.job_seconds, t, &checkpoint});
+      }
+    }
+    std::stable_sort(arrivals.begin(), arrivals.end(),
+                     [](const Arrival& a, const Arrival& b) {
+                       return a.seconds < b.seconds;
+                     });
+    std::vector<const CheckpointRecord*> latest(tasks, nullptr);
+    for (const Arrival& arrival : arrivals) {
+      latest[arrival.task] = arrival.checkpoint;
+      points.push_back({arrival.seconds, latest});
+    }
+  }
+  std::sort(points.begin(), points.end(), [](const Point& a, const Point& b) {
+    return a.seconds < b.seconds;
+  });
+  std::vector<pnn::v1::EvaluationPoint> curve;
+  for (const Point& point : points) {
+    if (std::find(point.parts.begin(), point.parts.end(), nullptr) !=
+        point.parts.end()) {
+      continue;  // some segment has no checkpoint yet
+    }
+    if (ShouldStopAssembly(job_id)) {
+      return absl::CancelledError("assembly stopped");
+    }
+    std::vector<pnn::v1::SegmentWeights> parts;
+    pnn::v1::EvaluationPoint evaluation;
+    evaluation.set_wall_seconds(point.seconds);
+    evaluation.set_epochs_done(point.parts.front()->epochs_done);
+    for (const CheckpointRecord* part : point.parts) {
+      parts.push_back(part->weights);
+      evaluation.set_epochs_done(
+          std::min(evaluation.epochs_done(), part->epochs_done));
+      evaluation.set_cpu_seconds(evaluation.cpu_seconds() + part->cpu_seconds);
+    }
+    auto network = AssembleNetwork(parts, activation);
+    if (!network.ok()) {
+      return absl::DataLossError(absl::StrCat(
+          "a checkpoint at ", point.seconds,
+          " s does not join: ", network.status().message()));
+    }
+    PNN_ASSIGN_OR_RETURN(
+        pnn::v1::TestResult test,
+        Evaluate(*network, data.test, data.num_classes, device));
+    evaluation.set_test_accuracy(test.accuracy());
+    evaluation.set_test_loss(test.loss());
+    curve.push_back(evaluation);
+  }
+  return curve;
 }
 
 void Coordinator::EvaluateBaseline(const std::string& job_id) {
@@ -1154,12 +1511,20 @@ void Coordinator::UpdateGaugesLocked(absl::Time now) {
 void Coordinator::RefreshJobLocked(JobRecord& record) {
   int64_t sent = 0;
   int64_t received = 0;
+  int64_t checkpoints = 0;
+  int64_t peer = 0;
   for (const TaskRecord& task : record.tasks) {
     sent += task.status.bytes_sent();
     received += task.status.bytes_received();
+    checkpoints += task.status.checkpoint_bytes();
+    // Counted by the sending stage only, so each byte once.
+    peer += task.status.cost().peer_bytes_sent() +
+            task.status.cost().peer_bytes_received();
   }
   record.job.set_bytes_sent(sent);
   record.job.set_bytes_received(received);
+  record.job.set_checkpoint_bytes(checkpoints);
+  record.job.set_peer_bytes(peer);
 }
 
 void Coordinator::PersistLocked(const JobRecord& record) {

@@ -42,6 +42,7 @@ namespace pnn {
 
 class DatasetCache;
 class JobStore;
+struct Dataset;
 struct CoordinatorMetrics;
 
 // Events of one job for one watcher, in order. The coordinator pushes;
@@ -131,8 +132,23 @@ class Coordinator {
   const std::string& auth_token() const { return options_.auth_token; }
 
  private:
+  // A task's weights at one evaluation point of the job.
+  struct CheckpointRecord {
+    double job_seconds = 0;  // arrival, since the job's first dispatch
+    int epoch = 0;
+    int64_t batches_done = 0;
+    double epochs_done = 0;
+    double cpu_seconds = 0;
+    pnn::v1::SegmentWeights weights;
+  };
   struct TaskRecord {
     pnn::v1::SegmentTask task;
+    // Evaluation points (spec.evaluations_per_epoch), kept in memory until
+    // the job is assembled.
+    std::vector<CheckpointRecord> checkpoints;
+    // The latest resumable state while the task is unfinished: a retry
+    // continues from it.
+    std::optional<pnn::v1::TrainingState> resume_state;
     pnn::v1::TaskStatus status;
     pnn::v1::SegmentWeights weights;  // once SUCCEEDED
     std::shared_ptr<grpc::ClientContext> context;  // while RUNNING
@@ -172,6 +188,11 @@ class Coordinator {
   void OnTaskFinished(const std::string& job_id, int task_index,
                       const std::string& worker_id, absl::Status status);
   void Assemble(const std::string& job_id);
+  // Test accuracy of the joined checkpoints over the job's training time.
+  absl::StatusOr<std::vector<pnn::v1::EvaluationPoint>> EvaluateCheckpoints(
+      const std::vector<std::vector<CheckpointRecord>>& checkpoints,
+      bool pipeline, pnn::v1::Activation activation, const Dataset& data,
+      const std::string& device, const std::string& job_id);
   void EvaluateBaseline(const std::string& job_id);
 
   // Under mu_: state changes and their events.

@@ -3,6 +3,7 @@
 #include <sqlite3.h>
 
 #include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
 
 namespace pnn {
 namespace {
@@ -34,6 +35,9 @@ absl::StatusOr<std::unique_ptr<JobStore>> JobStore::Open(
         "sequence INTEGER NOT NULL, record BLOB NOT NULL)",
         "CREATE TABLE IF NOT EXISTS weights (job_id TEXT NOT NULL, "
         "task_index INTEGER NOT NULL, weights BLOB NOT NULL, "
+        "PRIMARY KEY (job_id, task_index))",
+        "CREATE TABLE IF NOT EXISTS resume_states (job_id TEXT NOT NULL, "
+        "task_index INTEGER NOT NULL, state BLOB NOT NULL, "
         "PRIMARY KEY (job_id, task_index))"}) {
     if (absl::Status status = store->Execute(sql); !status.ok()) return status;
   }
@@ -79,23 +83,65 @@ absl::Status JobStore::SaveJob(const pnn::v1::StoredJob& job) {
   return absl::OkStatus();
 }
 
-absl::Status JobStore::SaveWeights(const std::string& job_id, int task_index,
-                                   const pnn::v1::SegmentWeights& weights) {
+absl::Status JobStore::SaveTaskBlob(const char* sql, const std::string& job_id,
+                                    int task_index, const std::string& blob,
+                                    const char* what) {
   Statement statement;
-  if (sqlite3_prepare_v2(db_,
-                         "INSERT OR REPLACE INTO weights (job_id, task_index, "
-                         "weights) VALUES (?1, ?2, ?3)",
-                         -1, &statement.handle, nullptr) != SQLITE_OK) {
+  if (sqlite3_prepare_v2(db_, sql, -1, &statement.handle, nullptr) !=
+      SQLITE_OK) {
     return Error("prepare");
   }
-  const std::string blob = weights.SerializeAsString();
   sqlite3_bind_text(statement.handle, 1, job_id.c_str(), -1, SQLITE_TRANSIENT);
   sqlite3_bind_int(statement.handle, 2, task_index);
   sqlite3_bind_blob(statement.handle, 3, blob.data(),
                     static_cast<int>(blob.size()), SQLITE_TRANSIENT);
   if (sqlite3_step(statement.handle) != SQLITE_DONE) {
-    return Error(absl::StrCat("saving weights of job ", job_id));
+    return Error(absl::StrCat("saving ", what, " of job ", job_id));
   }
+  return absl::OkStatus();
+}
+
+absl::Status JobStore::SaveWeights(const std::string& job_id, int task_index,
+                                   const pnn::v1::SegmentWeights& weights) {
+  return SaveTaskBlob(
+      "INSERT OR REPLACE INTO weights (job_id, task_index, weights) "
+      "VALUES (?1, ?2, ?3)",
+      job_id, task_index, weights.SerializeAsString(), "weights");
+}
+
+absl::Status JobStore::SaveResumeState(const std::string& job_id,
+                                       int task_index,
+                                       const pnn::v1::TrainingState& state) {
+  return SaveTaskBlob(
+      "INSERT OR REPLACE INTO resume_states (job_id, task_index, state) "
+      "VALUES (?1, ?2, ?3)",
+      job_id, task_index, state.SerializeAsString(), "a resume state");
+}
+
+absl::Status JobStore::ReadTaskBlobs(
+    const char* sql, const std::map<std::string, size_t>& index,
+    const std::function<bool(size_t, int, const void*, int)>& parse,
+    const char* what) {
+  Statement statement;
+  if (sqlite3_prepare_v2(db_, sql, -1, &statement.handle, nullptr) !=
+      SQLITE_OK) {
+    return Error("prepare");
+  }
+  int step;
+  while ((step = sqlite3_step(statement.handle)) == SQLITE_ROW) {
+    const std::string job_id(
+        reinterpret_cast<const char*>(sqlite3_column_text(statement.handle, 0)));
+    auto it = index.find(job_id);
+    if (it == index.end()) continue;
+    if (!parse(it->second, sqlite3_column_int(statement.handle, 1),
+               sqlite3_column_blob(statement.handle, 2),
+               sqlite3_column_bytes(statement.handle, 2))) {
+      return absl::DataLossError(absl::StrCat("job store ", path_, ": ", what,
+                                              " of job ", job_id,
+                                              " are corrupt"));
+    }
+  }
+  if (step != SQLITE_DONE) return Error(absl::StrCat("reading ", what));
   return absl::OkStatus();
 }
 
@@ -122,27 +168,18 @@ absl::StatusOr<std::vector<JobStore::Loaded>> JobStore::LoadAll() {
     }
     if (step != SQLITE_DONE) return Error("reading jobs");
   }
-  Statement statement;
-  if (sqlite3_prepare_v2(db_, "SELECT job_id, task_index, weights FROM weights",
-                         -1, &statement.handle, nullptr) != SQLITE_OK) {
-    return Error("prepare");
-  }
-  int step;
-  while ((step = sqlite3_step(statement.handle)) == SQLITE_ROW) {
-    const std::string job_id(
-        reinterpret_cast<const char*>(sqlite3_column_text(statement.handle, 0)));
-    auto it = index.find(job_id);
-    if (it == index.end()) continue;
-    pnn::v1::SegmentWeights weights;
-    if (!weights.ParseFromArray(sqlite3_column_blob(statement.handle, 2),
-                                sqlite3_column_bytes(statement.handle, 2))) {
-      return absl::DataLossError(absl::StrCat(
-          "job store ", path_, ": weights of job ", job_id, " are corrupt"));
-    }
-    loaded[it->second].weights[sqlite3_column_int(statement.handle, 1)] =
-        std::move(weights);
-  }
-  if (step != SQLITE_DONE) return Error("reading weights");
+  PNN_RETURN_IF_ERROR(ReadTaskBlobs(
+      "SELECT job_id, task_index, weights FROM weights", index,
+      [&loaded](size_t job, int task, const void* blob, int size) {
+        return loaded[job].weights[task].ParseFromArray(blob, size);
+      },
+      "weights"));
+  PNN_RETURN_IF_ERROR(ReadTaskBlobs(
+      "SELECT job_id, task_index, state FROM resume_states", index,
+      [&loaded](size_t job, int task, const void* blob, int size) {
+        return loaded[job].resume_states[task].ParseFromArray(blob, size);
+      },
+      "resume states"));
   return loaded;
 }
 

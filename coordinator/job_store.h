@@ -1,6 +1,7 @@
 // Durable storage of the coordinator's jobs: an SQLite database in WAL mode
 // under the state directory. A job's record is rewritten at every state
-// change; a task's trained weights are written once, when it succeeds.
+// change; a task's trained weights are written once, when it succeeds, and
+// its resumable state after every epoch while it trains.
 // After a crash, LoadAll returns what was last written.
 //
 // Thread safety: not thread-safe; the coordinator calls it under its lock.
@@ -8,6 +9,7 @@
 #ifndef PNN_COORDINATOR_JOB_STORE_H_
 #define PNN_COORDINATOR_JOB_STORE_H_
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -31,10 +33,14 @@ class JobStore {
   absl::Status SaveJob(const pnn::v1::StoredJob& job);
   absl::Status SaveWeights(const std::string& job_id, int task_index,
                            const pnn::v1::SegmentWeights& weights);
+  // The task's latest resumable state (replaces the previous one).
+  absl::Status SaveResumeState(const std::string& job_id, int task_index,
+                               const pnn::v1::TrainingState& state);
 
   struct Loaded {
     pnn::v1::StoredJob job;
     std::map<int, pnn::v1::SegmentWeights> weights;  // by task index
+    std::map<int, pnn::v1::TrainingState> resume_states;  // by task index
   };
   // Every stored job, in submission order.
   absl::StatusOr<std::vector<Loaded>> LoadAll();
@@ -42,6 +48,16 @@ class JobStore {
  private:
   JobStore(sqlite3* db, std::string path) : db_(db), path_(std::move(path)) {}
   absl::Status Execute(const char* sql);
+  // `sql` inserts (?1 job_id, ?2 task_index, ?3 blob).
+  absl::Status SaveTaskBlob(const char* sql, const std::string& job_id,
+                            int task_index, const std::string& blob,
+                            const char* what);
+  // `sql` selects (job_id, task_index, blob); rows of jobs in `index` (job
+  // id -> position) go to `parse`, which returns false for a corrupt blob.
+  absl::Status ReadTaskBlobs(
+      const char* sql, const std::map<std::string, size_t>& index,
+      const std::function<bool(size_t, int, const void*, int)>& parse,
+      const char* what);
   absl::Status Error(const std::string& what) const;
 
   sqlite3* db_;

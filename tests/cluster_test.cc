@@ -633,5 +633,163 @@ TEST_F(AuthenticatedClusterTest, RightTokenWorksMissingOrWrongTokenIsRefused) {
   EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::UNAUTHENTICATED);
 }
 
+// Checks what every job with evaluation points has: a time-ordered curve
+// that ends with the trained model, and checkpoint bytes kept apart from
+// the training traffic.
+void ExpectACurve(const Job& job, int points_at_least) {
+  ASSERT_GE(job.evaluations_size(), points_at_least);
+  double last_seconds = 0;
+  for (const auto& point : job.evaluations()) {
+    EXPECT_GE(point.wall_seconds(), last_seconds);
+    last_seconds = point.wall_seconds();
+    EXPECT_GT(point.test_accuracy(), 0);
+    EXPECT_GE(point.cpu_seconds(), 0);
+  }
+  EXPECT_LE(last_seconds, job.training_seconds() + 1e-6);
+  EXPECT_DOUBLE_EQ(job.evaluations().rbegin()->test_accuracy(),
+                   job.joined_test_accuracy());
+  EXPECT_DOUBLE_EQ(job.evaluations().rbegin()->epochs_done(),
+                   job.spec().training().epochs());
+  EXPECT_GT(job.checkpoint_bytes(), 0);
+  int64_t received = 0;
+  for (const auto& segment : job.segments()) received += segment.bytes_received();
+  EXPECT_EQ(job.bytes_received(), received);
+}
+
+TEST_F(ClusterTest, ConventionalJobTrainsTheWholeNetworkWithAnAccuracyCurve) {
+  AddWorker();
+  WaitForWorkers(1);
+  auto request = Request(3);
+  request.mutable_spec()->set_parallelism(pnn::v1::PARALLELISM_CONVENTIONAL);
+  request.mutable_spec()->set_evaluations_per_epoch(2);
+  const std::string id = Submit(request);
+  grpc::Status status;
+  Watch(id, &status);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  const Job job = Get(id);
+  ASSERT_EQ(job.state(), pnn::v1::JOB_STATE_SUCCEEDED) << job.message();
+  ASSERT_EQ(job.segments_size(), 1);
+  EXPECT_EQ(job.segments(0).first_layer(), 1);
+  EXPECT_EQ(job.segments(0).last_layer(), 3);
+  EXPECT_GT(job.test().accuracy(), 0.9);
+  EXPECT_GT(job.training_seconds(), 0);
+  ExpectACurve(job, 6);
+  EXPECT_EQ(job.evaluations_size(), 6);  // one task: one point per checkpoint
+  EXPECT_DOUBLE_EQ(job.evaluations(0).epochs_done(), 0.5);
+  // Conventional jobs have their own baseline already.
+  request.set_conventional_baseline(true);
+  grpc::ClientContext context;
+  pnn::v1::SubmitJobResponse response;
+  status = stub_->SubmitJob(&context, request, &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(status.error_message(), HasSubstr("conventional_baseline"));
+}
+
+TEST_F(ClusterTest, PartitionedCurveJoinsTheSegmentsLatestCheckpoints) {
+  AddWorker();
+  AddWorker();
+  WaitForWorkers(2);
+  auto request = Request(2);
+  request.mutable_spec()->set_evaluations_per_epoch(2);
+  const std::string id = Submit(request);
+  grpc::Status status;
+  Watch(id, &status);
+  const Job job = Get(id);
+  ASSERT_EQ(job.state(), pnn::v1::JOB_STATE_SUCCEEDED) << job.message();
+  // Four checkpoints per segment; a point needs both segments.
+  ExpectACurve(job, 1);
+  EXPECT_LE(job.evaluations_size(), 8);
+  EXPECT_GT(job.evaluations().rbegin()->test_accuracy(), 0.5);  // 4 classes
+}
+
+// A worker that trains one epoch in no time, reports it with a resumable
+// state, and then crashes (the stream ends UNAVAILABLE).
+class CrashAfterOneEpochWorker final
+    : public pnn::v1::Worker::CallbackService {
+ public:
+  static constexpr double kMarkerLoss = 0.4321;
+
+  grpc::ServerWriteReactor<pnn::v1::TrainSegmentUpdate>* TrainSegment(
+      grpc::CallbackServerContext*,
+      const pnn::v1::TrainSegmentRequest* request) override {
+    ++calls_;
+    const auto& task = request->task();
+    // Real initial weights, so the resumed run can still learn.
+    MlpSegment model(task.first_layer(),
+                     std::vector<int>(task.widths().begin(), task.widths().end()),
+                     task.activation());
+    InitializeWeights(model, task.seed());
+    class Reactor
+        : public grpc::ServerWriteReactor<pnn::v1::TrainSegmentUpdate> {
+     public:
+      explicit Reactor(pnn::v1::TrainSegmentUpdate update)
+          : update_(std::move(update)) {
+        StartWrite(&update_);
+      }
+      void OnWriteDone(bool) override {
+        Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "worker crashed"));
+      }
+      void OnDone() override { delete this; }
+
+     private:
+      pnn::v1::TrainSegmentUpdate update_;
+    };
+    pnn::v1::TrainSegmentUpdate update;
+    auto* checkpoint = update.mutable_checkpoint();
+    checkpoint->set_epoch(1);
+    checkpoint->set_epochs_done(1);
+    auto* state = checkpoint->mutable_state();
+    state->set_epochs_done(1);
+    *state->mutable_weights() = ExportWeights(model, task.segment_index());
+    auto* epoch = state->add_epochs();
+    epoch->set_epoch(1);
+    epoch->set_train_loss(kMarkerLoss);
+    return new Reactor(std::move(update));
+  }
+  std::atomic<int> calls_{0};
+};
+
+TEST_F(ClusterTest, ARetriedSegmentResumesFromItsLastFinishedEpoch) {
+  CrashAfterOneEpochWorker crashing;
+  grpc::ServerBuilder builder;
+  int crashing_port = 0;
+  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(),
+                           &crashing_port);
+  builder.RegisterService(&crashing);
+  auto crashing_server = builder.BuildAndStart();
+  ASSERT_NE(crashing_port, 0);
+  {
+    grpc::ClientContext context;
+    pnn::v1::RegisterWorkerRequest request;
+    request.mutable_worker()->set_address(
+        absl::StrCat("127.0.0.1:", crashing_port));
+    pnn::v1::RegisterWorkerResponse response;
+    ASSERT_TRUE(stub_->RegisterWorker(&context, request, &response).ok());
+  }
+  auto request = Request(3);
+  request.mutable_spec()->set_parallelism(pnn::v1::PARALLELISM_CONVENTIONAL);
+  const std::string id = Submit(request);
+  for (int i = 0; i < 200 && crashing.calls_ == 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  ASSERT_EQ(crashing.calls_, 1);
+  AddWorker();
+  grpc::Status status;
+  Watch(id, &status);
+  const Job job = Get(id);
+  ASSERT_EQ(job.state(), pnn::v1::JOB_STATE_SUCCEEDED) << job.message();
+  const auto& task = job.segments(0);
+  EXPECT_EQ(task.attempts(), 2);
+  EXPECT_THAT(task.error(), HasSubstr("worker crashed"));
+  EXPECT_EQ(task.resumed_from_epoch(), 1);
+  // Epoch 1 is the crashed attempt's; the real worker trained 2 and 3.
+  ASSERT_EQ(task.epochs_size(), 3);
+  EXPECT_DOUBLE_EQ(task.epochs(0).train_loss(),
+                   CrashAfterOneEpochWorker::kMarkerLoss);
+  EXPECT_EQ(task.epochs(2).epoch(), 3);
+  EXPECT_GT(job.test().accuracy(), 0.8);
+  crashing_server->Shutdown();
+}
+
 }  // namespace
 }  // namespace pnn

@@ -4,6 +4,7 @@
 
 #include <filesystem>
 
+#include "common/dataset_cache.h"
 #include "common/idx.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -56,6 +57,47 @@ TEST(DatasetTest, SyntheticRoundTripsThroughIdxFiles) {
   ASSERT_TRUE(limited.ok());
   EXPECT_EQ(limited->train.size(), 100);
   EXPECT_EQ(limited->test.size(), 7);
+}
+
+TEST(DatasetTest, LabelsOnlyLoadsTheLabelsAndTheShapeButNoImages) {
+  TempDir dir;
+  SyntheticDatasetOptions options;
+  const Dataset synthetic = MakeSyntheticDataset(options);
+  ASSERT_TRUE(WriteDatasetAsIdx(synthetic, dir.path()).ok());
+  pnn::v1::DatasetSpec spec;
+  spec.set_train_limit(100);
+  auto labels = LoadDataset(dir.path(), spec, DatasetContent::kLabelsOnly);
+  ASSERT_TRUE(labels.ok()) << labels.status();
+  EXPECT_FALSE(labels->train.images.defined());
+  EXPECT_FALSE(labels->test.images.defined());
+  EXPECT_EQ(labels->train.size(), 100);
+  EXPECT_EQ(labels->input_width(), options.rows * options.cols);
+  EXPECT_EQ(labels->num_classes, options.num_classes);
+  EXPECT_TRUE(at::equal(labels->train.labels,
+                        synthetic.train.labels.slice(0, 0, 100)));
+  EXPECT_EQ(labels->memory_bytes(),
+            labels->train.labels.nbytes() + labels->test.labels.nbytes());
+}
+
+TEST(DatasetCacheTest, LabelsOnlyRequestsReuseAWholeDataSet) {
+  TempDir dir;
+  ASSERT_TRUE(
+      WriteDatasetAsIdx(MakeSyntheticDataset(SyntheticDatasetOptions()),
+                        dir.path())
+          .ok());
+  pnn::v1::DatasetSpec spec;
+  DatasetCache cache(2);
+  auto labels = cache.Get(dir.path(), spec, DatasetContent::kLabelsOnly);
+  ASSERT_TRUE(labels.ok()) << labels.status();
+  EXPECT_FALSE((*labels)->train.images.defined());
+  // A whole request is not served by the labels-only entry...
+  auto whole = cache.Get(dir.path(), spec);
+  ASSERT_TRUE(whole.ok());
+  EXPECT_TRUE((*whole)->train.images.defined());
+  // ...but a labels-only request is served by the whole one.
+  auto again = cache.Get(dir.path(), spec, DatasetContent::kLabelsOnly);
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(again->get(), whole->get());
 }
 
 TEST(DatasetTest, EmnistNamesAreFoundAndTransposed) {

@@ -22,6 +22,30 @@
       match deploy/prometheus/prometheus.yml, Prometheus and Grafana mount
       their configuration, the data volume is seeded before services start.
 
+  deploy_config_test.py compose-secure REPO
+      docker-compose.secure.yml over docker-compose.yml (gpu profile): the
+      coordinator and the workers keep every flag of docker-compose.yml and
+      add --token_file and --tls_cert/--tls_key/--tls_ca; every such path is
+      a secret of that service (/run/secrets/NAME) whose file is the one
+      scripts/make-deploy-secrets writes for that role, and no service gets
+      another role's key; health checks speak TLS with the same files
+      (workers present their certificate: mutual TLS); the worker command,
+      run by sh with stand-ins for pnn-worker and hostname, passes those
+      flags; the network's subnet is the one make-deploy-secrets puts into
+      the worker certificate; deploy/secrets is ignored by git and docker.
+
+  deploy_config_test.py k8s-secure REPO
+      deploy/k8s-secure: the overlay's JSON patches applied to deploy/k8s
+      (and, where kubectl is installed, the same result from `kubectl
+      kustomize`): the coordinator and workers keep every base argument and
+      add the auth flags; every path is a file of a read-only mount of
+      Secret pnn-auth that the pod mounts with only its own key, and a key
+      of secret.template.yaml, which holds placeholders only and is not
+      applied by the overlay; probes are exec probes of `pnnctl ... health`
+      with the same TLS files; the worker command, run by sh with the
+      pod's environment, advertises the pod DNS name the worker certificate
+      names (A-B-C-D.pnn.pod.cluster.local).
+
   deploy_config_test.py docker REPO
       deploy/docker/Dockerfile's build stage installs every package of
       scripts/setup (apart from the deploy test tools), its runtime stage is
@@ -48,10 +72,11 @@ import sys
 import tempfile
 
 SKIP = 77
-# scripts/setup packages that only the deploy tests need.
-# Packages scripts/setup installs for the test suite only.
+# Packages scripts/setup installs for the tests, the fuzz targets and the
+# benchmark's plots only: the images do not need them.
 DEPLOY_TEST_TOOLS = {"prometheus", "docker-compose", "python3-yaml", "curl",
-                     "python3", "clang", "libclang-rt-14-dev", "openssl"}
+                     "python3", "clang", "libclang-rt-14-dev", "openssl",
+                     "gnuplot-nox"}
 
 
 def yaml_module():
@@ -293,6 +318,19 @@ def cmd_k8s(repo):
         for file in files:
             p.check(os.path.isfile(os.path.join(k8s, file.split("=")[-1])),
                     f"kustomization.yaml: {file} does not exist")
+    # Kustomize's image transformer matches by name, whatever the tag: an
+    # entry for the CPU image's name would rewrite the GPU worker's image.
+    image_names = {}
+    for dname, (fname, deploy) in deployments.items():
+        pod = deploy["spec"]["template"]["spec"]
+        for c in pod.get("containers", []) + pod.get("initContainers", []):
+            image = c.get("image", "")
+            image_names.setdefault(image.rsplit(":", 1)[0], set()).add(image)
+    for entry in kustomization.get("images", []) or []:
+        images = image_names.get(entry.get("name"), set())
+        p.check(len(images) <= 1,
+                f"kustomization.yaml: images entry {entry.get('name')} rewrites "
+                f"{sorted(images)} alike (the GPU worker would get the CPU image)")
 
     # Prometheus for Kubernetes.
     with open(os.path.join(repo, "deploy/prometheus/alerts.yml"), "rb") as a, \
@@ -456,6 +494,417 @@ def cmd_compose(repo):
             dns[0].get("port") == 9102 and dns[0].get("type", "SRV") == "A",
             "pnn-worker: dns_sd_configs of type A on `worker`, port 9102")
     return p.report(f"{len(services)} compose services consistent")
+
+
+# ---------------------------------------------------------------------------
+# Authentication and TLS (opt-in overlays)
+
+AUTH_FLAGS = ("token_file", "tls_cert", "tls_key", "tls_ca")
+
+
+def role_files(role):
+    """{flag: file name} a coordinator or worker reads its secrets from."""
+    return {"token_file": "token", "tls_cert": f"{role}.pem",
+            "tls_key": f"{role}.key", "tls_ca": "ca.pem"}
+
+
+def last_flag(args, flag):
+    value = None
+    for arg in args:
+        if arg.startswith(f"--{flag}="):
+            value = arg.split("=", 1)[1]
+    return value
+
+
+def run_with_stand_ins(command, env, stand_ins):
+    """Runs COMMAND (a list, e.g. [sh, -c, SCRIPT, ...]) with executables
+    named like the keys of STAND_INS (shell script bodies) first on PATH;
+    returns the arguments the pnn-worker stand-in received."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "args")
+        scripts = dict(stand_ins)
+        scripts["pnn-worker"] = f"printf '%s\\n' \"$@\" > {shlex.quote(out)}"
+        for name, body in scripts.items():
+            path = os.path.join(tmp, name)
+            with open(path, "w") as f:
+                f.write("#!/bin/sh\n" + body + "\n")
+            os.chmod(path, 0o755)
+        full_env = dict(env)
+        full_env["PATH"] = tmp + ":" + os.environ.get("PATH", "/usr/bin:/bin")
+        result = subprocess.run(command, env=full_env, capture_output=True,
+                                timeout=30)
+        if result.returncode != 0 or not os.path.exists(out):
+            return None, result.stderr.decode()
+        with open(out) as f:
+            return f.read().splitlines(), ""
+
+
+def check_secrets_not_committed(p, repo):
+    """deploy/secrets is ignored by git and by the image build, and no
+    private key or filled-in token lies in the tracked deployment files."""
+    ignore = os.path.join(repo, "deploy/secrets/.gitignore")
+    if p.check(os.path.isfile(ignore), "deploy/secrets/.gitignore missing"):
+        with open(ignore) as f:
+            lines = [l.strip() for l in f if l.strip() and not l.startswith("#")]
+        p.check(lines[:1] == ["*"] and set(lines[1:]) <= {"!.gitignore"},
+                "deploy/secrets/.gitignore must ignore everything but itself")
+    with open(os.path.join(repo, ".dockerignore")) as f:
+        patterns = {l.strip().rstrip("/") for l in f if l.strip()}
+    p.check("deploy/secrets" in patterns,
+            ".dockerignore must exclude deploy/secrets (keys in the build context)")
+    paths = glob.glob(os.path.join(repo, "docker-compose*.yml"))
+    for root, dirs, files in os.walk(os.path.join(repo, "deploy")):
+        dirs[:] = [d for d in dirs if os.path.join(root, d) !=
+                   os.path.join(repo, "deploy/secrets")]
+        paths += [os.path.join(root, f) for f in files]
+    for path in paths:
+        try:
+            with open(path, errors="replace") as f:
+                text = f.read()
+        except OSError:
+            continue
+        p.check("PRIVATE KEY-----" not in text and "BEGIN CERTIFICATE" not in text,
+                f"{os.path.relpath(path, repo)}: key or certificate material "
+                "in a deployment file")
+
+
+def cmd_compose_secure(repo):
+    yaml = yaml_module()
+    compose = shutil.which("docker-compose")
+    if not compose:
+        print("SKIP: docker-compose is not installed (Debian package "
+              "docker-compose; scripts/setup installs it)")
+        return SKIP
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("PNN_", "COMPOSE_"))}
+
+    def resolved(*files):
+        command = [compose]
+        for name in files:
+            command += ["-f", os.path.join(repo, name)]
+        result = subprocess.run(command + ["--profile", "gpu", "config"],
+                                capture_output=True, timeout=120, cwd=repo,
+                                env=env)
+        if result.returncode != 0:
+            return None, result.stderr.decode()
+        return yaml.safe_load(result.stdout), ""
+    base, error = resolved("docker-compose.yml")
+    if base is None:
+        print("FAIL: docker-compose config:\n" + error)
+        return 1
+    secure, error = resolved("docker-compose.yml", "docker-compose.secure.yml")
+    if secure is None:
+        print("FAIL: docker-compose config with docker-compose.secure.yml:\n" + error)
+        return 1
+    p = Problems()
+    secrets = secure.get("secrets", {})
+    secrets_dir = os.path.join(repo, "deploy/secrets")
+    for name, secret in secrets.items():
+        p.check(os.path.dirname(secret.get("file", "")) == secrets_dir,
+                f"secret {name}: file {secret.get('file')} not in deploy/secrets "
+                "(PNN_SECRETS_DIR unset)")
+
+    def flags(service, config):
+        command = config["services"][service].get("command", [])
+        if isinstance(command, list) and command[:2] == ["sh", "-c"]:
+            return shlex.split(command[2].replace("$$", "$"))
+        return command if isinstance(command, list) else shlex.split(command)
+
+    for service, role, port in (("coordinator", "coordinator", 50051),
+                                ("worker", "worker", 50052),
+                                ("worker-gpu", "worker", 50052)):
+        spec = secure["services"][service]
+        args = flags(service, secure)
+        base_args = flags(service, base)
+        p.check(args[:len(base_args)] == base_args,
+                f"{service}: the secure command must start with docker-compose.yml's "
+                f"command\n    {base_args}\n  got\n    {args[:len(base_args)]}")
+        mounted = {}
+        for entry in spec.get("secrets", []):
+            source = entry.get("source") if isinstance(entry, dict) else entry
+            target = entry.get("target", source) if isinstance(entry, dict) else entry
+            mounted[f"/run/secrets/{target}"] = source
+        used = set()
+        for flag, file_name in role_files(role).items():
+            path = last_flag(args, flag)
+            if not p.check(path, f"{service}: --{flag} missing"):
+                continue
+            source = mounted.get(path)
+            if not p.check(source, f"{service}: --{flag}={path} is not a secret "
+                           f"of the service (mounted: {sorted(mounted)})"):
+                continue
+            used.add(source)
+            p.check(source in secrets and
+                    os.path.basename(secrets[source].get("file", "")) == file_name,
+                    f"{service}: --{flag} reads secret {source}, which should be "
+                    f"deploy/secrets/{file_name}")
+        p.check(set(mounted.values()) == used,
+                f"{service}: secrets {sorted(set(mounted.values()) - used)} are "
+                "mounted but not used (another role's key?)")
+        other = "worker" if role == "coordinator" else "coordinator"
+        p.check(not any(os.path.basename(secrets.get(s, {}).get("file", "")) ==
+                        f"{other}.key" for s in mounted.values()),
+                f"{service}: gets the {other}'s private key")
+        test = spec.get("healthcheck", {}).get("test", [])
+        p.check(test[:3] == ["CMD", "pnnctl", f"--coordinator=localhost:{port}"] and
+                test[-1] == "health",
+                f"{service}: healthcheck `pnnctl --coordinator=localhost:{port} ... health`")
+        p.check(last_flag(test, "tls_ca") == last_flag(args, "tls_ca"),
+                f"{service}: the health check must verify with the service's --tls_ca")
+        if role == "worker":
+            p.check(last_flag(test, "tls_cert") == last_flag(args, "tls_cert") and
+                    last_flag(test, "tls_key") == last_flag(args, "tls_key"),
+                    f"{service}: the health check must present the worker's "
+                    "certificate (workers require client certificates)")
+            command = spec["command"]
+            ran, error = run_with_stand_ins(
+                ["sh", "-c", command[2].replace("$$", "$")], {},
+                {"hostname": 'if [ "$1" = -i ]; then echo "172.28.51.7 fd00::7"; '
+                             'else echo c0ffee; fi'})
+            if p.check(ran is not None, f"{service}: the command fails under sh: {error}"):
+                p.check(last_flag(ran, "advertise_address") == "172.28.51.7:50052",
+                        f"{service}: advertises {last_flag(ran, 'advertise_address')}")
+                for flag, file_name in role_files(role).items():
+                    p.check(last_flag(ran, flag) == last_flag(args, flag),
+                            f"{service}: pnn-worker does not receive --{flag}")
+    # The worker certificate lists the subnet's addresses.
+    with open(os.path.join(repo, "scripts/make-deploy-secrets")) as f:
+        script_subnet = re.search(r"PNN_SUBNET:-([0-9./]+)", f.read())
+    subnets = [c.get("subnet") for c in secure.get("networks", {}).get("default", {})
+               .get("ipam", {}).get("config", [])]
+    p.check(script_subnet and subnets == [script_subnet.group(1)],
+            f"network default: subnet {subnets}, scripts/make-deploy-secrets "
+            f"certifies {script_subnet and script_subnet.group(1)}")
+    check_secrets_not_committed(p, repo)
+    return p.report("docker-compose.secure.yml: token and TLS flags, secrets and "
+                    "health checks consistent")
+
+
+def json_pointer_apply(document, op):
+    """One RFC 6902 add/replace/remove operation, in place."""
+    parts = [part.replace("~1", "/").replace("~0", "~")
+             for part in op["path"].lstrip("/").split("/")]
+    parent = document
+    for part in parts[:-1]:
+        parent = parent[int(part)] if isinstance(parent, list) else parent[part]
+    last = parts[-1]
+    if op["op"] == "add":
+        if isinstance(parent, list):
+            if last == "-":
+                parent.append(op["value"])
+            else:
+                parent.insert(int(last), op["value"])
+        else:
+            parent[last] = op["value"]
+    elif op["op"] == "replace":
+        key = int(last) if isinstance(parent, list) else last
+        if not isinstance(parent, list) and last not in parent:
+            raise KeyError(f"replace of missing {op['path']}")
+        parent[key] = op["value"]
+    elif op["op"] == "remove":
+        del parent[int(last) if isinstance(parent, list) else last]
+    else:
+        raise ValueError(f"unsupported op {op['op']}")
+
+
+def k8s_expand(text, env):
+    """Kubernetes' $(VAR) expansion of command and args: $$ is a literal $,
+    $(NAME) a defined variable, anything else stays as written."""
+    out, i = [], 0
+    while i < len(text):
+        if text.startswith("$$", i):
+            out.append("$")
+            i += 2
+        elif text.startswith("$(", i):
+            end = text.find(")", i)
+            name = text[i + 2:end] if end >= 0 else None
+            if name is not None and name in env:
+                out.append(env[name])
+                i = end + 1
+            else:
+                out.append("$")
+                i += 1
+        else:
+            out.append(text[i])
+            i += 1
+    return "".join(out)
+
+
+def cmd_k8s_secure(repo):
+    yaml = yaml_module()
+    p = Problems()
+    base_dir = os.path.join(repo, "deploy/k8s")
+    overlay_dir = os.path.join(repo, "deploy/k8s-secure")
+    objects = {}
+    for path in sorted(glob.glob(os.path.join(base_dir, "*.yaml"))):
+        if os.path.basename(path) == "kustomization.yaml":
+            continue
+        with open(path) as f:
+            for doc in yaml.safe_load_all(f):
+                if doc:
+                    objects[(doc["kind"], doc["metadata"]["name"])] = doc
+    base = {key: yaml.safe_load(yaml.safe_dump(doc)) for key, doc in objects.items()}
+    with open(os.path.join(overlay_dir, "kustomization.yaml")) as f:
+        kustomization = yaml.safe_load(f)
+    p.check(kustomization.get("resources") == ["../k8s"],
+            "deploy/k8s-secure/kustomization.yaml: resources [../k8s] expected")
+    patched = set()
+    for patch in kustomization.get("patches", []):
+        target = patch.get("target", {})
+        key = (target.get("kind"), target.get("name"))
+        if not p.check(key in objects, f"patch {patch.get('path')}: no {key} in deploy/k8s"):
+            continue
+        with open(os.path.join(overlay_dir, patch["path"])) as f:
+            ops = yaml.safe_load(f)
+        try:
+            for op in ops:
+                json_pointer_apply(objects[key], op)
+        except (KeyError, IndexError, ValueError, TypeError) as e:
+            p.append(f"patch {patch['path']} on {key}: {e!r}")
+        patched.add(key)
+    for key in (("Deployment", "pnn-coordinator"), ("Deployment", "pnn-worker"),
+                ("Deployment", "pnn-worker-gpu"), ("ConfigMap", "pnn-config")):
+        p.check(key in patched, f"the overlay does not patch {key[0]}/{key[1]}")
+    if p:
+        return p.report("")
+
+    kubectl = shutil.which("kubectl")
+    if kubectl:
+        result = subprocess.run([kubectl, "kustomize", overlay_dir],
+                                capture_output=True, timeout=120)
+        if p.check(result.returncode == 0,
+                   "kubectl kustomize deploy/k8s-secure:\n" + result.stderr.decode()):
+            rendered = {(d["kind"], d["metadata"]["name"]): d
+                        for d in yaml.safe_load_all(result.stdout) if d}
+            for key in patched:
+                ours = objects[key]
+                theirs = rendered.get(key)
+                if key[0] == "Deployment":
+                    ours = ours["spec"]["template"]["spec"]
+                    theirs = (theirs or {}).get("spec", {}).get("template", {}).get("spec")
+                else:
+                    ours, theirs = ours.get("data"), (theirs or {}).get("data")
+                p.check(ours == theirs,
+                        f"{key[0]}/{key[1]}: kubectl kustomize renders it differently "
+                        "from the JSON patches applied here")
+    else:
+        print("note: kubectl not installed; the overlay was applied by this test only")
+
+    with open(os.path.join(overlay_dir, "secret.template.yaml")) as f:
+        template = yaml.safe_load(f)
+    p.check(template.get("kind") == "Secret" and
+            template.get("metadata", {}).get("name") == "pnn-auth" and
+            template.get("metadata", {}).get("namespace") == "pnn",
+            "secret.template.yaml: Secret pnn-auth in namespace pnn expected")
+    template_keys = set(template.get("stringData", {})) | set(template.get("data", {}))
+    p.check(all(str(v).startswith("REPLACE_") for v in
+                template.get("stringData", {}).values()) and not template.get("data"),
+            "secret.template.yaml: placeholders (REPLACE_...) only")
+    p.check("secret.template.yaml" not in kustomization.get("resources", []) and
+            not kustomization.get("secretGenerator"),
+            "the overlay must not apply the template or generate the Secret")
+
+    config = objects[("ConfigMap", "pnn-config")]["data"]
+    used_keys = set()
+    for dname, role, port in (("pnn-coordinator", "coordinator", 50051),
+                              ("pnn-worker", "worker", 50052),
+                              ("pnn-worker-gpu", "worker", 50052)):
+        where = f"Deployment/{dname}"
+        pod = objects[("Deployment", dname)]["spec"]["template"]["spec"]
+        base_pod = base[("Deployment", dname)]["spec"]["template"]["spec"]
+        c = pod["containers"][0]
+        base_c = base_pod["containers"][0]
+        args = c.get("args", [])
+        base_args = base_c.get("args", [])
+        p.check(args[:len(base_args)] == base_args,
+                f"{where}: the overlay must keep the base arguments and append")
+        p.check(pod.get("securityContext", {}).get("fsGroup") == 10001,
+                f"{where}: fsGroup 10001 (the secret files are group-readable)")
+        volumes = {v["name"]: v for v in pod.get("volumes", [])}
+        mounts = {}
+        for m in c.get("volumeMounts", []):
+            volume = volumes.get(m["name"], {})
+            if volume.get("secret", {}).get("secretName") == "pnn-auth":
+                p.check(m.get("readOnly") is True, f"{where}: mount {m['mountPath']} "
+                        "of pnn-auth must be readOnly")
+                p.check(volume["secret"].get("defaultMode", 0o644) & 0o007 == 0,
+                        f"{where}: pnn-auth files must not be world-readable")
+                items = {i["path"]: i["key"] for i in volume["secret"].get("items", [])}
+                p.check(items, f"{where}: mount pnn-auth with items (only this "
+                        "role's files)")
+                mounts[m["mountPath"].rstrip("/")] = items
+        mounted_keys = set()
+        for items in mounts.values():
+            mounted_keys |= set(items.values())
+        used = set()
+        for flag, file_name in role_files(role).items():
+            path = last_flag(args, flag)
+            if not p.check(path, f"{where}: --{flag} missing"):
+                continue
+            directory, name = os.path.split(path)
+            items = mounts.get(directory)
+            if not p.check(items is not None and name in items,
+                           f"{where}: --{flag}={path} is not a file of a pnn-auth mount"):
+                continue
+            key = items[name]
+            used.add(key)
+            p.check(key == file_name, f"{where}: --{flag} reads key {key}, "
+                    f"expected {file_name}")
+            p.check(key in template_keys,
+                    f"{where}: key {key} is not in secret.template.yaml")
+        used_keys |= used
+        p.check(mounted_keys == used, f"{where}: mounts keys "
+                f"{sorted(mounted_keys - used)} it does not use (another role's key?)")
+        for probe_name in ("livenessProbe", "readinessProbe"):
+            probe = c.get(probe_name, {})
+            command = probe.get("exec", {}).get("command", [])
+            if not p.check(command[:2] == ["pnnctl", f"--coordinator=localhost:{port}"]
+                           and command[-1:] == ["health"] and "grpc" not in probe,
+                           f"{where}: {probe_name} must exec `pnnctl "
+                           f"--coordinator=localhost:{port} ... health` (native gRPC "
+                           "probes cannot speak TLS)"):
+                continue
+            p.check(last_flag(command, "tls_ca") == last_flag(args, "tls_ca"),
+                    f"{where}: {probe_name} must verify with the container's --tls_ca")
+            if role == "worker":
+                p.check(last_flag(command, "tls_cert") == last_flag(args, "tls_cert") and
+                        last_flag(command, "tls_key") == last_flag(args, "tls_key"),
+                        f"{where}: {probe_name} must present the worker's certificate")
+        if role == "worker":
+            # What the pod runs: Kubernetes expands $(VAR) in command and
+            # args, then sh runs the script.
+            env = {"POD_IP": "10.1.2.3", "POD_NAME": "pnn-worker-abc",
+                   "PNN_THREADS": "4"}
+            env.update({k: str(v) for k, v in config.items()})
+            env_names = {e["name"]: e for e in c.get("env", [])}
+            p.check(env_names.get("POD_NAMESPACE", {}).get("valueFrom", {})
+                    .get("fieldRef", {}).get("fieldPath") == "metadata.namespace",
+                    f"{where}: env POD_NAMESPACE from metadata.namespace expected")
+            env["POD_NAMESPACE"] = "pnn"
+            command = [k8s_expand(x, env) for x in c.get("command", [])]
+            expanded = [k8s_expand(x, env) for x in args]
+            p.check(command[:2] == ["sh", "-c"] and "exec pnn-worker \"$@\"" in
+                    command[2], f"{where}: command sh -c 'exec pnn-worker \"$@\" ...'")
+            ran, error = run_with_stand_ins(command + expanded, env, {})
+            if p.check(ran is not None, f"{where}: the command fails under sh: {error}"):
+                p.check(ran[:len(expanded)] == expanded,
+                        f"{where}: pnn-worker does not receive the arguments first")
+                p.check(last_flag(ran, "advertise_address") ==
+                        "10-1-2-3.pnn.pod.cluster.local:50052",
+                        f"{where}: advertises {last_flag(ran, 'advertise_address')}, "
+                        "expected the pod DNS name 10-1-2-3.pnn.pod.cluster.local:50052")
+    p.check(config.get("PNN_CLUSTER_DOMAIN") == "cluster.local",
+            "ConfigMap/pnn-config: PNN_CLUSTER_DOMAIN=cluster.local expected")
+    p.check(used_keys == template_keys,
+            f"secret.template.yaml keys {sorted(template_keys)}, pods read "
+            f"{sorted(used_keys)}")
+    with open(os.path.join(repo, "scripts/make-deploy-secrets")) as f:
+        script = f.read()
+    p.check("*.pnn.pod.$domain" in script,
+            "scripts/make-deploy-secrets k8s must certify *.pnn.pod.<domain>")
+    check_secrets_not_committed(p, repo)
+    return p.report("deploy/k8s-secure: token and TLS flags, Secret mounts, probes "
+                    "and advertised names consistent")
 
 
 # ---------------------------------------------------------------------------
@@ -665,6 +1114,10 @@ def main(argv):
         return cmd_k8s(argv[2])
     if len(argv) >= 3 and argv[1] == "compose":
         return cmd_compose(argv[2])
+    if len(argv) >= 3 and argv[1] == "compose-secure":
+        return cmd_compose_secure(argv[2])
+    if len(argv) >= 3 and argv[1] == "k8s-secure":
+        return cmd_k8s_secure(argv[2])
     if len(argv) >= 3 and argv[1] == "docker":
         return cmd_docker(argv[2])
     if len(argv) >= 4 and argv[1] == "runtime-libs":

@@ -53,8 +53,14 @@ if(PNN_DOCKER_COMPOSE)
   pnn_deploy_test(deploy_compose_config_gpu
     COMMAND ${PNN_DOCKER_COMPOSE} -f docker-compose.yml --profile gpu config -q
     WORKING_DIRECTORY ${PROJECT_SOURCE_DIR})
+  # The opt-in token + TLS overlay (docker-compose.secure.yml).
+  pnn_deploy_test(deploy_compose_secure_config
+    COMMAND ${PNN_DOCKER_COMPOSE} -f docker-compose.yml -f docker-compose.secure.yml
+            --profile gpu config -q
+    WORKING_DIRECTORY ${PROJECT_SOURCE_DIR})
 else()
-  foreach(_name deploy_compose_config deploy_compose_config_gpu)
+  foreach(_name deploy_compose_config deploy_compose_config_gpu
+                deploy_compose_secure_config)
     pnn_deploy_skip(${_name}
       "docker-compose not found (Debian package docker-compose; scripts/setup installs it)")
   endforeach()
@@ -62,12 +68,20 @@ endif()
 pnn_deploy_test(deploy_compose_structure
   COMMAND ${PNN_DEPLOY_PYTHON} ${CMAKE_CURRENT_SOURCE_DIR}/deploy_config_test.py
           compose ${PROJECT_SOURCE_DIR})
+# Token and TLS wiring of the overlay: flags, secrets, health checks.
+pnn_deploy_test(deploy_compose_secure
+  COMMAND ${PNN_DEPLOY_PYTHON} ${CMAKE_CURRENT_SOURCE_DIR}/deploy_config_test.py
+          compose-secure ${PROJECT_SOURCE_DIR})
 
 # (c) Kubernetes manifests, the Dockerfile and its runtime libraries, the
 # data seeder.
 pnn_deploy_test(deploy_k8s_manifests
   COMMAND ${PNN_DEPLOY_PYTHON} ${CMAKE_CURRENT_SOURCE_DIR}/deploy_config_test.py
           k8s ${PROJECT_SOURCE_DIR})
+# deploy/k8s-secure (token and mutual TLS from Secret pnn-auth).
+pnn_deploy_test(deploy_k8s_secure
+  COMMAND ${PNN_DEPLOY_PYTHON} ${CMAKE_CURRENT_SOURCE_DIR}/deploy_config_test.py
+          k8s-secure ${PROJECT_SOURCE_DIR})
 pnn_deploy_test(deploy_dockerfile
   COMMAND ${PNN_DEPLOY_PYTHON} ${CMAKE_CURRENT_SOURCE_DIR}/deploy_config_test.py
           docker ${PROJECT_SOURCE_DIR})

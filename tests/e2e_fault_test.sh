@@ -1,18 +1,26 @@
 #!/usr/bin/env bash
-# Fault tolerance with the real binaries on loopback:
-#  1. a worker is killed with SIGKILL in the middle of its segment: the
-#     segment is retried on the other worker and the job still SUCCEEDS;
-#  2. the coordinator is killed with SIGKILL mid-job and restarted on the
-#     same port and state directory: every job is still listed and the
-#     running one finishes.
-# Stops every process it started.
+# Fault tolerance with the real binaries on loopback, over several rounds.
+# Each round submits a new job and, while it trains:
+#  1. kills the worker training segment 1 with SIGKILL in the middle of
+#     the segment; a replacement worker joins and the segment is retried;
+#  2. kills the coordinator with SIGKILL while the retried segment trains
+#     and restarts it on the same port and state directory.
+# Every job must SUCCEED with an accuracy in the normal range, the
+# restarted coordinator must restore every job submitted so far, finished
+# jobs keep their state and model, and every job is listed at the end.
+# Prints a summary: faults injected and survived, jobs submitted and
+# succeeded. Stops every process it started.
 #
 # Usage: e2e_fault_test.sh COORDINATOR_BIN WORKER_BIN PNNCTL_BIN
+# PNN_FAULT_ROUNDS=N sets the number of rounds (default 2, as in ctest);
+# each round takes about 20-40 s on a 2-core machine.
 set -euo pipefail
 COORDINATOR=$1
 WORKER=$2
 PNNCTL=$3
 DATA_ROOT=${PNN_DATA_ROOT:-/usr/share/datasets}
+ROUNDS=${PNN_FAULT_ROUNDS:-2}
+[[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || { echo "PNN_FAULT_ROUNDS must be >= 1" >&2; exit 1; }
 
 source "$(dirname "$0")/e2e_lib.sh"
 
@@ -33,69 +41,107 @@ start_coordinator() {  # each start logs to coordinator<N>.log
   pids[coordinator]=$!
   wait_for_line "$coordinator_log" "listening on"
 }
-start_worker() {  # NAME
+workers_started=0
+start_worker() {  # a new worker w<N>, logging to w<N>.log
+  workers_started=$((workers_started + 1))
+  local name="w$workers_started"
   "$WORKER" --coordinator "$target" --port 0 --metrics_port 0 \
-    --listen_host 127.0.0.1 --data_dir "$DATA_ROOT" --threads 1 --name "$1" \
-    2>>"$work/$1.log" &
-  pids[$1]=$!
-  wait_for_line "$work/$1.log" "registered"
+    --listen_host 127.0.0.1 --data_dir "$DATA_ROOT" --threads 1 --name "$name" \
+    2>>"$work/$name.log" &
+  pids[$name]=$!
+  wait_for_line "$work/$name.log" "registered"
 }
 ctl() { "$PNNCTL" --coordinator "$target" "$@"; }
 job_field() {  # ID PYTHON-EXPRESSION over `job`
   ctl get "$1" --output json | /usr/bin/python3 -c "import json, sys; job = json.load(sys.stdin); print($2)"
 }
-wait_for_epoch() {  # ID SEGMENT: until the segment reported an epoch
+# Waits until PYTHON-CONDITION over `job` holds for job ID.
+wait_for_job() {  # ID CONDITION WHAT
   for _ in $(seq 1 600); do
-    n=$(job_field "$1" "len(job['segments'][$2].get('epochs', []))")
-    [ "$n" -ge 1 ] && return 0
+    [ "$(job_field "$1" "bool($2)")" = True ] && return 0
     sleep 0.1
   done
-  fail "segment $2 of $1 never finished an epoch"
+  fail "$1: $3 never happened"
+}
+# The name (w<N>) of the worker listening on HOST:PORT.
+worker_at() {
+  local log
+  log=$(grep -l "^pnn-worker listening on $1\$" "$work"/w*.log | head -1)
+  [ -n "$log" ] || fail "no worker listens on $1"
+  basename "$log" .log
+}
+check_accuracy() {  # ID
+  local accuracy
+  accuracy=$(job_field "$1" "job['test']['accuracy']")
+  /usr/bin/python3 -c "import sys; sys.exit(0 if 0.7 < $accuracy <= 1 else 1)" ||
+    fail "$1: accuracy $accuracy out of range"
+  echo "$accuracy"
 }
 
 start_coordinator
-start_worker w1
-start_worker w2
+start_worker
+start_worker
 cat >"$work/job.json" <<'JSON'
 {"training": {"epochs": 4},
  "dataset": {"path": "fashion-mnist", "train_limit": 12000, "test_limit": 2000}}
 JSON
 
-# 1. SIGKILL a worker in the middle of segment 1 (the longer one).
-job1=$(ctl submit "$work/job.json")
-wait_for_epoch "$job1" 0
-victim=$(job_field "$job1" "job['segments'][0]['worker_id']")
-victim_name=$(grep -l "as worker $victim " "$work"/w*.log | xargs -n1 basename | sed 's/\.log$//')
-[ -n "$victim_name" ] || fail "cannot tell which worker runs segment 1"
-kill -KILL "${pids[$victim_name]}"
-wait "${pids[$victim_name]}" 2>/dev/null || true
-unset "pids[$victim_name]"
-ctl watch "$job1" >"$work/watch1.out" || fail "job 1 did not succeed after a worker was killed"
-attempts=$(job_field "$job1" "job['segments'][0]['attempts']")
-accuracy=$(job_field "$job1" "job['test']['accuracy']")
-[ "$attempts" -ge 2 ] || fail "segment 1 was not retried (attempts $attempts)"
-/usr/bin/python3 -c "import sys; sys.exit(0 if 0.7 < $accuracy <= 1 else 1)" ||
-  fail "job 1 accuracy $accuracy out of range"
-echo "fault 1: killed $victim_name mid-segment; retried, accuracy $accuracy"
-start_worker w3
+faults=0
+survived=0
+jobs=()
+for round in $(seq 1 "$ROUNDS"); do
+  job=$(ctl submit "$work/job.json") || fail "round $round: submit"
+  jobs+=("$job")
 
-# 2. SIGKILL the coordinator mid-job, restart it on the same state.
-job2=$(ctl submit "$work/job.json")
-wait_for_epoch "$job2" 0
-kill -KILL "${pids[coordinator]}"
-wait "${pids[coordinator]}" 2>/dev/null || true
-start_coordinator
-grep -q "restored 2 jobs" "$coordinator_log" || fail "jobs not restored"
-[ "$(job_field "$job1" "job['state']")" = JOB_STATE_SUCCEEDED ] ||
-  fail "the finished job lost its state"
-ctl download "$job1" -o "$work/model1.safetensors" >/dev/null ||
-  fail "the finished job lost its model"
-ctl watch "$job2" >"$work/watch2.out" ||
-  fail "job 2 did not finish after the coordinator restarted"
-accuracy=$(job_field "$job2" "job['test']['accuracy']")
-/usr/bin/python3 -c "import sys; sys.exit(0 if 0.7 < $accuracy <= 1 else 1)" ||
-  fail "job 2 accuracy $accuracy out of range"
-listed=$(ctl list --output json | /usr/bin/python3 -c "import json, sys; print(len(json.load(sys.stdin)['jobs']))")
-[ "$listed" -eq 2 ] || fail "expected 2 jobs listed, got $listed"
-echo "fault 2: coordinator killed mid-job and restarted; job finished, accuracy $accuracy"
+  # 1. SIGKILL the worker in the middle of segment 1 (the longer one),
+  # once it has finished an epoch; a replacement joins.
+  wait_for_job "$job" "job['segments'][0].get('epochs') and job['segments'][0]['state'] == 'TASK_STATE_RUNNING'" \
+    "segment 1 finishing an epoch"
+  address=$(job_field "$job" "job['segments'][0]['worker_address']")
+  victim=$(worker_at "$address")
+  kill -KILL "${pids[$victim]}"
+  wait "${pids[$victim]}" 2>/dev/null || true
+  unset "pids[$victim]"
+  faults=$((faults + 1))
+  start_worker
+
+  # 2. SIGKILL the coordinator while the retried segment trains, restart it
+  # on the same state directory.
+  wait_for_job "$job" "job['segments'][0]['attempts'] >= 2 and job['segments'][0]['state'] == 'TASK_STATE_RUNNING'" \
+    "the retry of segment 1 starting"
+  state=$(job_field "$job" "job['state']")
+  [ "$state" = JOB_STATE_RUNNING ] || fail "round $round: $job is $state before the coordinator is killed"
+  kill -KILL "${pids[coordinator]}"
+  wait "${pids[coordinator]}" 2>/dev/null || true
+  faults=$((faults + 1))
+  start_coordinator
+  grep -q "restored $round jobs" "$coordinator_log" ||
+    fail "round $round: the restarted coordinator did not restore $round jobs"
+  for earlier in "${jobs[@]:0:${#jobs[@]}-1}"; do
+    [ "$(job_field "$earlier" "job['state']")" = JOB_STATE_SUCCEEDED ] ||
+      fail "round $round: finished job $earlier lost its state"
+    ctl download "$earlier" -o "$work/model.safetensors" >/dev/null ||
+      fail "round $round: finished job $earlier lost its model"
+  done
+
+  ctl watch "$job" >"$work/watch$round.out" ||
+    fail "round $round: $job did not succeed after a worker and the coordinator were killed"
+  attempts=$(job_field "$job" "job['segments'][0]['attempts']")
+  [ "$attempts" -ge 2 ] || fail "round $round: segment 1 was not retried (attempts $attempts)"
+  accuracy=$(check_accuracy "$job")
+  survived=$((survived + 2))
+  echo "round $round: $job: killed $victim mid-segment (retried, $attempts attempts)" \
+       "and the coordinator mid-job (restarted); SUCCEEDED, accuracy $accuracy"
+done
+
+# Nothing submitted is lost: every job is listed and SUCCEEDED.
+listed=$(ctl list --all --output json | /usr/bin/python3 -c "
+import json, sys
+jobs = json.load(sys.stdin).get('jobs', [])
+print(' '.join(sorted(j['job_id'] for j in jobs if j['state'] == 'JOB_STATE_SUCCEEDED')))")
+expected=$(printf '%s\n' "${jobs[@]}" | sort | tr '\n' ' ' | sed 's/ $//')
+[ "$listed" = "$expected" ] || fail "listed succeeded jobs '$listed', expected '$expected'"
+succeeded=$(echo "$listed" | wc -w)
+echo "e2e fault summary: rounds $ROUNDS, faults injected $faults, survived $survived," \
+     "jobs submitted ${#jobs[@]}, succeeded $succeeded"
 echo "e2e fault test passed"

@@ -2,6 +2,10 @@
 
 #include <ATen/ATen.h>
 
+#include <cstdint>
+#include <utility>
+#include <vector>
+
 #include "common/partition.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -112,6 +116,28 @@ TEST(ModelTest, ImportRejectsMalformedWeights) {
   auto bad_range = good;
   bad_range.set_first_layer(0);
   EXPECT_FALSE(ModelFromWeights(bad_range, pnn::v1::ACTIVATION_RELU).ok());
+}
+
+// Weights come from workers: their declared shapes must be backed by their
+// bytes before anything of that size is allocated (2^62 parameters here
+// would abort the process; 2^32 would take 16 GiB).
+TEST(ModelTest, ModelFromWeightsRefusesShapesTheDataDoesNotBack) {
+  auto parts = MakeSegments(pnn::v1::ACTIVATION_RELU);
+  const pnn::v1::SegmentWeights good = ExportWeights(parts[1], 1);
+  ASSERT_TRUE(ModelFromWeights(good, pnn::v1::ACTIVATION_RELU).ok());
+  for (const auto& [rows, cols] :
+       std::vector<std::pair<int64_t, int64_t>>{{INT32_MAX, INT32_MAX},
+                                                {65536, 65536},
+                                                {7, 10}}) {
+    auto huge = good;
+    huge.mutable_tensors(0)->set_shape(0, rows);
+    huge.mutable_tensors(0)->set_shape(1, cols);
+    const auto model = ModelFromWeights(huge, pnn::v1::ACTIVATION_RELU);
+    ASSERT_FALSE(model.ok()) << rows << "x" << cols;
+    EXPECT_EQ(model.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(std::string(model.status().message()),
+                HasSubstr("bytes of float32 data"));
+  }
 }
 
 TEST(ModelTest, AssembleNetworkChecksOrder) {

@@ -91,6 +91,96 @@ TEST_F(TrainerTest, TrainingIsDeterministic) {
   EXPECT_EQ(a->weights().SerializeAsString(), b->weights().SerializeAsString());
 }
 
+TEST_F(TrainerTest, CheckpointsComeAtEvenlySpacedBatchesAndEpochEnds) {
+  auto tasks = Plan();
+  pnn::v1::SegmentTask task = tasks[1];
+  task.mutable_training()->set_epochs(2);
+  task.set_checkpoints_per_epoch(4);  // 32 batches per epoch: every 8th
+  task.set_resume_checkpoints(true);
+  std::vector<pnn::v1::Checkpoint> checkpoints;
+  TrainOptions options;
+  options.on_checkpoint = [&](pnn::v1::Checkpoint checkpoint) {
+    checkpoints.push_back(std::move(checkpoint));
+  };
+  auto result = TrainSegment(task, data_, options);
+  ASSERT_TRUE(result.ok()) << result.status();
+  ASSERT_EQ(checkpoints.size(), 8u);
+  for (size_t i = 0; i < checkpoints.size(); ++i) {
+    const auto& checkpoint = checkpoints[i];
+    EXPECT_DOUBLE_EQ(checkpoint.epochs_done(), 0.25 * (i + 1));
+    EXPECT_EQ(checkpoint.batches_done(), 8 * (i % 4 + 1));
+    EXPECT_GE(checkpoint.cpu_seconds(), 0);
+    // Epoch ends carry the resumable state (with the weights inside);
+    // other points carry only the weights.
+    const bool epoch_end = i % 4 == 3;
+    EXPECT_EQ(checkpoint.has_state(), epoch_end);
+    EXPECT_EQ(checkpoint.has_weights(), !epoch_end);
+    if (epoch_end) {
+      EXPECT_EQ(checkpoint.state().epochs_done(), checkpoint.epoch());
+      EXPECT_FALSE(checkpoint.state().optimizer_state().empty());
+      EXPECT_EQ(checkpoint.state().epochs_size(), checkpoint.epoch());
+    }
+  }
+  // The last checkpoint is the trained segment.
+  EXPECT_EQ(checkpoints.back().state().weights().SerializeAsString(),
+            result->weights().SerializeAsString());
+}
+
+TEST_F(TrainerTest, ResumingFromAnEpochStateMatchesAnUninterruptedRun) {
+  spec_.mutable_sil()->set_input_noise_std(0);  // noise restarts on resume
+  for (const pnn::v1::SegmentTask& planned : Plan()) {
+    pnn::v1::SegmentTask task = planned;
+    task.mutable_training()->set_epochs(3);
+    task.set_resume_checkpoints(true);
+    std::vector<pnn::v1::TrainingState> states;
+    TrainOptions options;
+    options.on_checkpoint = [&](pnn::v1::Checkpoint checkpoint) {
+      if (checkpoint.has_state()) states.push_back(checkpoint.state());
+    };
+    auto uninterrupted = TrainSegment(task, data_, options);
+    ASSERT_TRUE(uninterrupted.ok()) << uninterrupted.status();
+    ASSERT_EQ(states.size(), 3u);
+
+    // A retry after epoch 1: same shuffles, same optimizer moments.
+    pnn::v1::SegmentTask retry = task;
+    *retry.mutable_resume() = states[0];
+    int epochs_trained = 0;
+    TrainOptions retry_options;
+    retry_options.on_epoch = [&](const pnn::v1::EpochMetrics& metrics,
+                                 const MlpSegment&) {
+      EXPECT_EQ(metrics.epoch(), epochs_trained + 2);
+      ++epochs_trained;
+    };
+    auto resumed = TrainSegment(retry, data_, retry_options);
+    ASSERT_TRUE(resumed.ok()) << resumed.status();
+    EXPECT_EQ(epochs_trained, 2);
+    ASSERT_EQ(resumed->epochs_size(), 3);
+    EXPECT_DOUBLE_EQ(resumed->epochs(0).train_loss(),
+                     uninterrupted->epochs(0).train_loss());
+    EXPECT_EQ(resumed->weights().SerializeAsString(),
+              uninterrupted->weights().SerializeAsString())
+        << "segment " << task.segment_index();
+  }
+}
+
+TEST_F(TrainerTest, AResumeStateMustFitTheTask) {
+  auto tasks = Plan();
+  pnn::v1::SegmentTask task = tasks[0];
+  task.mutable_resume()->set_epochs_done(1);
+  task.mutable_resume()->mutable_weights()->set_segment_index(1);
+  auto wrong_segment = TrainSegment(task, data_, TrainOptions());
+  EXPECT_EQ(wrong_segment.status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(wrong_segment.status().message(), HasSubstr("resume state"));
+  task.mutable_resume()->mutable_weights()->set_segment_index(0);
+  task.mutable_resume()->set_epochs_done(99);
+  EXPECT_THAT(TrainSegment(task, data_, TrainOptions()).status().message(),
+              HasSubstr("epochs_done 99"));
+  // Weights that do not fit the segment's shapes are refused, not loaded.
+  task.mutable_resume()->set_epochs_done(1);
+  EXPECT_FALSE(TrainSegment(task, data_, TrainOptions()).ok());
+}
+
 TEST_F(TrainerTest, PreviousOutputsModeNeedsAndUsesUpstreamWeights) {
   spec_.mutable_sil()->set_input_mode(pnn::v1::INPUT_MODE_PREVIOUS_OUTPUTS);
   auto tasks = Plan();

@@ -47,6 +47,14 @@ WorkerMetrics::WorkerMetrics(prometheus::Registry& registry)
       network_received_bytes(AddCounter(
           registry, "pnn_worker_network_received_bytes_total",
           "Bytes of training RPC messages received from the coordinator.")),
+      peer_sent_bytes(AddCounter(
+          registry, "pnn_worker_peer_sent_bytes_total",
+          "Bytes of model-parallel activations and gradients sent to other "
+          "workers (StageForward messages).")),
+      peer_received_bytes(AddCounter(
+          registry, "pnn_worker_peer_received_bytes_total",
+          "Bytes of model-parallel activations and gradients received from "
+          "other workers (StageForward messages).")),
       unauthenticated_requests(AddCounter(
           registry, "pnn_worker_unauthenticated_requests_total",
           "Calls refused for a missing or wrong token.")) {}

@@ -31,6 +31,10 @@ struct WorkerMetrics {
   prometheus::Gauge& busy;
   prometheus::Counter& network_sent_bytes;
   prometheus::Counter& network_received_bytes;
+  // Model-parallel: activations and gradients exchanged with other workers
+  // (StageForward messages, both directions of this worker's calls).
+  prometheus::Counter& peer_sent_bytes;
+  prometheus::Counter& peer_received_bytes;
   prometheus::Counter& unauthenticated_requests;
 };
 

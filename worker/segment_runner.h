@@ -2,15 +2,27 @@
 // data set (cached), trains it with pnn::TrainSegment and reports updates
 // to the task's observer. Free of gRPC so it can be driven directly.
 //
+// Model-parallel tasks (task.pipeline set) are pipeline stages. The first
+// stage trains like any segment, but sends every batch's output to the next
+// stage (DownstreamStage, StageForward over gRPC) and backpropagates the
+// gradient it gets back. A later stage does not read the data: its training
+// thread serves the batches that the previous stage's StageForward calls
+// hand over (SubmitStageBatch) with a PipelineStageTrainer, and a middle
+// stage forwards its own output in turn. A request with `finish` ends the
+// stage's task with its result.
+//
 // Thread safety: every public method may be called from any thread; RPC
-// threads only hand work over (TrySubmit, Cancel) and never block on
-// training. Observers are called on the training thread only.
+// threads only hand work over (TrySubmit, Cancel, SubmitStageBatch) and
+// never block on training. Observers and StageBatchDone callbacks are
+// called on the training thread only.
 #ifndef PNN_WORKER_SEGMENT_RUNNER_H_
 #define PNN_WORKER_SEGMENT_RUNNER_H_
 
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <deque>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -40,6 +52,21 @@ class SegmentObserver {
   virtual bool Abandoned() const = 0;
 };
 
+// The next stage of a model-parallel pipeline, seen from the stage that
+// sends it activations. worker/stage_client.h implements it over gRPC;
+// tests may fake it. Used by one training thread at a time.
+class DownstreamStage {
+ public:
+  virtual ~DownstreamStage() = default;
+  // One StageForward call. Blocks until the answer, or until
+  // `should_stop` (polled every few tens of milliseconds) returns true,
+  // which abandons the call with CANCELLED. Returns the call's status
+  // (UNAVAILABLE while the next stage's task has not started there).
+  virtual absl::Status Forward(const pnn::v1::StageForwardRequest& request,
+                               pnn::v1::StageForwardResponse* response,
+                               const std::function<bool()>& should_stop) = 0;
+};
+
 struct SegmentRunnerOptions {
   std::string data_dir;  // data root that task.dataset().path is under
   std::string device = "cpu";
@@ -48,7 +75,22 @@ struct SegmentRunnerOptions {
   int64_t batch_report_interval = 50;
   int max_cached_datasets = 2;
   WorkerMetrics* metrics = nullptr;  // not owned; null: no metrics
+  // Opens the link to the next pipeline stage's worker at `address`
+  // (host:port). Unset: this worker refuses pipeline stages that have a
+  // next stage.
+  std::function<std::unique_ptr<DownstreamStage>(const std::string& address)>
+      connect_downstream;
+  // A stage keeps retrying a next stage that answers UNAVAILABLE (its task
+  // has not started yet, or its worker cannot be reached) for this long.
+  int64_t downstream_retry_ms = 30000;
+  // A stage after the first gives up when no batch arrives for this long:
+  // the previous stage is gone, and nobody may have told this worker.
+  int64_t stage_idle_timeout_ms = 60000;
 };
+
+// Completes one StageForward call handed over with SubmitStageBatch: OK
+// with the response filled in, or the error to return to the caller.
+using StageBatchDone = std::function<void(const absl::Status&)>;
 
 class SegmentRunner {
  public:
@@ -70,6 +112,18 @@ class SegmentRunner {
   // then finishes with CANCELLED. Returns whether it was found.
   bool Cancel(const std::string& job_id, int segment_index);
 
+  // Hands one StageForward call to the pipeline stage queued or running
+  // here. On OK the training thread fills `*response` and calls `done`
+  // exactly once (with an error if the stage ends first); `request` and
+  // `response` must stay valid until then. Otherwise `done` is never
+  // called, and the status says why: UNAVAILABLE when no pipeline stage is
+  // queued or running here (yet: the caller retries), FAILED_PRECONDITION
+  // when the stage here belongs to another job, run (session) or stage
+  // index, or has ended.
+  absl::Status SubmitStageBatch(const pnn::v1::StageForwardRequest* request,
+                                pnn::v1::StageForwardResponse* response,
+                                StageBatchDone done);
+
   // True from a successful TrySubmit until training has returned (the
   // observer may still be receiving the result and the final status).
   bool busy() const;
@@ -85,16 +139,37 @@ class SegmentRunner {
 
  private:
   enum class StopReason : int { kNone = 0, kCancelSegment, kShutdown };
+  struct StageCall {
+    const pnn::v1::StageForwardRequest* request;
+    pnn::v1::StageForwardResponse* response;
+    StageBatchDone done;
+  };
   struct Job {
     pnn::v1::SegmentTask task;
     std::shared_ptr<SegmentObserver> observer;
     std::atomic<int> stop{static_cast<int>(StopReason::kNone)};
+    // A pipeline stage after the first: calls waiting for the training
+    // thread, and whether it still takes any. Guarded by the runner's
+    // mutex_.
+    std::deque<StageCall> stage_calls;
+    bool stage_closed = false;
   };
 
   void Loop();
   // Runs one job on the training thread and returns its final status; the
   // result, if any, is stored into *result.
   absl::Status Run(Job& job, pnn::v1::SegmentResult* result);
+  // Run() for a pipeline stage after the first: serves its StageForward
+  // calls until `finish`, an error, a stop or the idle timeout.
+  // `should_stop` and `stop_status` are Run()'s: whether to stop, and the
+  // status a stop ends the task with.
+  absl::Status RunStage(
+      Job& job, const std::function<bool()>& should_stop,
+      const std::function<absl::Status(const absl::Status&)>& stop_status,
+      pnn::v1::SegmentResult* result);
+  // Ends a stage's intake: later SubmitStageBatch calls are refused, and
+  // calls still waiting finish with `status`.
+  void CloseStage(Job& job, const absl::Status& status);
 
   const SegmentRunnerOptions options_;
   std::unique_ptr<DatasetCache> datasets_;
@@ -104,6 +179,12 @@ class SegmentRunner {
   std::shared_ptr<Job> queued_;   // guarded by mutex_
   std::shared_ptr<Job> running_;  // guarded by mutex_
   bool stopping_ = false;         // guarded by mutex_
+  // Wakes a stage's training thread for a new call or a stop.
+  std::condition_variable stage_wake_;
+  // The last pipeline stage that ended here ("job/session/stage") and how,
+  // so that a late call is told it ended instead of being asked to retry.
+  std::string ended_stage_;         // guarded by mutex_
+  absl::Status ended_stage_status_;  // guarded by mutex_
   std::thread thread_;
 };
 

@@ -20,6 +20,7 @@
 #include "worker/metrics.h"
 #include "worker/registration.h"
 #include "worker/segment_runner.h"
+#include "worker/stage_client.h"
 #include "worker/worker_service.h"
 
 namespace pnn {
@@ -101,6 +102,22 @@ absl::StatusOr<int> WorkerServer::Start() {
     metrics_ = std::make_unique<WorkerMetrics>(*options_.metrics_registry);
   }
   runner_options.metrics = metrics_.get();
+  runner_options.downstream_retry_ms = options_.downstream_retry_ms;
+  runner_options.stage_idle_timeout_ms = options_.stage_idle_timeout_ms;
+  {
+    // Pipeline stages call the next stage's worker with the same token and
+    // TLS identity this worker shows the coordinator.
+    auto channel_credentials = MakeChannelCredentials(
+        {options_.tls_cert, options_.tls_key, options_.tls_ca});
+    if (!channel_credentials.ok()) return channel_credentials.status();
+    StageClientOptions stage_client;
+    stage_client.auth_token = options_.auth_token;
+    stage_client.credentials = *channel_credentials;
+    runner_options.connect_downstream =
+        [stage_client](const std::string& address) {
+          return ConnectStage(address, stage_client);
+        };
+  }
   runner_ = std::make_unique<SegmentRunner>(std::move(runner_options));
   service_ = std::make_unique<WorkerService>(runner_.get(), metrics_.get(),
                                              options_.auth_token);

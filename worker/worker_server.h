@@ -68,8 +68,14 @@ struct WorkerOptions {
   int coordinator_rpc_timeout_ms = 5000;
   // How long Shutdown waits for open calls to end before cancelling them.
   int shutdown_grace_ms = 5000;
-  // Bearer token (rpc/auth.h): sent with RegisterWorker and Heartbeat, and
-  // required on TrainSegment / CancelSegment. Empty: no authentication.
+  // Model-parallel pipelines (SegmentRunnerOptions): how long a stage
+  // retries a next stage that has not started yet, and how long a later
+  // stage waits for a batch before giving up.
+  int64_t downstream_retry_ms = 30000;
+  int64_t stage_idle_timeout_ms = 60000;
+  // Bearer token (rpc/auth.h): sent with RegisterWorker, Heartbeat and
+  // StageForward (to the next pipeline stage's worker), and required on
+  // every Worker call. Empty: no authentication.
   std::string auth_token;
   // TLS (rpc/tls.h): the worker's certificate and the CA of its peers.
   // With a CA, callers must present a certificate it signed (mutual TLS);

@@ -248,5 +248,38 @@ grpc::ServerUnaryReactor* WorkerService::CancelSegment(
   return reactor;
 }
 
+grpc::ServerUnaryReactor* WorkerService::StageForward(
+    grpc::CallbackServerContext* context,
+    const pnn::v1::StageForwardRequest* request,
+    pnn::v1::StageForwardResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  if (absl::Status allowed = Authenticate(context); !allowed.ok()) {
+    reactor->Finish(ToGrpcStatus(allowed));
+    return reactor;
+  }
+  if (metrics_ != nullptr) {
+    metrics_->peer_received_bytes.Increment(
+        static_cast<double>(request->ByteSizeLong()));
+  }
+  if (request->job_id().empty() || request->session_id().empty()) {
+    reactor->Finish(grpc::Status(
+        grpc::StatusCode::INVALID_ARGUMENT,
+        "StageForwardRequest needs job_id and session_id"));
+    return reactor;
+  }
+  WorkerMetrics* const metrics = metrics_;
+  const absl::Status taken = runner_->SubmitStageBatch(
+      request, response,
+      [reactor, response, metrics](const absl::Status& status) {
+        if (status.ok() && metrics != nullptr) {
+          metrics->peer_sent_bytes.Increment(
+              static_cast<double>(response->ByteSizeLong()));
+        }
+        reactor->Finish(ToGrpcStatus(status));
+      });
+  if (!taken.ok()) reactor->Finish(ToGrpcStatus(taken));
+  return reactor;
+}
+
 }  // namespace worker
 }  // namespace pnn

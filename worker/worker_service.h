@@ -45,6 +45,15 @@ class WorkerService final : public pnn::v1::Worker::CallbackService {
       const pnn::v1::CancelSegmentRequest* request,
       pnn::v1::CancelSegmentResponse* response) override;
 
+  // Hands the batch to this worker's pipeline stage (SegmentRunner::
+  // SubmitStageBatch); the training thread completes the call, so no gRPC
+  // thread waits for training. Takes the deployment's token, which the
+  // previous stage's worker sends like the coordinator does.
+  grpc::ServerUnaryReactor* StageForward(
+      grpc::CallbackServerContext* context,
+      const pnn::v1::StageForwardRequest* request,
+      pnn::v1::StageForwardResponse* response) override;
+
  private:
   // UNAUTHENTICATED (and counted) when the call lacks the token.
   absl::Status Authenticate(const grpc::CallbackServerContext* context);
