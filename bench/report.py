@@ -852,6 +852,11 @@ def section_header(results):
         "them (OpenBLAS limited to the same thread count through "
         "`OPENBLAS_NUM_THREADS`)",
     ]
+    if results.get("preload"):
+        lines.append("- warm workers: every worker loads the data set before it "
+                     "registers (`pnn-worker --preload`), as a long-running "
+                     "worker would have it, so no mode's clock includes reading "
+                     "the files; the cost is in the memory table (column data set)")
     policy = (results.get("environment") or {}).get("OMP_WAIT_POLICY")
     if policy:
         lines.append(f"- `OMP_WAIT_POLICY={policy}` for every process: libgomp's "
@@ -970,8 +975,9 @@ def section_memory(results):
             "around the task (peak RSS during training minus RSS before it). "
             "process peak RSS growth: measured from outside, the worker "
             "process's VmHWM at the end minus its VmRSS right after it "
-            "registered; it includes the data set (loaded per process, column "
-            "data set), libtorch's and OpenBLAS's buffers and, for "
+            "registered; it includes the data set when the worker loaded it "
+            "for its task (not with --preload), libtorch's and OpenBLAS's "
+            "buffers and, for "
             "partitioned modes, the evaluation checkpoints. libtorch's CPU "
             "allocator exposes no peak counter, so the analytic figure is the "
             "one the targets use."]
@@ -1054,12 +1060,11 @@ def section_overhead(results):
                   "services: training s", "in-process: training s",
                   "services / in-process"], rows),
         "",
-        "A task's span on a worker includes loading the data set (each "
-        "worker process reads it once, before its first task) and sending the "
-        "checkpoints; training s is the trainer's own time. The services' "
-        "training row is `Job.training_seconds` (first dispatch -> last "
-        "weights), so it includes the data loading; the in-process row is the "
-        "longest segment's training time.",
+        "A task's span on a worker includes loading the data set (unless the "
+        "workers preloaded it) and sending the checkpoints; training s is the "
+        "trainer's own time. The services' training row is "
+        "`Job.training_seconds` (first dispatch -> last weights); the "
+        "in-process row is the longest segment's training time.",
         "",
         f"Services: training {fmt_num(overhead['services_training_seconds'], 2)} s, "
         f"job created -> ended {fmt_num(overhead['services_job_seconds'], 2)} s "

@@ -327,6 +327,14 @@ def get_job(binaries, address, job_id):
     return json.loads(out.stdout)
 
 
+def preload_flags(args, spec):
+    """pnn-worker flags that load the spec's (whole) data set at start."""
+    dataset = spec.get("dataset") or {}
+    if args.no_preload or dataset.get("train_limit") or dataset.get("test_limit"):
+        return []  # a limited data set is a different cache entry
+    return [f"--preload={dataset.get('path') or 'fashion-mnist'}"]
+
+
 def wait_for_job(binaries, address, job_id, timeout, log_path):
     """Follows the job with `pnnctl watch` (no polling while it runs), then
     reads its final JSON; falls back to polling if the stream breaks."""
@@ -379,7 +387,8 @@ def run_mode(mode, base_spec, args, binaries, nproc, log_root):
                 binaries.worker, f"--coordinator={address}", "--port=0",
                 "--metrics_port=0", "--listen_host=127.0.0.1",
                 f"--data_dir={args.data_dir}", f"--threads={threads}",
-                f"--name={name}"], child_env(threads))
+                f"--name={name}"] + preload_flags(args, base_spec),
+                child_env(threads))
             match = wait_for_log(proc, log_path,
                                  r"pnn-worker listening on ([^\s:]+):(\d+)", 60, name)
             worker_info.append({"name": name, "pid": proc.pid, "threads": threads,
@@ -475,6 +484,7 @@ def run_main_preset(args, argv, binaries, log_root):
         "evaluations_per_epoch": args.evaluations_per_epoch,
         "environment": {"OMP_WAIT_POLICY": OMP_WAIT_POLICY or None,
                         "OPENBLAS_NUM_THREADS": "= the process's --threads"},
+        "preload": not args.no_preload,
         "matmul_size": args.matmul_size,
         "done_when_configuration": report.done_when_configuration(
             base, split_workers, split_threads * split_workers, nproc),
@@ -732,6 +742,11 @@ def parse_args(argv):
                              "spinning, which collapses multi-threaded speed on "
                              "a machine shared with other work); '' leaves the "
                              "environment's")
+    parser.add_argument("--no_preload", action="store_true",
+                        help="start workers cold: by default they load the "
+                             "spec's data set before registering (pnn-worker "
+                             "--preload), as long-running workers would have "
+                             "it, so no mode's clock includes reading it")
     parser.add_argument("--analysis", default=os.path.join(REPO, "bench", "analysis.md"),
                         help="hand-written Markdown shown after the targets, if "
                              "the file exists (default bench/analysis.md): "

@@ -95,7 +95,7 @@ absl::StatusOr<std::vector<pnn::v1::SegmentTask>> PlanSegmentTasks(
 }
 
 bool NeedsUpstream(const pnn::v1::SegmentTask& task) {
-  return task.segment_index() > 0 &&
+  return task.segment_index() > 0 && !task.has_pipeline() &&
          task.input_case() == pnn::v1::SegmentTask::INPUT_NOT_SET;
 }
 

@@ -282,19 +282,16 @@ absl::StatusOr<std::unique_ptr<PipelineStageTrainer>>
 PipelineStageTrainer::Create(const SegmentTask& task,
                              const TrainOptions& options) {
   PNN_RETURN_IF_ERROR(ValidateStageTask(task));
-  if (options.threads < 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("threads must be >= 0, got ", options.threads));
-  }
+  // torch's and OpenBLAS's threads alike: with OpenBLAS on more threads
+  // than the first stage, the last bits of a product could differ from
+  // conventional training's.
+  PNN_RETURN_IF_ERROR(SetTrainingThreads(options.threads));
   PNN_ASSIGN_OR_RETURN(
       const c10::Device device,
       ResolveDevice(task.device().empty() ? options.device : task.device()));
   return Guarded<std::unique_ptr<PipelineStageTrainer>>(
       "building pipeline stage",
       [&]() -> absl::StatusOr<std::unique_ptr<PipelineStageTrainer>> {
-        if (options.threads > 0 && at::get_num_threads() != options.threads) {
-          at::set_num_threads(options.threads);
-        }
         auto state = std::make_unique<State>();
         state->task = task;
         state->options = options;
@@ -302,7 +299,8 @@ PipelineStageTrainer::Create(const SegmentTask& task,
         state->last = task.segment_index() + 1 == task.segment_count();
         const std::vector<int> widths(task.widths().begin(),
                                       task.widths().end());
-        state->model = MlpSegment(task.first_layer(), widths, task.activation());
+        state->model =
+            MlpSegment(task.first_layer(), widths, task.activation());
         InitializeWeights(state->model, task.seed());
         state->model->to(device);
         state->model->train();
@@ -330,8 +328,8 @@ absl::StatusOr<RemoteLoss> PipelineStageTrainer::Step(
       input.size(0) < 1 || !labels.defined() || labels.dim() != 1 ||
       labels.size(0) != input.size(0)) {
     s.failed = absl::InvalidArgumentError(absl::StrCat(
-        "pipeline stage ", s.task.segment_index(), " takes activations [batch, ",
-        width, "] and one label per row; got ",
+        "pipeline stage ", s.task.segment_index(),
+        " takes activations [batch, ", width, "] and one label per row; got ",
         input.defined() ? input.dim() : 0, " dimensions and ",
         labels.defined() ? labels.numel() : 0, " labels"));
     return s.failed;
@@ -359,15 +357,18 @@ absl::StatusOr<pnn::v1::SegmentResult> PipelineStageTrainer::Finish() {
   const int epochs = s.task.training().epochs();
   if (static_cast<int>(s.epochs.size()) != epochs) {
     return absl::FailedPreconditionError(absl::StrCat(
-        "pipeline stage ", s.task.segment_index(), " was told to finish after ",
-        s.epochs.size(), " of ", epochs, " epochs (epoch ", s.epoch,
+        "pipeline stage ", s.task.segment_index(),
+        " was told to finish after ", s.epochs.size(), " of ", epochs,
+        " epochs (epoch ", s.epoch,
         ", batch ", s.next_batch, " was next)"));
   }
-  return Guarded<pnn::v1::SegmentResult>(
-      "finishing pipeline stage", [&]() -> absl::StatusOr<pnn::v1::SegmentResult> {
-        pnn::v1::SegmentResult result;
+  using Result = pnn::v1::SegmentResult;
+  return Guarded<Result>(
+      "finishing pipeline stage", [&]() -> absl::StatusOr<Result> {
+        Result result;
         result.set_segment_index(s.task.segment_index());
-        *result.mutable_weights() = ExportWeights(s.model, s.task.segment_index());
+        *result.mutable_weights() =
+            ExportWeights(s.model, s.task.segment_index());
         for (const auto& epoch : s.epochs) *result.add_epochs() = epoch;
         const std::vector<int> widths(s.task.widths().begin(),
                                       s.task.widths().end());

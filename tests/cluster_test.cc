@@ -32,12 +32,6 @@ namespace {
 using ::testing::HasSubstr;
 using pnn::v1::Job;
 
-bool IsFinal(pnn::v1::JobState state) {
-  return state == pnn::v1::JOB_STATE_SUCCEEDED ||
-         state == pnn::v1::JOB_STATE_FAILED ||
-         state == pnn::v1::JOB_STATE_CANCELLED;
-}
-
 // A worker that accepts a segment and then says nothing, ever: no updates,
 // no heartbeats. Only the coordinator's liveness check can notice.
 class SilentWorker final : public pnn::v1::Worker::CallbackService {
@@ -700,6 +694,24 @@ TEST_F(ClusterTest, PartitionedCurveJoinsTheSegmentsLatestCheckpoints) {
   ExpectACurve(job, 1);
   EXPECT_LE(job.evaluations_size(), 8);
   EXPECT_GT(job.evaluations().rbegin()->test_accuracy(), 0.5);  // 4 classes
+}
+
+TEST_F(ClusterTest, AWorkerPreloadsItsDataSetOrRefusesToStart) {
+  worker::WorkerOptions options;
+  options.listen_host = "127.0.0.1";
+  options.data_dir = data_.path();
+  options.threads = 1;
+  options.preload_datasets = {"no-such-data"};
+  worker::WorkerServer cold(options);
+  auto refused = cold.Start();
+  ASSERT_FALSE(refused.ok());
+  EXPECT_THAT(refused.status().message(),
+              HasSubstr("preloading data set \"no-such-data\""));
+  options.preload_datasets = {"toy"};
+  worker::WorkerServer warm(options);
+  auto started = warm.Start();
+  ASSERT_TRUE(started.ok()) << started.status();
+  warm.Shutdown();
 }
 
 // A worker that trains one epoch in no time, reports it with a resumable

@@ -173,7 +173,8 @@ TEST_F(PipelineClusterTest, ModelParallelJobTrainsAcrossTwoWorkers) {
   EXPECT_EQ(first.attempts(), 1);
   EXPECT_EQ(last.epochs_size(), 2);
   // Every stage reports the pipeline's loss.
-  EXPECT_NEAR(first.epochs(1).train_loss(), last.epochs(1).train_loss(), 1e-6);
+  EXPECT_NEAR(first.epochs(1).train_loss(), last.epochs(1).train_loss(),
+              1e-6);
   EXPECT_GT(job.test().accuracy(), 0.8);
 
   // Every batch, the cut's activations [32, 32] go forward and their
@@ -215,8 +216,10 @@ TEST_F(PipelineClusterTest, ThreeStagesPassActivationsThroughTheMiddle) {
   ASSERT_EQ(job.segments_size(), 3);
   // The first two stages each send to the next one: cut widths 32 and 24.
   const int64_t batches = kTrainSamples / kBatch;
-  EXPECT_GE(job.segments(0).cost().peer_bytes_sent(), batches * kBatch * 32 * 4);
-  EXPECT_GE(job.segments(1).cost().peer_bytes_sent(), batches * kBatch * 24 * 4);
+  EXPECT_GE(job.segments(0).cost().peer_bytes_sent(),
+            batches * kBatch * 32 * 4);
+  EXPECT_GE(job.segments(1).cost().peer_bytes_sent(),
+            batches * kBatch * 24 * 4);
   EXPECT_EQ(job.segments(2).cost().peer_bytes_sent(), 0);
   EXPECT_GE(job.peer_bytes(), 2 * batches * kBatch * (32 + 24) * 4);
   EXPECT_GT(job.test().accuracy(), 0.5);
@@ -261,6 +264,33 @@ TEST_F(PipelineClusterTest, LostStageWorkerRestartsThePipelineElsewhere) {
   EXPECT_NE(job.segments(1).worker_address(), lost);
   EXPECT_NE(job.segments(0).worker_address(), lost);
   EXPECT_EQ(job.segments(1).epochs_size(), 30);
+}
+
+TEST_F(PipelineClusterTest, CancellingTheJobStopsEveryStagePromptly) {
+  AddWorker();
+  AddWorker();
+  WaitForWorkers(2);
+  const std::string id = Submit(Request(/*epochs=*/200));
+  Job job = WaitUntil(id, [](const Job& job) {
+    return job.segments_size() == 2 && job.segments(1).progress() > 0;
+  });
+  ASSERT_GT(job.segments(1).progress(), 0);
+  grpc::ClientContext context;
+  AttachAuthToken(kToken, &context);
+  pnn::v1::CancelJobRequest cancel;
+  cancel.set_job_id(id);
+  Job cancelled;
+  ASSERT_TRUE(stub_->CancelJob(&context, cancel, &cancelled).ok());
+  EXPECT_EQ(WaitForEnd(id).state(), pnn::v1::JOB_STATE_CANCELLED);
+  // Both stages stop between batches, the waiting one included.
+  const auto deadline =
+      std::chrono::steady_clock::now() + std::chrono::seconds(3);
+  while ((workers_[0]->busy() || workers_[1]->busy()) &&
+         std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_FALSE(workers_[0]->busy());
+  EXPECT_FALSE(workers_[1]->busy());
 }
 
 TEST_F(PipelineClusterTest, AStageThatCannotWorkFailsTheJobNamingIt) {
@@ -333,7 +363,8 @@ class StageForwardTest : public ::testing::Test {
     return stub_->StageForward(&context, request, response);
   }
 
-  pnn::v1::StageForwardRequest Batch(int64_t batch, const std::string& session) {
+  pnn::v1::StageForwardRequest Batch(int64_t batch,
+                                     const std::string& session) {
     pnn::v1::StageForwardRequest request;
     request.set_job_id("job-stage");
     request.set_session_id(session);
@@ -403,7 +434,8 @@ TEST_F(StageForwardTest, AWaitingStageGivesUpWithoutBatches) {
   const grpc::Status status = stream_->Finish();
   EXPECT_EQ(status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
   EXPECT_THAT(status.error_message(), HasSubstr("no batch"));
-  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(10));
+  EXPECT_LT(std::chrono::steady_clock::now() - start,
+            std::chrono::seconds(10));
 }
 
 TEST_F(StageForwardTest, CancelStopsAWaitingStageAtOnce) {

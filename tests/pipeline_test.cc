@@ -35,7 +35,9 @@ class PipelineTest : public ::testing::Test {
 
   pnn::v1::JobSpec Spec(std::vector<int> cuts, int epochs) {
     pnn::v1::JobSpec spec;
-    for (int width : {32, 24, 16}) spec.mutable_model()->add_hidden_widths(width);
+    for (int width : {32, 24, 16}) {
+      spec.mutable_model()->add_hidden_widths(width);
+    }
     for (int cut : cuts) spec.mutable_model()->add_cut_after_layers(cut);
     spec.mutable_training()->set_epochs(epochs);
     spec.mutable_training()->set_batch_size(32);
@@ -184,7 +186,8 @@ TEST_F(PipelineTest, RefusesTasksItCannotTrain) {
   ASSERT_EQ(tasks.size(), 2u);
   auto first = PipelineStageTrainer::Create(tasks[0], {});
   EXPECT_EQ(first.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(std::string(first.status().message()), HasSubstr("TrainSegment"));
+  EXPECT_THAT(std::string(first.status().message()),
+              HasSubstr("TrainSegment"));
   pnn::v1::SegmentTask no_pipeline = tasks[1];
   no_pipeline.clear_pipeline();
   EXPECT_EQ(PipelineStageTrainer::Create(no_pipeline, {}).status().code(),

@@ -10,6 +10,7 @@
 
 #include <cstdio>
 #include <string>
+#include <vector>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
@@ -47,6 +48,9 @@ ABSL_FLAG(std::string, data_dir, "/usr/share/datasets",
 ABSL_FLAG(int32_t, threads, 0,
           "Intra-op threads for training (0: the number of cores).");
 ABSL_FLAG(std::string, device, "cpu", "Training device: cpu, cuda or cuda:N.");
+ABSL_FLAG(std::vector<std::string>, preload, {},
+          "Data sets (paths under --data_dir, comma-separated) to load before "
+          "registering, so jobs do not wait for them (e.g. fashion-mnist).");
 ABSL_FLAG(std::string, name, "",
           "Worker name shown to people (default: the host name).");
 
@@ -95,6 +99,7 @@ int main(int argc, char** argv) {
   options.data_dir = absl::GetFlag(FLAGS_data_dir);
   options.threads = absl::GetFlag(FLAGS_threads);
   options.device = absl::GetFlag(FLAGS_device);
+  options.preload_datasets = absl::GetFlag(FLAGS_preload);
   options.name = absl::GetFlag(FLAGS_name);
   auto token = pnn::LoadAuthToken(absl::GetFlag(FLAGS_token_file));
   if (!token.ok()) return Fail(std::string(token.status().message()));

@@ -348,6 +348,28 @@ absl::Status SegmentRunner::TrySubmit(
   return absl::OkStatus();
 }
 
+absl::Status SegmentRunner::Preload(const std::string& path) {
+  pnn::v1::DatasetSpec spec;
+  spec.set_path(path);
+  PNN_ASSIGN_OR_RETURN(std::string directory,
+                       ResolveDatasetDirectory(options_.data_dir, spec,
+                                               /*allow_absolute=*/false));
+  const auto start = std::chrono::steady_clock::now();
+  auto data = datasets_->Get(directory, spec);
+  if (!data.ok()) {
+    return absl::Status(data.status().code(),
+                        absl::StrCat("preloading data set \"", path,
+                                     "\": ", data.status().message()));
+  }
+  LogLine(absl::StrCat(
+      "preloaded ", directory, " (", (*data)->train.size(), " + ",
+      (*data)->test.size(), " samples) in ",
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
+          .count(),
+      " s"));
+  return absl::OkStatus();
+}
+
 bool SegmentRunner::Cancel(const std::string& job_id, int segment_index) {
   bool found = false;
   {
@@ -716,7 +738,8 @@ absl::Status SegmentRunner::RunStage(
       *result = *std::move(finished);
       if (link != nullptr) {
         result->mutable_cost()->set_peer_bytes_sent(link->bytes_sent());
-        result->mutable_cost()->set_peer_bytes_received(link->bytes_received());
+        result->mutable_cost()->set_peer_bytes_received(
+            link->bytes_received());
       }
       CloseStage(job, absl::FailedPreconditionError(
                           absl::StrCat(name, " has finished")));
@@ -737,7 +760,9 @@ absl::Status SegmentRunner::RunStage(
     }
     at::Tensor labels = at::empty({request.labels_size()}, at::kLong);
     int64_t* values = labels.data_ptr<int64_t>();
-    for (int i = 0; i < request.labels_size(); ++i) values[i] = request.labels(i);
+    for (int i = 0; i < request.labels_size(); ++i) {
+      values[i] = request.labels(i);
+    }
     auto step = (*trainer)->Step(*activations, labels, position, downstream);
     if (!step.ok()) {
       const absl::Status status = end(step.status());

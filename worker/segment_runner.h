@@ -108,6 +108,10 @@ class SegmentRunner {
   absl::Status TrySubmit(const pnn::v1::SegmentTask& task,
                          std::shared_ptr<SegmentObserver> observer);
 
+  // Loads the data set at `path` (under data_dir, every sample) into the
+  // cache that tasks read from. Blocks; call before taking tasks.
+  absl::Status Preload(const std::string& path);
+
   // Stops the given segment if it is queued or training here; its observer
   // then finishes with CANCELLED. Returns whether it was found.
   bool Cancel(const std::string& job_id, int segment_index);

@@ -29,8 +29,8 @@ struct StageClientOptions {
 // A DownstreamStage that calls Worker.StageForward at `address` over one
 // channel. Forward() is cancellable: it polls its should_stop every 20 ms
 // while the call is in flight and cancels the call when it turns true.
-std::unique_ptr<DownstreamStage> ConnectStage(const std::string& address,
-                                              const StageClientOptions& options);
+std::unique_ptr<DownstreamStage> ConnectStage(
+    const std::string& address, const StageClientOptions& options);
 
 }  // namespace worker
 }  // namespace pnn

@@ -119,6 +119,12 @@ absl::StatusOr<int> WorkerServer::Start() {
         };
   }
   runner_ = std::make_unique<SegmentRunner>(std::move(runner_options));
+  for (const std::string& path : options_.preload_datasets) {
+    if (absl::Status loaded = runner_->Preload(path); !loaded.ok()) {
+      runner_->Shutdown();
+      return loaded;
+    }
+  }
   service_ = std::make_unique<WorkerService>(runner_.get(), metrics_.get(),
                                              options_.auth_token);
 

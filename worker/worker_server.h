@@ -22,6 +22,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 
@@ -62,6 +63,10 @@ struct WorkerOptions {
   // Send a progress update every this many batches.
   int64_t batch_report_interval = 50;
   int max_cached_datasets = 2;
+  // Data sets (paths under data_dir, whole files, no limits) loaded before
+  // the worker registers, so that a job's first task does not wait for
+  // them: a warm worker. A path that does not load fails Start.
+  std::vector<std::string> preload_datasets;
   // Registration retry backoff while the coordinator is unreachable.
   int registration_initial_retry_ms = 250;
   int registration_max_retry_ms = 10000;
