@@ -1140,7 +1140,7 @@ def section_ablations(ablations):
         "per segment); sequential: the segments one after another; recovery: "
         "the end-to-end epochs on the joined network, after either.", "",
         md_table(["ablation", "setting", "joined accuracy", "final accuracy",
-                  "parallel wall s", "sequential wall s", "recovery s", ""], rows)]
+                  "parallel wall s", "sequential wall s", "recovery s", "note"], rows)]
     if refs:
         text += ["", "Conventional training of the same networks, for reference:", "",
                  md_table(["network", "test accuracy", "wall s"], refs)]

@@ -314,6 +314,21 @@ TEST_F(ClusterTest, MalformedRequestsGetPreciseCodes) {
              static_cast<pnn::v1::Activation>(77));
        }),
        grpc::StatusCode::INVALID_ARGUMENT, "model.activation"},
+      {"unknown parallelism", submit([](auto* r) {
+         r->mutable_spec()->set_parallelism(
+             static_cast<pnn::v1::Parallelism>(9));
+       }),
+       grpc::StatusCode::INVALID_ARGUMENT, "parallelism"},
+      {"too many evaluations per epoch", submit([](auto* r) {
+         r->mutable_spec()->set_evaluations_per_epoch(21);
+       }),
+       grpc::StatusCode::INVALID_ARGUMENT, "evaluations_per_epoch"},
+      {"recovery epochs for an end-to-end job", submit([](auto* r) {
+         r->mutable_spec()->set_parallelism(
+             pnn::v1::PARALLELISM_MODEL_PARALLEL);
+         r->mutable_spec()->mutable_recovery()->set_epochs(1);
+       }),
+       grpc::StatusCode::INVALID_ARGUMENT, "recovery.epochs"},
       {"path traversal", submit([](auto* r) {
          r->mutable_spec()->mutable_dataset()->set_path("../../etc");
        }),
