@@ -1,8 +1,6 @@
 #include "common/pipeline.h"
 
 #include <ATen/ATen.h>
-#include <torch/optim/adam.h>
-#include <torch/optim/sgd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -14,9 +12,13 @@
 #include "common/accounting.h"
 #include "common/model.h"
 #include "common/status_macros.h"
+#include "common/training_internal.h"
 
 namespace pnn {
 namespace {
+
+using internal::Guarded;
+using internal::MakeOptimizer;
 
 using Clock = std::chrono::steady_clock;
 using pnn::v1::SegmentTask;
@@ -24,34 +26,6 @@ using pnn::v1::TrainingConfig;
 
 double SecondsBetween(Clock::time_point from, Clock::time_point to) {
   return std::chrono::duration<double>(to - from).count();
-}
-
-// The same optimizer TrainSegment / TrainNetwork build (common/trainer.cc),
-// so that a stage's updates equal the whole network's.
-std::unique_ptr<torch::optim::Optimizer> MakeOptimizer(
-    MlpSegment& model, const TrainingConfig& config) {
-  if (config.optimizer() == pnn::v1::OPTIMIZER_SGD) {
-    return std::make_unique<torch::optim::SGD>(
-        model->parameters(), torch::optim::SGDOptions(config.learning_rate())
-                                 .momentum(config.momentum())
-                                 .weight_decay(config.weight_decay()));
-  }
-  return std::make_unique<torch::optim::Adam>(
-      model->parameters(), torch::optim::AdamOptions(config.learning_rate())
-                               .weight_decay(config.weight_decay()));
-}
-
-// Runs `body`, turning libtorch exceptions into a status.
-template <typename T, typename Body>
-absl::StatusOr<T> Guarded(const char* what, Body&& body) {
-  try {
-    return body();
-  } catch (const c10::Error& error) {
-    return absl::InternalError(absl::StrCat(
-        what, ": libtorch error: ", error.what_without_backtrace()));
-  } catch (const std::exception& error) {
-    return absl::InternalError(absl::StrCat(what, ": ", error.what()));
-  }
 }
 
 absl::Status ValidateStageTask(const SegmentTask& task) {

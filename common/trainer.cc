@@ -3,8 +3,6 @@
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <torch/cuda.h>
-#include <torch/optim/adam.h>
-#include <torch/optim/sgd.h>
 #include <torch/serialize/archive.h>
 
 #include <dlfcn.h>
@@ -23,9 +21,13 @@
 #include "common/job_spec.h"
 #include "common/status_macros.h"
 #include "common/tensor_codec.h"
+#include "common/training_internal.h"
 
 namespace pnn {
 namespace {
+
+using internal::Guarded;
+using internal::MakeOptimizer;
 
 using pnn::v1::EpochMetrics;
 using pnn::v1::SegmentTask;
@@ -53,19 +55,6 @@ struct LoopResult {
 
 double SecondsSince(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
-}
-
-std::unique_ptr<torch::optim::Optimizer> MakeOptimizer(
-    MlpSegment& model, const TrainingConfig& config) {
-  if (config.optimizer() == pnn::v1::OPTIMIZER_SGD) {
-    return std::make_unique<torch::optim::SGD>(
-        model->parameters(), torch::optim::SGDOptions(config.learning_rate())
-                                 .momentum(config.momentum())
-                                 .weight_decay(config.weight_decay()));
-  }
-  return std::make_unique<torch::optim::Adam>(
-      model->parameters(), torch::optim::AdamOptions(config.learning_rate())
-                               .weight_decay(config.weight_decay()));
 }
 
 // Bytes of the optimizer's state (torch's archive format), and back.
@@ -251,19 +240,6 @@ void FillMeasuredCost(const LoopResult& loop, pnn::v1::TrainingCost* cost) {
       std::max(loop.seconds - loop.resumed_seconds, 1e-9));
   cost->set_peak_rss_growth_bytes(loop.peak_rss_growth_bytes);
   cost->set_cpu_seconds(loop.cpu_seconds);
-}
-
-// Runs `body`, turning libtorch exceptions into a status.
-template <typename T, typename Body>
-absl::StatusOr<T> Guarded(const char* what, Body&& body) {
-  try {
-    return body();
-  } catch (const c10::Error& error) {
-    return absl::InternalError(
-        absl::StrCat(what, ": libtorch error: ", error.what_without_backtrace()));
-  } catch (const std::exception& error) {
-    return absl::InternalError(absl::StrCat(what, ": ", error.what()));
-  }
 }
 
 // at::set_num_threads sizes torch's own (OpenMP) pool but not OpenBLAS's,

@@ -10,7 +10,6 @@
 #include <thread>
 
 #include "absl/strings/match.h"
-#include "absl/strings/str_cat.h"
 #include "common/dataset.h"
 #include "common/model.h"
 #include "common/safetensors.h"
@@ -23,7 +22,7 @@
 #include "pnn/v1/worker.grpc.pb.h"
 #include "rpc/auth.h"
 #include "rpc/rpc_util.h"
-#include "tests/test_util.h"
+#include "tests/local_cluster.h"
 #include "worker/worker_server.h"
 
 namespace pnn {
@@ -54,135 +53,30 @@ class SilentWorker final : public pnn::v1::Worker::CallbackService {
 
 class ClusterTest : public ::testing::Test {
  protected:
-  void SetUp() override { StartCoordinator(""); }
+  void SetUp() override { StartCluster(""); }
 
-  void StartCoordinator(const std::string& token) {
-    SyntheticDatasetOptions toy;
-    toy.train_samples = 2048;
-    toy.test_samples = 512;
-    ASSERT_TRUE(WriteDatasetAsIdx(MakeSyntheticDataset(toy),
-                                  data_.path() + "/toy")
-                    .ok());
-    CoordinatorServer::Options options;
-    options.listen_host = "127.0.0.1";
-    options.coordinator.state_dir = state_.path();
-    options.coordinator.data_dir = data_.path();
-    options.coordinator.heartbeat_interval = absl::Milliseconds(100);
-    options.coordinator.worker_timeout = absl::Milliseconds(600);
-    options.coordinator.auth_token = token;
-    coordinator_ = std::make_unique<CoordinatorServer>(options);
-    auto port = coordinator_->Start();
-    ASSERT_TRUE(port.ok()) << port.status();
-    target_ = absl::StrCat("127.0.0.1:", *port);
-    stub_ = pnn::v1::Coordinator::NewStub(MakeChannel(target_));
-  }
-
-  void TearDown() override {
-    for (auto& worker : workers_) worker->Shutdown();
-    coordinator_->Shutdown();
-  }
-
-  worker::WorkerServer* AddWorker(const std::string& token = "") {
-    worker::WorkerOptions options;
+  void StartCluster(const std::string& token) {
+    LocalClusterOptions options;
     options.auth_token = token;
-    options.listen_host = "127.0.0.1";
-    options.coordinator = target_;
-    options.data_dir = data_.path();
-    options.threads = 1;
-    options.name = absl::StrCat("test-worker-", workers_.size() + 1);
-    workers_.push_back(std::make_unique<worker::WorkerServer>(options));
-    auto port = workers_.back()->Start();
-    EXPECT_TRUE(port.ok()) << port.status();
-    return workers_.back().get();
+    const absl::Status started = cluster_.Start(options);
+    ASSERT_TRUE(started.ok()) << started;
   }
 
-  void WaitForWorkers(int count) {
-    for (int i = 0; i < 200 && coordinator_->coordinator().registered_workers() < count; ++i) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(25));
-    }
-    ASSERT_EQ(coordinator_->coordinator().registered_workers(), count);
-  }
+  void TearDown() override { cluster_.Shutdown(); }
 
-  pnn::v1::SubmitJobRequest Request(int epochs) {
-    pnn::v1::SubmitJobRequest request;
-    auto* spec = request.mutable_spec();
-    spec->mutable_model()->add_hidden_widths(32);
-    spec->mutable_model()->add_hidden_widths(16);
-    spec->mutable_model()->add_cut_after_layers(1);
-    spec->mutable_training()->set_epochs(epochs);
-    spec->mutable_training()->set_batch_size(32);
-    spec->mutable_dataset()->set_path("toy");
-    return request;
-  }
-
-  std::string Submit(const pnn::v1::SubmitJobRequest& request) {
-    grpc::ClientContext context;
-    pnn::v1::SubmitJobResponse response;
-    grpc::Status status = stub_->SubmitJob(&context, request, &response);
-    EXPECT_TRUE(status.ok()) << status.error_message();
-    return response.job_id();
-  }
-
-  Job Get(const std::string& id) {
-    grpc::ClientContext context;
-    pnn::v1::GetJobRequest request;
-    request.set_job_id(id);
-    Job job;
-    EXPECT_TRUE(stub_->GetJob(&context, request, &job).ok());
-    return job;
-  }
-
-  // Follows WatchJob to the end; returns every event.
-  std::vector<pnn::v1::JobEvent> Watch(const std::string& id,
-                                       grpc::Status* status) {
-    grpc::ClientContext context;
-    context.set_deadline(std::chrono::system_clock::now() +
-                         std::chrono::seconds(120));
-    pnn::v1::WatchJobRequest request;
-    request.set_job_id(id);
-    auto reader = stub_->WatchJob(&context, request);
-    std::vector<pnn::v1::JobEvent> events;
-    pnn::v1::JobEvent event;
-    while (reader->Read(&event)) events.push_back(event);
-    *status = reader->Finish();
-    return events;
-  }
-
-  std::string Download(const std::string& id, pnn::v1::ModelFormat format,
-                       grpc::Status* status) {
-    grpc::ClientContext context;
-    pnn::v1::DownloadModelRequest request;
-    request.set_job_id(id);
-    request.set_format(format);
-    auto reader = stub_->DownloadModel(&context, request);
-    std::string bytes;
-    pnn::v1::ModelChunk chunk;
-    while (reader->Read(&chunk)) {
-      EXPECT_EQ(chunk.offset(), static_cast<int64_t>(bytes.size()));
-      bytes += chunk.data();
-    }
-    *status = reader->Finish();
-    return bytes;
-  }
-
-  TempDir data_;
-  TempDir state_;
-  std::unique_ptr<CoordinatorServer> coordinator_;
-  std::vector<std::unique_ptr<worker::WorkerServer>> workers_;
-  std::string target_;
-  std::unique_ptr<pnn::v1::Coordinator::Stub> stub_;
+  LocalCluster cluster_;
 };
 
 TEST_F(ClusterTest, JobRunsOnTwoWorkersInParallelAndTheModelDownloads) {
-  AddWorker();
-  AddWorker();
-  WaitForWorkers(2);
-  auto request = Request(6);
+  cluster_.AddWorker();
+  cluster_.AddWorker();
+  cluster_.WaitForWorkers(2);
+  auto request = cluster_.Request(6);
   request.set_conventional_baseline(true);
-  const std::string id = Submit(request);
+  const std::string id = cluster_.Submit(request);
   ASSERT_FALSE(id.empty());
   grpc::Status status;
-  const auto events = Watch(id, &status);
+  const auto events = cluster_.Watch(id, &status);
   ASSERT_TRUE(status.ok()) << status.error_message();
   ASSERT_GE(events.size(), 4u);
   EXPECT_EQ(events.back().job().state(), pnn::v1::JOB_STATE_SUCCEEDED)
@@ -193,7 +87,7 @@ TEST_F(ClusterTest, JobRunsOnTwoWorkersInParallelAndTheModelDownloads) {
   }
   EXPECT_TRUE(saw_running);
 
-  const Job job = Get(id);
+  const Job job = cluster_.Get(id);
   EXPECT_EQ(job.state(), pnn::v1::JOB_STATE_SUCCEEDED);
   EXPECT_GT(job.test().accuracy(), 0.9);
   EXPECT_EQ(job.test().samples(), 512);
@@ -220,7 +114,7 @@ TEST_F(ClusterTest, JobRunsOnTwoWorkersInParallelAndTheModelDownloads) {
   // The safetensors artifact holds the joined network; evaluated again it
   // gives the job's accuracy.
   const std::string safetensors =
-      Download(id, pnn::v1::MODEL_FORMAT_SAFETENSORS, &status);
+      cluster_.Download(id, pnn::v1::MODEL_FORMAT_SAFETENSORS, &status);
   ASSERT_TRUE(status.ok()) << status.error_message();
   EXPECT_EQ(static_cast<int64_t>(safetensors.size()), job.model_bytes());
   auto weights = DecodeSafetensors(safetensors);
@@ -230,13 +124,14 @@ TEST_F(ClusterTest, JobRunsOnTwoWorkersInParallelAndTheModelDownloads) {
   auto model = ModelFromWeights(*weights, pnn::v1::ACTIVATION_RELU);
   ASSERT_TRUE(model.ok()) << model.status();
   pnn::v1::DatasetSpec toy;
-  auto data = LoadDataset(data_.path() + "/toy", toy);
+  auto data = LoadDataset(cluster_.data_dir() + "/toy", toy);
   ASSERT_TRUE(data.ok());
   auto test = Evaluate(*model, data->test, data->num_classes, "cpu");
   ASSERT_TRUE(test.ok());
   EXPECT_DOUBLE_EQ(test->accuracy(), job.test().accuracy());
 
-  const std::string native = Download(id, pnn::v1::MODEL_FORMAT_PNN_WEIGHTS, &status);
+  const std::string native =
+      cluster_.Download(id, pnn::v1::MODEL_FORMAT_PNN_WEIGHTS, &status);
   ASSERT_TRUE(status.ok());
   pnn::v1::SegmentWeights parsed;
   ASSERT_TRUE(parsed.ParseFromString(native));
@@ -245,20 +140,22 @@ TEST_F(ClusterTest, JobRunsOnTwoWorkersInParallelAndTheModelDownloads) {
 
 TEST_F(ClusterTest, UnknownJobsAndMissingModelsAreClearErrors) {
   grpc::Status status;
-  Watch("job-none", &status);
+  cluster_.Watch("job-none", &status);
   EXPECT_EQ(status.error_code(), grpc::StatusCode::NOT_FOUND);
-  Download("job-none", pnn::v1::MODEL_FORMAT_SAFETENSORS, &status);
+  cluster_.Download("job-none", pnn::v1::MODEL_FORMAT_SAFETENSORS, &status);
   EXPECT_EQ(status.error_code(), grpc::StatusCode::NOT_FOUND);
-  const std::string queued = Submit(Request(1));  // no worker: stays queued
-  Download(queued, pnn::v1::MODEL_FORMAT_SAFETENSORS, &status);
+  // No worker: stays queued.
+  const std::string queued = cluster_.Submit(cluster_.Request(1));
+  cluster_.Download(queued, pnn::v1::MODEL_FORMAT_SAFETENSORS, &status);
   EXPECT_EQ(status.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
-  EXPECT_THAT(Get(queued).message(), HasSubstr("waiting for a worker"));
+  EXPECT_THAT(cluster_.Get(queued).message(),
+              HasSubstr("waiting for a worker"));
 
   grpc::ClientContext context;
   pnn::v1::SubmitJobResponse response;
-  auto bad = Request(1);
+  auto bad = cluster_.Request(1);
   bad.mutable_spec()->mutable_model()->set_cut_after_layers(0, 9);
-  status = stub_->SubmitJob(&context, bad, &response);
+  status = cluster_.stub()->SubmitJob(&context, bad, &response);
   EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_THAT(status.error_message(), HasSubstr("model.cut_after_layers[0]"));
 }
@@ -274,11 +171,11 @@ TEST_F(ClusterTest, MalformedRequestsGetPreciseCodes) {
   };
   auto submit = [this](std::function<void(pnn::v1::SubmitJobRequest*)> edit) {
     return [this, edit] {
-      pnn::v1::SubmitJobRequest request = Request(1);
+      pnn::v1::SubmitJobRequest request = cluster_.Request(1);
       edit(&request);
       grpc::ClientContext context;
       pnn::v1::SubmitJobResponse response;
-      return stub_->SubmitJob(&context, request, &response);
+      return cluster_.stub()->SubmitJob(&context, request, &response);
     };
   };
   const std::vector<Case> cases = {
@@ -286,7 +183,7 @@ TEST_F(ClusterTest, MalformedRequestsGetPreciseCodes) {
        [this] {
          grpc::ClientContext context;
          pnn::v1::SubmitJobResponse response;
-         return stub_->SubmitJob(&context, {}, &response);
+         return cluster_.stub()->SubmitJob(&context, {}, &response);
        },
        grpc::StatusCode::INVALID_ARGUMENT, "dataset"},
       {"negative width", submit([](auto* r) {
@@ -356,7 +253,7 @@ TEST_F(ClusterTest, MalformedRequestsGetPreciseCodes) {
          pnn::v1::GetJobRequest request;
          request.set_job_id("job-000000000000");
          Job job;
-         return stub_->GetJob(&context, request, &job);
+         return cluster_.stub()->GetJob(&context, request, &job);
        },
        grpc::StatusCode::NOT_FOUND, "job-000000000000"},
       {"cancel unknown job",
@@ -364,7 +261,7 @@ TEST_F(ClusterTest, MalformedRequestsGetPreciseCodes) {
          grpc::ClientContext context;
          pnn::v1::CancelJobRequest request;
          Job job;
-         return stub_->CancelJob(&context, request, &job);
+         return cluster_.stub()->CancelJob(&context, request, &job);
        },
        grpc::StatusCode::NOT_FOUND, "no job"},
       {"forged page token",
@@ -373,7 +270,7 @@ TEST_F(ClusterTest, MalformedRequestsGetPreciseCodes) {
          pnn::v1::ListJobsRequest request;
          request.set_page_token("'; DROP TABLE jobs");
          pnn::v1::ListJobsResponse response;
-         return stub_->ListJobs(&context, request, &response);
+         return cluster_.stub()->ListJobs(&context, request, &response);
        },
        grpc::StatusCode::INVALID_ARGUMENT, "page_token"},
       {"huge page",
@@ -382,7 +279,7 @@ TEST_F(ClusterTest, MalformedRequestsGetPreciseCodes) {
          pnn::v1::ListJobsRequest request;
          request.set_page_size(1 << 30);
          pnn::v1::ListJobsResponse response;
-         return stub_->ListJobs(&context, request, &response);
+         return cluster_.stub()->ListJobs(&context, request, &response);
        },
        grpc::StatusCode::INVALID_ARGUMENT, "page_size"},
       {"worker without address",
@@ -390,7 +287,7 @@ TEST_F(ClusterTest, MalformedRequestsGetPreciseCodes) {
          grpc::ClientContext context;
          pnn::v1::RegisterWorkerRequest request;
          pnn::v1::RegisterWorkerResponse response;
-         return stub_->RegisterWorker(&context, request, &response);
+         return cluster_.stub()->RegisterWorker(&context, request, &response);
        },
        grpc::StatusCode::INVALID_ARGUMENT, "worker.address"},
       {"heartbeat of a stranger",
@@ -399,7 +296,7 @@ TEST_F(ClusterTest, MalformedRequestsGetPreciseCodes) {
          pnn::v1::HeartbeatRequest request;
          request.set_worker_id("worker-999");
          pnn::v1::HeartbeatResponse response;
-         return stub_->Heartbeat(&context, request, &response);
+         return cluster_.stub()->Heartbeat(&context, request, &response);
        },
        grpc::StatusCode::NOT_FOUND, "register again"},
   };
@@ -411,18 +308,18 @@ TEST_F(ClusterTest, MalformedRequestsGetPreciseCodes) {
   }
   grpc::ClientContext context;
   pnn::v1::ListJobsResponse listed;
-  ASSERT_TRUE(stub_->ListJobs(&context, {}, &listed).ok());
+  ASSERT_TRUE(cluster_.stub()->ListJobs(&context, {}, &listed).ok());
   EXPECT_EQ(listed.jobs_size(), 0);
 }
 
 TEST_F(ClusterTest, CancellingARunningJobFreesItsWorkers) {
-  AddWorker();
-  AddWorker();
-  WaitForWorkers(2);
-  const std::string id = Submit(Request(5000));
+  cluster_.AddWorker();
+  cluster_.AddWorker();
+  cluster_.WaitForWorkers(2);
+  const std::string id = cluster_.Submit(cluster_.Request(5000));
   ASSERT_FALSE(id.empty());
   for (int i = 0; i < 200; ++i) {
-    const Job job = Get(id);
+    const Job job = cluster_.Get(id);
     ASSERT_EQ(job.segments_size(), 2);
     if (job.segments(0).state() == pnn::v1::TASK_STATE_RUNNING &&
         job.segments(0).epochs_size() > 0) {
@@ -434,18 +331,18 @@ TEST_F(ClusterTest, CancellingARunningJobFreesItsWorkers) {
   pnn::v1::CancelJobRequest cancel;
   cancel.set_job_id(id);
   Job cancelled;
-  ASSERT_TRUE(stub_->CancelJob(&context, cancel, &cancelled).ok());
+  ASSERT_TRUE(cluster_.stub()->CancelJob(&context, cancel, &cancelled).ok());
   EXPECT_EQ(cancelled.state(), pnn::v1::JOB_STATE_CANCELLED);
   for (const auto& segment : cancelled.segments()) {
     EXPECT_EQ(segment.state(), pnn::v1::TASK_STATE_CANCELLED);
   }
   // The workers stop and take the next job.
-  const std::string next = Submit(Request(2));
+  const std::string next = cluster_.Submit(cluster_.Request(2));
   grpc::Status status;
-  const auto events = Watch(next, &status);
+  const auto events = cluster_.Watch(next, &status);
   ASSERT_TRUE(status.ok());
   EXPECT_EQ(events.back().job().state(), pnn::v1::JOB_STATE_SUCCEEDED);
-  const Job final_state = Get(id);
+  const Job final_state = cluster_.Get(id);
   for (const auto& segment : final_state.segments()) {
     EXPECT_EQ(segment.state(), pnn::v1::TASK_STATE_CANCELLED);
   }
@@ -454,35 +351,23 @@ TEST_F(ClusterTest, CancellingARunningJobFreesItsWorkers) {
 TEST_F(ClusterTest, ASilentWorkerIsDeclaredLostAndItsSegmentRetried) {
   // The silent worker registers by hand and never heartbeats.
   SilentWorker silent;
-  grpc::ServerBuilder builder;
-  int silent_port = 0;
-  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(),
-                           &silent_port);
-  builder.RegisterService(&silent);
-  auto silent_server = builder.BuildAndStart();
-  ASSERT_NE(silent_port, 0);
-  {
-    grpc::ClientContext context;
-    pnn::v1::RegisterWorkerRequest request;
-    request.mutable_worker()->set_address(absl::StrCat("127.0.0.1:", silent_port));
-    pnn::v1::RegisterWorkerResponse response;
-    ASSERT_TRUE(stub_->RegisterWorker(&context, request, &response).ok());
-  }
-  auto request = Request(2);
+  auto silent_server = cluster_.ServeAndRegister(&silent);
+  ASSERT_TRUE(silent_server.ok()) << silent_server.status();
+  auto request = cluster_.Request(2);
   request.mutable_spec()->mutable_model()->clear_cut_after_layers();
   request.mutable_spec()->mutable_model()->add_cut_after_layers(2);
-  const std::string id = Submit(request);
+  const std::string id = cluster_.Submit(request);
   for (int i = 0; i < 100 && silent.calls_ == 0; ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
   ASSERT_EQ(silent.calls_, 1);
   // A real worker joins; once the silent one is declared lost (600 ms),
   // its segment moves to the real worker and the job completes.
-  AddWorker();
+  cluster_.AddWorker();
   grpc::Status status;
-  const auto events = Watch(id, &status);
+  const auto events = cluster_.Watch(id, &status);
   ASSERT_TRUE(status.ok());
-  const Job job = Get(id);
+  const Job job = cluster_.Get(id);
   ASSERT_EQ(job.state(), pnn::v1::JOB_STATE_SUCCEEDED) << job.message();
   int retried = 0;
   for (const auto& segment : job.segments()) {
@@ -497,16 +382,16 @@ TEST_F(ClusterTest, ASilentWorkerIsDeclaredLostAndItsSegmentRetried) {
     announced |= absl::StrContains(event.message(), "will be retried");
   }
   EXPECT_TRUE(announced);
-  silent_server->Shutdown();
+  silent_server->server->Shutdown();
 }
 
 // Many small jobs submitted at once from several threads while others poll
 // their status: every job reaches a final state, none is lost, and the
 // services keep answering throughout.
 TEST_F(ClusterTest, ManyConcurrentJobsAllFinish) {
-  AddWorker();
-  AddWorker();
-  WaitForWorkers(2);
+  cluster_.AddWorker();
+  cluster_.AddWorker();
+  cluster_.WaitForWorkers(2);
   constexpr int kSubmitters = 4;
   constexpr int kJobsEach = 6;
   std::mutex mu;
@@ -515,11 +400,12 @@ TEST_F(ClusterTest, ManyConcurrentJobsAllFinish) {
   std::vector<std::thread> submitters;
   for (int t = 0; t < kSubmitters; ++t) {
     submitters.emplace_back([&] {
-      auto stub = pnn::v1::Coordinator::NewStub(MakeChannel(target_));
+      auto stub =
+          pnn::v1::Coordinator::NewStub(MakeChannel(cluster_.target()));
       for (int j = 0; j < kJobsEach; ++j) {
         grpc::ClientContext context;
         pnn::v1::SubmitJobResponse response;
-        if (!stub->SubmitJob(&context, Request(1), &response).ok()) {
+        if (!stub->SubmitJob(&context, cluster_.Request(1), &response).ok()) {
           ++refused;
           continue;
         }
@@ -532,7 +418,7 @@ TEST_F(ClusterTest, ManyConcurrentJobsAllFinish) {
   std::atomic<int> queries{0};
   std::atomic<int> failed_queries{0};
   std::thread poller([&] {
-    auto stub = pnn::v1::Coordinator::NewStub(MakeChannel(target_));
+    auto stub = pnn::v1::Coordinator::NewStub(MakeChannel(cluster_.target()));
     while (!done) {
       grpc::ClientContext context;
       pnn::v1::ListJobsResponse response;
@@ -547,12 +433,8 @@ TEST_F(ClusterTest, ManyConcurrentJobsAllFinish) {
   for (const std::string& id : ids) {
     Job job;
     for (int i = 0; i < 1200; ++i) {
-      job = Get(id);
-      if (job.state() == pnn::v1::JOB_STATE_SUCCEEDED ||
-          job.state() == pnn::v1::JOB_STATE_FAILED ||
-          job.state() == pnn::v1::JOB_STATE_CANCELLED) {
-        break;
-      }
+      job = cluster_.Get(id);
+      if (IsFinal(job.state())) break;
       std::this_thread::sleep_for(std::chrono::milliseconds(25));
     }
     succeeded += job.state() == pnn::v1::JOB_STATE_SUCCEEDED;
@@ -568,28 +450,32 @@ TEST_F(ClusterTest, ManyConcurrentJobsAllFinish) {
   pnn::v1::ListJobsRequest all;
   all.set_page_size(1000);
   pnn::v1::ListJobsResponse listed;
-  ASSERT_TRUE(stub_->ListJobs(&context, all, &listed).ok());
+  ASSERT_TRUE(cluster_.stub()->ListJobs(&context, all, &listed).ok());
   EXPECT_EQ(listed.jobs_size(), kSubmitters * kJobsEach);
 }
 
 class AuthenticatedClusterTest : public ClusterTest {
  protected:
-  void SetUp() override { StartCoordinator("s3cret-token"); }
+  void SetUp() override { StartCluster("s3cret-token"); }
 };
 
 TEST_F(AuthenticatedClusterTest, RightTokenWorksMissingOrWrongTokenIsRefused) {
   // A worker with the wrong token cannot register; the right one can.
-  AddWorker("wrong-token");
-  AddWorker("s3cret-token");
-  WaitForWorkers(1);
+  cluster_.AddWorker(
+      [](worker::WorkerOptions* options) {
+        options->auth_token = "wrong-token";
+      });
+  cluster_.AddWorker();  // the cluster's token, s3cret-token
+  cluster_.WaitForWorkers(1);
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
-  EXPECT_EQ(coordinator_->coordinator().registered_workers(), 1);
+  EXPECT_EQ(cluster_.RegisteredWorkers(), 1);
 
   auto call_submit = [this](const std::string& token) {
     grpc::ClientContext context;
     AttachAuthToken(token, &context);
     pnn::v1::SubmitJobResponse response;
-    grpc::Status status = stub_->SubmitJob(&context, Request(2), &response);
+    grpc::Status status =
+        cluster_.stub()->SubmitJob(&context, cluster_.Request(2), &response);
     return std::make_pair(status, response.job_id());
   };
   for (const std::string& token : {std::string(), std::string("nope")}) {
@@ -601,7 +487,7 @@ TEST_F(AuthenticatedClusterTest, RightTokenWorksMissingOrWrongTokenIsRefused) {
     grpc::ClientContext context;
     pnn::v1::WatchJobRequest request;
     request.set_job_id("job-x");
-    auto reader = stub_->WatchJob(&context, request);
+    auto reader = cluster_.stub()->WatchJob(&context, request);
     pnn::v1::JobEvent event;
     EXPECT_FALSE(reader->Read(&event));
     EXPECT_EQ(reader->Finish().error_code(),
@@ -616,7 +502,7 @@ TEST_F(AuthenticatedClusterTest, RightTokenWorksMissingOrWrongTokenIsRefused) {
     pnn::v1::GetJobRequest request;
     request.set_job_id(id);
     Job job;
-    ASSERT_TRUE(stub_->GetJob(&context, request, &job).ok());
+    ASSERT_TRUE(cluster_.stub()->GetJob(&context, request, &job).ok());
     if (job.state() == pnn::v1::JOB_STATE_SUCCEEDED) break;
     ASSERT_NE(job.state(), pnn::v1::JOB_STATE_FAILED) << job.message();
     std::this_thread::sleep_for(std::chrono::milliseconds(25));
@@ -627,12 +513,12 @@ TEST_F(AuthenticatedClusterTest, RightTokenWorksMissingOrWrongTokenIsRefused) {
     pnn::v1::GetJobRequest request;
     request.set_job_id(id);
     Job job;
-    ASSERT_TRUE(stub_->GetJob(&context, request, &job).ok());
+    ASSERT_TRUE(cluster_.stub()->GetJob(&context, request, &job).ok());
     EXPECT_EQ(job.state(), pnn::v1::JOB_STATE_SUCCEEDED);
   }
   // Workers accept training only from a caller with the token.
   auto worker = pnn::v1::Worker::NewStub(
-      MakeChannel(workers_.back()->listen_address()));
+      MakeChannel(cluster_.workers().back()->listen_address()));
   grpc::ClientContext context;
   pnn::v1::TrainSegmentRequest request;
   request.mutable_task()->set_job_id("intruder");
@@ -666,16 +552,16 @@ void ExpectACurve(const Job& job, int points_at_least) {
 }
 
 TEST_F(ClusterTest, ConventionalJobTrainsTheWholeNetworkWithAnAccuracyCurve) {
-  AddWorker();
-  WaitForWorkers(1);
-  auto request = Request(3);
+  cluster_.AddWorker();
+  cluster_.WaitForWorkers(1);
+  auto request = cluster_.Request(3);
   request.mutable_spec()->set_parallelism(pnn::v1::PARALLELISM_CONVENTIONAL);
   request.mutable_spec()->set_evaluations_per_epoch(2);
-  const std::string id = Submit(request);
+  const std::string id = cluster_.Submit(request);
   grpc::Status status;
-  Watch(id, &status);
+  cluster_.Watch(id, &status);
   ASSERT_TRUE(status.ok()) << status.error_message();
-  const Job job = Get(id);
+  const Job job = cluster_.Get(id);
   ASSERT_EQ(job.state(), pnn::v1::JOB_STATE_SUCCEEDED) << job.message();
   ASSERT_EQ(job.segments_size(), 1);
   EXPECT_EQ(job.segments(0).first_layer(), 1);
@@ -689,21 +575,21 @@ TEST_F(ClusterTest, ConventionalJobTrainsTheWholeNetworkWithAnAccuracyCurve) {
   request.set_conventional_baseline(true);
   grpc::ClientContext context;
   pnn::v1::SubmitJobResponse response;
-  status = stub_->SubmitJob(&context, request, &response);
+  status = cluster_.stub()->SubmitJob(&context, request, &response);
   EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_THAT(status.error_message(), HasSubstr("conventional_baseline"));
 }
 
 TEST_F(ClusterTest, PartitionedCurveJoinsTheSegmentsLatestCheckpoints) {
-  AddWorker();
-  AddWorker();
-  WaitForWorkers(2);
-  auto request = Request(2);
+  cluster_.AddWorker();
+  cluster_.AddWorker();
+  cluster_.WaitForWorkers(2);
+  auto request = cluster_.Request(2);
   request.mutable_spec()->set_evaluations_per_epoch(2);
-  const std::string id = Submit(request);
+  const std::string id = cluster_.Submit(request);
   grpc::Status status;
-  Watch(id, &status);
-  const Job job = Get(id);
+  cluster_.Watch(id, &status);
+  const Job job = cluster_.Get(id);
   ASSERT_EQ(job.state(), pnn::v1::JOB_STATE_SUCCEEDED) << job.message();
   // Four checkpoints per segment; a point needs both segments.
   ExpectACurve(job, 1);
@@ -714,7 +600,7 @@ TEST_F(ClusterTest, PartitionedCurveJoinsTheSegmentsLatestCheckpoints) {
 TEST_F(ClusterTest, AWorkerPreloadsItsDataSetOrRefusesToStart) {
   worker::WorkerOptions options;
   options.listen_host = "127.0.0.1";
-  options.data_dir = data_.path();
+  options.data_dir = cluster_.data_dir();
   options.threads = 1;
   options.preload_datasets = {"no-such-data"};
   worker::WorkerServer cold(options);
@@ -778,32 +664,19 @@ class CrashAfterOneEpochWorker final
 
 TEST_F(ClusterTest, ARetriedSegmentResumesFromItsLastFinishedEpoch) {
   CrashAfterOneEpochWorker crashing;
-  grpc::ServerBuilder builder;
-  int crashing_port = 0;
-  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(),
-                           &crashing_port);
-  builder.RegisterService(&crashing);
-  auto crashing_server = builder.BuildAndStart();
-  ASSERT_NE(crashing_port, 0);
-  {
-    grpc::ClientContext context;
-    pnn::v1::RegisterWorkerRequest request;
-    request.mutable_worker()->set_address(
-        absl::StrCat("127.0.0.1:", crashing_port));
-    pnn::v1::RegisterWorkerResponse response;
-    ASSERT_TRUE(stub_->RegisterWorker(&context, request, &response).ok());
-  }
-  auto request = Request(3);
+  auto crashing_server = cluster_.ServeAndRegister(&crashing);
+  ASSERT_TRUE(crashing_server.ok()) << crashing_server.status();
+  auto request = cluster_.Request(3);
   request.mutable_spec()->set_parallelism(pnn::v1::PARALLELISM_CONVENTIONAL);
-  const std::string id = Submit(request);
+  const std::string id = cluster_.Submit(request);
   for (int i = 0; i < 200 && crashing.calls_ == 0; ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
   ASSERT_EQ(crashing.calls_, 1);
-  AddWorker();
+  cluster_.AddWorker();
   grpc::Status status;
-  Watch(id, &status);
-  const Job job = Get(id);
+  cluster_.Watch(id, &status);
+  const Job job = cluster_.Get(id);
   ASSERT_EQ(job.state(), pnn::v1::JOB_STATE_SUCCEEDED) << job.message();
   const auto& task = job.segments(0);
   EXPECT_EQ(task.attempts(), 2);
@@ -815,7 +688,7 @@ TEST_F(ClusterTest, ARetriedSegmentResumesFromItsLastFinishedEpoch) {
                    CrashAfterOneEpochWorker::kMarkerLoss);
   EXPECT_EQ(task.epochs(2).epoch(), 3);
   EXPECT_GT(job.test().accuracy(), 0.8);
-  crashing_server->Shutdown();
+  crashing_server->server->Shutdown();
 }
 
 }  // namespace

@@ -20,14 +20,12 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "common/dataset.h"
-#include "coordinator/service.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "pnn/v1/coordinator.grpc.pb.h"
 #include "pnn/v1/worker.grpc.pb.h"
 #include "rpc/rpc_util.h"
-#include "tests/test_util.h"
+#include "tests/local_cluster.h"
 #include "worker/worker_server.h"
 
 namespace pnn {
@@ -129,110 +127,27 @@ class WeightsWorker final : public pnn::v1::Worker::CallbackService {
 class MalformedWeightsTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    SyntheticDatasetOptions toy;
-    toy.train_samples = 2048;
-    toy.test_samples = 512;
-    ASSERT_TRUE(WriteDatasetAsIdx(MakeSyntheticDataset(toy),
-                                  data_.path() + "/toy")
-                    .ok());
-    CoordinatorServer::Options options;
-    options.listen_host = "127.0.0.1";
-    options.coordinator.state_dir = state_.path();
-    options.coordinator.data_dir = data_.path();
-    options.coordinator.heartbeat_interval = absl::Milliseconds(100);
-    options.coordinator.worker_timeout = absl::Milliseconds(600);
-    coordinator_ = std::make_unique<CoordinatorServer>(options);
-    auto port = coordinator_->Start();
-    ASSERT_TRUE(port.ok()) << port.status();
-    target_ = absl::StrCat("127.0.0.1:", *port);
-    stub_ = pnn::v1::Coordinator::NewStub(MakeChannel(target_));
+    const absl::Status started = cluster_.Start();
+    ASSERT_TRUE(started.ok()) << started;
   }
 
-  void TearDown() override {
-    if (worker_ != nullptr) worker_->Shutdown();
-    coordinator_->Shutdown();
-  }
-
-  void AddRealWorker() {
-    worker::WorkerOptions options;
-    options.listen_host = "127.0.0.1";
-    options.coordinator = target_;
-    options.data_dir = data_.path();
-    options.threads = 1;
-    options.name = "real-worker";
-    worker_ = std::make_unique<worker::WorkerServer>(options);
-    auto port = worker_->Start();
-    ASSERT_TRUE(port.ok()) << port.status();
-  }
-
-  int RegisteredWorkers() {
-    return coordinator_->coordinator().registered_workers();
-  }
-
-  // Two segments: layers 1..1 (input -> 32) and 2..3 (32 -> 16 -> classes).
-  pnn::v1::SubmitJobRequest Request(int epochs) {
-    pnn::v1::SubmitJobRequest request;
-    auto* spec = request.mutable_spec();
-    spec->mutable_model()->add_hidden_widths(32);
-    spec->mutable_model()->add_hidden_widths(16);
-    spec->mutable_model()->add_cut_after_layers(1);
-    spec->mutable_training()->set_epochs(epochs);
-    spec->mutable_training()->set_batch_size(32);
-    spec->mutable_dataset()->set_path("toy");
-    return request;
-  }
-
-  std::string Submit(const pnn::v1::SubmitJobRequest& request) {
-    grpc::ClientContext context;
-    pnn::v1::SubmitJobResponse response;
-    grpc::Status status = stub_->SubmitJob(&context, request, &response);
-    EXPECT_TRUE(status.ok()) << status.error_message();
-    return response.job_id();
-  }
-
-  Job Get(const std::string& id) {
-    grpc::ClientContext context;
-    pnn::v1::GetJobRequest request;
-    request.set_job_id(id);
-    Job job;
-    EXPECT_TRUE(stub_->GetJob(&context, request, &job).ok());
-    return job;
-  }
+  void TearDown() override { cluster_.Shutdown(); }
 
   // Follows WatchJob until the job ends; returns the final job.
   Job WaitUntilFinal(const std::string& id) {
-    grpc::ClientContext context;
-    context.set_deadline(std::chrono::system_clock::now() +
-                         std::chrono::seconds(120));
-    pnn::v1::WatchJobRequest request;
-    request.set_job_id(id);
-    auto reader = stub_->WatchJob(&context, request);
-    pnn::v1::JobEvent event;
-    while (reader->Read(&event)) {
-    }
-    const grpc::Status status = reader->Finish();
+    grpc::Status status;
+    cluster_.Watch(id, &status);
     EXPECT_TRUE(status.ok()) << status.error_message();
-    return Get(id);
+    return cluster_.Get(id);
   }
 
   grpc::Status DownloadStatus(const std::string& id) {
-    grpc::ClientContext context;
-    pnn::v1::DownloadModelRequest request;
-    request.set_job_id(id);
-    request.set_format(pnn::v1::MODEL_FORMAT_SAFETENSORS);
-    auto reader = stub_->DownloadModel(&context, request);
-    pnn::v1::ModelChunk chunk;
-    while (reader->Read(&chunk)) {
-    }
-    return reader->Finish();
+    grpc::Status status;
+    cluster_.Download(id, pnn::v1::MODEL_FORMAT_SAFETENSORS, &status);
+    return status;
   }
 
-  TempDir data_;
-  TempDir state_;
-  std::unique_ptr<CoordinatorServer> coordinator_;
-  std::unique_ptr<worker::WorkerServer> worker_;
-  std::string target_;
-  std::unique_ptr<pnn::v1::Coordinator::Stub> stub_;
+  LocalCluster cluster_;
 };
 
 // A worker that reports malformed weights fails that job with a clear
@@ -242,28 +157,14 @@ class MalformedWeightsTest : public ::testing::Test {
 // serving, and a real worker trains the next job to the end.
 TEST_F(MalformedWeightsTest, FailOnlyThatJobWithTheReason) {
   WeightsWorker fake;
-  grpc::ServerBuilder builder;
-  int fake_port = 0;
-  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(),
-                           &fake_port);
-  builder.RegisterService(&fake);
-  auto fake_server = builder.BuildAndStart();
-  ASSERT_NE(fake_port, 0);
-  std::string fake_id;
-  {
-    grpc::ClientContext context;
-    pnn::v1::RegisterWorkerRequest request;
-    request.mutable_worker()->set_address(absl::StrCat("127.0.0.1:", fake_port));
-    request.mutable_worker()->set_name("weights-worker");
-    pnn::v1::RegisterWorkerResponse response;
-    ASSERT_TRUE(stub_->RegisterWorker(&context, request, &response).ok());
-    fake_id = response.worker_id();
-  }
+  auto fake_server = cluster_.ServeAndRegister(&fake, "weights-worker");
+  ASSERT_TRUE(fake_server.ok()) << fake_server.status();
+  const std::string fake_id = fake_server->worker_id;
   // The fake heartbeats like a real worker, so that it stays registered
   // however slowly the cases run.
   std::atomic<bool> beating{true};
   std::thread heartbeat([&] {
-    auto stub = pnn::v1::Coordinator::NewStub(MakeChannel(target_));
+    auto stub = pnn::v1::Coordinator::NewStub(MakeChannel(cluster_.target()));
     while (beating) {
       grpc::ClientContext context;
       pnn::v1::HeartbeatRequest request;
@@ -370,7 +271,7 @@ TEST_F(MalformedWeightsTest, FailOnlyThatJobWithTheReason) {
     SCOPED_TRACE(c.name);
     fake.set_mutation(c.mutate);
     const int calls_before = fake.calls_;
-    const std::string id = Submit(Request(1));
+    const std::string id = cluster_.Submit(cluster_.Request(1));
     ASSERT_FALSE(id.empty());
     const Job job = WaitUntilFinal(id);
     ASSERT_EQ(job.state(), pnn::v1::JOB_STATE_FAILED) << job.message();
@@ -396,7 +297,7 @@ TEST_F(MalformedWeightsTest, FailOnlyThatJobWithTheReason) {
 
   // The fake's weights are valid unless bent: a control job succeeds on it.
   fake.set_mutation(nullptr);
-  const std::string control = Submit(Request(1));
+  const std::string control = cluster_.Submit(cluster_.Request(1));
   {
     const Job job = WaitUntilFinal(control);
     EXPECT_EQ(job.state(), pnn::v1::JOB_STATE_SUCCEEDED) << job.message();
@@ -405,17 +306,13 @@ TEST_F(MalformedWeightsTest, FailOnlyThatJobWithTheReason) {
   // The fake leaves; a real worker trains the next job to the end.
   beating = false;
   heartbeat.join();
-  fake_server->Shutdown();
-  for (int i = 0; i < 200 && RegisteredWorkers() > 0; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(25));
-  }
-  ASSERT_EQ(RegisteredWorkers(), 0);
-  AddRealWorker();
-  for (int i = 0; i < 200 && RegisteredWorkers() < 1; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(25));
-  }
-  ASSERT_EQ(RegisteredWorkers(), 1);
-  const std::string after = Submit(Request(2));
+  fake_server->server->Shutdown();
+  ASSERT_NO_FATAL_FAILURE(cluster_.WaitForWorkers(0));
+  cluster_.AddWorker([](worker::WorkerOptions* options) {
+    options->name = "real-worker";
+  });
+  ASSERT_NO_FATAL_FAILURE(cluster_.WaitForWorkers(1));
+  const std::string after = cluster_.Submit(cluster_.Request(2));
   const Job job = WaitUntilFinal(after);
   EXPECT_EQ(job.state(), pnn::v1::JOB_STATE_SUCCEEDED) << job.message();
   EXPECT_GT(job.test().accuracy(), 0.5);
@@ -425,10 +322,10 @@ TEST_F(MalformedWeightsTest, FailOnlyThatJobWithTheReason) {
   pnn::v1::ListJobsRequest all;
   all.set_page_size(100);
   pnn::v1::ListJobsResponse listed;
-  ASSERT_TRUE(stub_->ListJobs(&context, all, &listed).ok());
+  ASSERT_TRUE(cluster_.stub()->ListJobs(&context, all, &listed).ok());
   EXPECT_EQ(listed.jobs_size(), static_cast<int>(cases.size()) + 2);
   for (const std::string& id : failed_ids) {
-    EXPECT_EQ(Get(id).state(), pnn::v1::JOB_STATE_FAILED) << id;
+    EXPECT_EQ(cluster_.Get(id).state(), pnn::v1::JOB_STATE_FAILED) << id;
   }
   std::printf("malformed weights: %zu malformed results tried, %zu jobs "
               "failed with the reason, %d calls to the fake worker; then 2 "

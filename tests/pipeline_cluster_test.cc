@@ -5,6 +5,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <string>
 #include <thread>
@@ -12,7 +13,6 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "common/dataset.h"
 #include "common/job_spec.h"
 #include "common/partition.h"
 #include "common/tensor_codec.h"
@@ -23,6 +23,7 @@
 #include "pnn/v1/worker.grpc.pb.h"
 #include "rpc/auth.h"
 #include "rpc/rpc_util.h"
+#include "tests/local_cluster.h"
 #include "tests/test_util.h"
 #include "worker/worker_server.h"
 
@@ -35,98 +36,34 @@ using pnn::v1::Job;
 constexpr int kTrainSamples = 2048;
 constexpr int kBatch = 32;
 
-bool IsFinal(pnn::v1::JobState state) {
-  return state == pnn::v1::JOB_STATE_SUCCEEDED ||
-         state == pnn::v1::JOB_STATE_FAILED ||
-         state == pnn::v1::JOB_STATE_CANCELLED;
-}
-
 class PipelineClusterTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    SyntheticDatasetOptions toy;
-    toy.train_samples = kTrainSamples;
-    toy.test_samples = 512;
-    ASSERT_TRUE(WriteDatasetAsIdx(MakeSyntheticDataset(toy),
-                                  data_.path() + "/toy")
-                    .ok());
-    CoordinatorServer::Options options;
-    options.listen_host = "127.0.0.1";
-    options.coordinator.state_dir = state_.path();
-    options.coordinator.data_dir = data_.path();
-    options.coordinator.heartbeat_interval = absl::Milliseconds(100);
-    options.coordinator.worker_timeout = absl::Milliseconds(800);
-    options.coordinator.auth_token = kToken;
-    coordinator_ = std::make_unique<CoordinatorServer>(options);
-    auto port = coordinator_->Start();
-    ASSERT_TRUE(port.ok()) << port.status();
-    target_ = absl::StrCat("127.0.0.1:", *port);
-    stub_ = pnn::v1::Coordinator::NewStub(MakeChannel(target_));
-  }
-
-  void TearDown() override {
-    for (auto& worker : workers_) worker->Shutdown();
-    coordinator_->Shutdown();
-  }
-
-  worker::WorkerServer* AddWorker(bool with_data = true) {
-    worker::WorkerOptions options;
+    LocalClusterOptions options;
+    options.train_samples = kTrainSamples;
+    options.worker_timeout = absl::Milliseconds(800);
     // Workers call each other with the deployment's token.
     options.auth_token = kToken;
-    options.listen_host = "127.0.0.1";
-    options.coordinator = target_;
-    options.data_dir = with_data ? data_.path() : empty_.path();
-    options.threads = 1;
-    options.name = absl::StrCat("stage-worker-", workers_.size() + 1);
-    workers_.push_back(std::make_unique<worker::WorkerServer>(options));
-    auto port = workers_.back()->Start();
-    EXPECT_TRUE(port.ok()) << port.status();
-    return workers_.back().get();
+    const absl::Status started = cluster_.Start(options);
+    ASSERT_TRUE(started.ok()) << started;
   }
 
-  void WaitForWorkers(int count) {
-    for (int i = 0;
-         i < 400 && coordinator_->coordinator().registered_workers() != count;
-         ++i) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(25));
-    }
-    ASSERT_EQ(coordinator_->coordinator().registered_workers(), count);
-  }
+  void TearDown() override { cluster_.Shutdown(); }
 
   // 36-32-16-4 (cut after layer 1) or, with `three_stages`, 36-32-24-16-4
   // cut after layers 1 and 2.
-  pnn::v1::SubmitJobRequest Request(int epochs, bool three_stages = false) {
-    pnn::v1::SubmitJobRequest request;
+  static pnn::v1::SubmitJobRequest Request(int epochs,
+                                           bool three_stages = false) {
+    pnn::v1::SubmitJobRequest request = LocalCluster::Request(epochs);
     auto* spec = request.mutable_spec();
-    spec->mutable_model()->add_hidden_widths(32);
-    if (three_stages) spec->mutable_model()->add_hidden_widths(24);
-    spec->mutable_model()->add_hidden_widths(16);
-    spec->mutable_model()->add_cut_after_layers(1);
-    if (three_stages) spec->mutable_model()->add_cut_after_layers(2);
-    spec->mutable_training()->set_epochs(epochs);
+    if (three_stages) {
+      spec->mutable_model()->set_hidden_widths(1, 24);
+      spec->mutable_model()->add_hidden_widths(16);
+      spec->mutable_model()->add_cut_after_layers(2);
+    }
     spec->mutable_training()->set_batch_size(kBatch);
-    spec->mutable_dataset()->set_path("toy");
     spec->set_parallelism(pnn::v1::PARALLELISM_MODEL_PARALLEL);
     return request;
-  }
-
-  std::string Submit(const pnn::v1::SubmitJobRequest& request) {
-    grpc::ClientContext context;
-    AttachAuthToken(kToken, &context);
-    pnn::v1::SubmitJobResponse response;
-    grpc::Status status = stub_->SubmitJob(&context, request, &response);
-    EXPECT_TRUE(status.ok()) << status.error_message();
-    return response.job_id();
-  }
-
-  Job Get(const std::string& id) {
-    grpc::ClientContext context;
-    AttachAuthToken(kToken, &context);
-    pnn::v1::GetJobRequest request;
-    request.set_job_id(id);
-    Job job;
-    EXPECT_TRUE(stub_->GetJob(&context, request, &job).ok());
-    return job;
   }
 
   Job WaitUntil(const std::string& id,
@@ -136,7 +73,7 @@ class PipelineClusterTest : public ::testing::Test {
     const auto deadline =
         std::chrono::steady_clock::now() + std::chrono::seconds(seconds);
     do {
-      job = Get(id);
+      job = cluster_.Get(id);
       if (done(job)) break;
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
     } while (std::chrono::steady_clock::now() < deadline);
@@ -148,22 +85,17 @@ class PipelineClusterTest : public ::testing::Test {
   }
 
   static constexpr char kToken[] = "pipeline-test-token";
-  TempDir data_;
-  TempDir empty_;
-  TempDir state_;
-  std::unique_ptr<CoordinatorServer> coordinator_;
-  std::vector<std::unique_ptr<worker::WorkerServer>> workers_;
-  std::string target_;
-  std::unique_ptr<pnn::v1::Coordinator::Stub> stub_;
+  TempDir empty_;  // a data root without the data set
+  LocalCluster cluster_;
 };
 
 TEST_F(PipelineClusterTest, ModelParallelJobTrainsAcrossTwoWorkers) {
-  AddWorker();
-  AddWorker();
-  WaitForWorkers(2);
+  cluster_.AddWorker();
+  cluster_.AddWorker();
+  cluster_.WaitForWorkers(2);
   auto request = Request(/*epochs=*/2);
   request.mutable_spec()->set_evaluations_per_epoch(2);
-  const std::string id = Submit(request);
+  const std::string id = cluster_.Submit(request);
   const Job job = WaitForEnd(id);
   ASSERT_EQ(job.state(), pnn::v1::JOB_STATE_SUCCEEDED) << job.message();
   ASSERT_EQ(job.segments_size(), 2);
@@ -201,7 +133,7 @@ TEST_F(PipelineClusterTest, ModelParallelJobTrainsAcrossTwoWorkers) {
   auto conventional = Request(/*epochs=*/2);
   conventional.mutable_spec()->set_parallelism(
       pnn::v1::PARALLELISM_CONVENTIONAL);
-  const Job whole = WaitForEnd(Submit(conventional));
+  const Job whole = WaitForEnd(cluster_.Submit(conventional));
   ASSERT_EQ(whole.state(), pnn::v1::JOB_STATE_SUCCEEDED) << whole.message();
   EXPECT_NEAR(whole.test().accuracy(), job.test().accuracy(), 1e-9);
   EXPECT_NEAR(whole.test().loss(), job.test().loss(), 1e-4);
@@ -209,9 +141,9 @@ TEST_F(PipelineClusterTest, ModelParallelJobTrainsAcrossTwoWorkers) {
 }
 
 TEST_F(PipelineClusterTest, ThreeStagesPassActivationsThroughTheMiddle) {
-  for (int i = 0; i < 3; ++i) AddWorker();
-  WaitForWorkers(3);
-  const Job job = WaitForEnd(Submit(Request(/*epochs=*/1, true)));
+  for (int i = 0; i < 3; ++i) cluster_.AddWorker();
+  cluster_.WaitForWorkers(3);
+  const Job job = WaitForEnd(cluster_.Submit(Request(/*epochs=*/1, true)));
   ASSERT_EQ(job.state(), pnn::v1::JOB_STATE_SUCCEEDED) << job.message();
   ASSERT_EQ(job.segments_size(), 3);
   // The first two stages each send to the next one: cut widths 32 and 24.
@@ -226,9 +158,9 @@ TEST_F(PipelineClusterTest, ThreeStagesPassActivationsThroughTheMiddle) {
 }
 
 TEST_F(PipelineClusterTest, StagesWaitForEnoughIdleWorkersAtOnce) {
-  AddWorker();
-  WaitForWorkers(1);
-  const std::string id = Submit(Request(/*epochs=*/1));
+  cluster_.AddWorker();
+  cluster_.WaitForWorkers(1);
+  const std::string id = cluster_.Submit(Request(/*epochs=*/1));
   // One worker is not enough for two stages, and none starts alone.
   Job job = WaitUntil(id, [](const Job& job) {
     return absl::StrContains(job.message(), "idle workers at once");
@@ -238,22 +170,22 @@ TEST_F(PipelineClusterTest, StagesWaitForEnoughIdleWorkersAtOnce) {
   for (const auto& segment : job.segments()) {
     EXPECT_NE(segment.state(), pnn::v1::TASK_STATE_RUNNING);
   }
-  AddWorker();
+  cluster_.AddWorker();
   job = WaitForEnd(id);
   EXPECT_EQ(job.state(), pnn::v1::JOB_STATE_SUCCEEDED) << job.message();
 }
 
 TEST_F(PipelineClusterTest, LostStageWorkerRestartsThePipelineElsewhere) {
-  for (int i = 0; i < 3; ++i) AddWorker();
-  WaitForWorkers(3);
-  const std::string id = Submit(Request(/*epochs=*/30));
+  for (int i = 0; i < 3; ++i) cluster_.AddWorker();
+  cluster_.WaitForWorkers(3);
+  const std::string id = cluster_.Submit(Request(/*epochs=*/30));
   // Mid-training, the last stage's worker goes away.
   Job job = WaitUntil(id, [](const Job& job) {
     return job.segments_size() == 2 && job.segments(1).progress() > 0.05;
   });
   ASSERT_GT(job.segments(1).progress(), 0.05);
   const std::string lost = job.segments(1).worker_address();
-  for (auto& worker : workers_) {
+  for (auto& worker : cluster_.workers()) {
     if (worker->advertise_address() == lost) worker->Shutdown();
   }
   job = WaitForEnd(id);
@@ -267,10 +199,10 @@ TEST_F(PipelineClusterTest, LostStageWorkerRestartsThePipelineElsewhere) {
 }
 
 TEST_F(PipelineClusterTest, CancellingTheJobStopsEveryStagePromptly) {
-  AddWorker();
-  AddWorker();
-  WaitForWorkers(2);
-  const std::string id = Submit(Request(/*epochs=*/200));
+  cluster_.AddWorker();
+  cluster_.AddWorker();
+  cluster_.WaitForWorkers(2);
+  const std::string id = cluster_.Submit(Request(/*epochs=*/200));
   Job job = WaitUntil(id, [](const Job& job) {
     return job.segments_size() == 2 && job.segments(1).progress() > 0;
   });
@@ -280,26 +212,30 @@ TEST_F(PipelineClusterTest, CancellingTheJobStopsEveryStagePromptly) {
   pnn::v1::CancelJobRequest cancel;
   cancel.set_job_id(id);
   Job cancelled;
-  ASSERT_TRUE(stub_->CancelJob(&context, cancel, &cancelled).ok());
+  ASSERT_TRUE(cluster_.stub()->CancelJob(&context, cancel, &cancelled).ok());
   EXPECT_EQ(WaitForEnd(id).state(), pnn::v1::JOB_STATE_CANCELLED);
   // Both stages stop between batches, the waiting one included.
+  const auto& workers = cluster_.workers();
   const auto deadline =
       std::chrono::steady_clock::now() + std::chrono::seconds(3);
-  while ((workers_[0]->busy() || workers_[1]->busy()) &&
+  while ((workers[0]->busy() || workers[1]->busy()) &&
          std::chrono::steady_clock::now() < deadline) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
-  EXPECT_FALSE(workers_[0]->busy());
-  EXPECT_FALSE(workers_[1]->busy());
+  EXPECT_FALSE(workers[0]->busy());
+  EXPECT_FALSE(workers[1]->busy());
 }
 
 TEST_F(PipelineClusterTest, AStageThatCannotWorkFailsTheJobNamingIt) {
   // Workers without the data set: the first stage cannot read it, and no
   // retry would help.
-  AddWorker(/*with_data=*/false);
-  AddWorker(/*with_data=*/false);
-  WaitForWorkers(2);
-  const Job job = WaitForEnd(Submit(Request(/*epochs=*/3)));
+  const auto without_data = [this](worker::WorkerOptions* options) {
+    options->data_dir = empty_.path();
+  };
+  cluster_.AddWorker(without_data);
+  cluster_.AddWorker(without_data);
+  cluster_.WaitForWorkers(2);
+  const Job job = WaitForEnd(cluster_.Submit(Request(/*epochs=*/3)));
   ASSERT_EQ(job.state(), pnn::v1::JOB_STATE_FAILED);
   EXPECT_THAT(job.message(), HasSubstr("segment 1/2"));
   EXPECT_THAT(job.message(), HasSubstr(job.segments(0).worker_id()));
