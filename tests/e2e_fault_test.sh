@@ -82,7 +82,7 @@ start_coordinator
 start_worker
 start_worker
 cat >"$work/job.json" <<'JSON'
-{"training": {"epochs": 4},
+{"training": {"epochs": 8},
  "dataset": {"path": "fashion-mnist", "train_limit": 12000, "test_limit": 2000}}
 JSON
 
@@ -94,8 +94,9 @@ for round in $(seq 1 "$ROUNDS"); do
   jobs+=("$job")
 
   # 1. SIGKILL the worker in the middle of segment 1 (the longer one),
-  # once it has finished an epoch; a replacement joins.
-  wait_for_job "$job" "job['segments'][0].get('epochs') and job['segments'][0]['state'] == 'TASK_STATE_RUNNING'" \
+  # once it has finished an epoch and sent its resumable state (checkpoint
+  # bytes); a replacement joins.
+  wait_for_job "$job" "job['segments'][0].get('epochs') and int(job['segments'][0]['checkpoint_bytes']) > 0 and job['segments'][0]['state'] == 'TASK_STATE_RUNNING'" \
     "segment 1 finishing an epoch"
   address=$(job_field "$job" "job['segments'][0]['worker_address']")
   victim=$(worker_at "$address")
@@ -128,9 +129,12 @@ for round in $(seq 1 "$ROUNDS"); do
     fail "round $round: $job did not succeed after a worker and the coordinator were killed"
   attempts=$(job_field "$job" "job['segments'][0]['attempts']")
   [ "$attempts" -ge 2 ] || fail "round $round: segment 1 was not retried (attempts $attempts)"
+  # The retries continued from the last finished epoch, not from scratch.
+  resumed=$(job_field "$job" "job['segments'][0]['resumed_from_epoch']")
+  [ "$resumed" -ge 1 ] || fail "round $round: segment 1 restarted from scratch (resumed_from_epoch $resumed)"
   accuracy=$(check_accuracy "$job")
   survived=$((survived + 2))
-  echo "round $round: $job: killed $victim mid-segment (retried, $attempts attempts)" \
+  echo "round $round: $job: killed $victim mid-segment (retried, $attempts attempts, resumed from epoch $resumed)" \
        "and the coordinator mid-job (restarted); SUCCEEDED, accuracy $accuracy"
 done
 
