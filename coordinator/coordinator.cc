@@ -1006,9 +1006,11 @@ void Coordinator::OnTaskFinished(const std::string& job_id, int task_index,
   }
   if (status.ok()) {
     if (store_ != nullptr) {
-      if (absl::Status saved =
-              store_->SaveWeights(job_id, task_index, task.weights);
-          !saved.ok()) {
+      absl::Status saved = store_->SaveWeights(job_id, task_index, task.weights);
+      if (saved.ok() && task.resume_state.has_value()) {
+        saved = store_->DeleteResumeState(job_id, task_index);
+      }
+      if (!saved.ok()) {
         std::fprintf(stderr, "pnn-coordinator: %s\n",
                      std::string(saved.message()).c_str());
       }

@@ -118,6 +118,23 @@ absl::Status JobStore::SaveResumeState(const std::string& job_id,
       job_id, task_index, state.SerializeAsString(), "a resume state");
 }
 
+absl::Status JobStore::DeleteResumeState(const std::string& job_id,
+                                         int task_index) {
+  Statement statement;
+  if (sqlite3_prepare_v2(db_,
+                         "DELETE FROM resume_states WHERE job_id = ?1 AND "
+                         "task_index = ?2",
+                         -1, &statement.handle, nullptr) != SQLITE_OK) {
+    return Error("prepare");
+  }
+  sqlite3_bind_text(statement.handle, 1, job_id.c_str(), -1, SQLITE_TRANSIENT);
+  sqlite3_bind_int(statement.handle, 2, task_index);
+  if (sqlite3_step(statement.handle) != SQLITE_DONE) {
+    return Error(absl::StrCat("deleting a resume state of job ", job_id));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status JobStore::ReadTaskBlobs(
     const char* sql, const std::map<std::string, size_t>& index,
     const std::function<bool(size_t, int, const void*, int)>& parse,

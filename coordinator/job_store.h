@@ -36,6 +36,8 @@ class JobStore {
   // The task's latest resumable state (replaces the previous one).
   absl::Status SaveResumeState(const std::string& job_id, int task_index,
                                const pnn::v1::TrainingState& state);
+  // Forgets it once the task has its weights: states are megabytes each.
+  absl::Status DeleteResumeState(const std::string& job_id, int task_index);
 
   struct Loaded {
     pnn::v1::StoredJob job;

@@ -1,5 +1,6 @@
 # Coordinator tests: logic without workers, and whole clusters in-process.
 pnn_test(coordinator_test pnn::coordinator)
+pnn_test(job_store_test pnn::coordinator)
 pnn_test(cluster_test pnn::coordinator pnn::worker)
 # Model-parallel jobs: stages on several workers, StageForward between them.
 pnn_test(pipeline_cluster_test pnn::coordinator pnn::worker)
