@@ -376,6 +376,11 @@ absl::StatusOr<Job> Coordinator::Submit(
         "); wait for some to finish or cancel them"));
   }
   record.sequence = next_job_sequence_++;
+  // The scheduler's words for the same wait (DispatchLocked), at once.
+  if (workers_.empty()) {
+    record.job.set_message(
+        "waiting for a worker to register (none is registered)");
+  }
   auto [it, inserted] = jobs_.emplace(job_id, std::move(record));
   RefreshJobLocked(it->second);
   if (metrics_ != nullptr) metrics_->jobs_submitted.Increment();
