@@ -54,6 +54,44 @@ double SecondsBetween(const google::protobuf::Timestamp& from,
          (to.nanos() - from.nanos()) / 1e9;
 }
 
+// Workers (a map of WorkerRecord) not training anything.
+template <typename WorkerMap>
+size_t CountIdle(const WorkerMap& workers) {
+  return static_cast<size_t>(
+      std::count_if(workers.begin(), workers.end(), [](const auto& entry) {
+        return entry.second.job_id.empty();
+      }));
+}
+
+// Tasks (TaskRecords) that are stages of a model-parallel pipeline.
+template <typename Tasks>
+int CountPipelineStages(const Tasks& tasks) {
+  return static_cast<int>(
+      std::count_if(tasks.begin(), tasks.end(), [](const auto& task) {
+        return task.task.has_pipeline();
+      }));
+}
+
+// Why a job's queued work waits, for people. `stages` > 0 for a
+// model-parallel job, whose stages start together.
+std::string WaitMessage(size_t registered, size_t idle, int stages) {
+  if (registered == 0) {
+    return "waiting for a worker to register (none is registered)";
+  }
+  if (stages > 0) {
+    return absl::StrCat("waiting for ", stages,
+                        " idle workers at once (model-parallel: one per "
+                        "stage); ",
+                        idle, " of ", registered, " registered are idle");
+  }
+  if (idle == 0) {
+    return absl::StrCat("waiting for an idle worker (", registered,
+                        " registered, all busy)");
+  }
+  return absl::StrCat("waiting for an idle worker (", registered,
+                      " registered, ", idle, " idle)");
+}
+
 bool IsFinal(JobState state) {
   return state == pnn::v1::JOB_STATE_SUCCEEDED ||
          state == pnn::v1::JOB_STATE_FAILED ||
@@ -325,7 +363,6 @@ absl::StatusOr<Job> Coordinator::Submit(
   job.set_job_id(job_id);
   *job.mutable_spec() = spec;
   job.set_state(pnn::v1::JOB_STATE_QUEUED);
-  job.set_message("waiting for an idle worker");
   *job.mutable_create_time() = Now();
   job.set_conventional_baseline(request.conventional_baseline());
   job.set_input_width(shape->input_width());
@@ -376,11 +413,9 @@ absl::StatusOr<Job> Coordinator::Submit(
         "); wait for some to finish or cancel them"));
   }
   record.sequence = next_job_sequence_++;
-  // The scheduler's words for the same wait (DispatchLocked), at once.
-  if (workers_.empty()) {
-    record.job.set_message(
-        "waiting for a worker to register (none is registered)");
-  }
+  // Said at once, in the scheduler's words (DispatchLocked).
+  record.job.set_message(WaitMessage(workers_.size(), CountIdle(workers_),
+                                     CountPipelineStages(record.tasks)));
   auto [it, inserted] = jobs_.emplace(job_id, std::move(record));
   RefreshJobLocked(it->second);
   if (metrics_ != nullptr) metrics_->jobs_submitted.Increment();
@@ -630,14 +665,9 @@ void Coordinator::DispatchLocked() {
   std::sort(order.begin(), order.end(), [](JobRecord* a, JobRecord* b) {
     return a->sequence < b->sequence;
   });
-  // Model-parallel jobs: their stage tasks (task.pipeline set), and those
-  // stages when the pipeline is ready to (re)start as a whole: no stage's
-  // stream is open any more, some stage is queued, not all have finished.
-  auto pipeline_stage_count = [](const JobRecord& record) {
-    return static_cast<int>(std::count_if(
-        record.tasks.begin(), record.tasks.end(),
-        [](const TaskRecord& task) { return task.task.has_pipeline(); }));
-  };
+  // Model-parallel jobs: the stages when the pipeline is ready to
+  // (re)start as a whole: no stage's stream is open any more, some stage is
+  // queued, not all have finished.
   // A restart also waits a moment after the last stage ended: a cancelled
   // stream ends at once on this side, but its worker needs a little while
   // to stop the old run, and would refuse the new one as busy.
@@ -788,20 +818,9 @@ void Coordinator::DispatchLocked() {
           return t.status.state() == pnn::v1::TASK_STATE_QUEUED;
         });
     std::string message;
-    const int stages = pipeline_stage_count(*record);
-    if (queued && stages > 0 && !workers_.empty()) {
-      const auto idle = std::count_if(
-          workers_.begin(), workers_.end(),
-          [](const auto& entry) { return entry.second.job_id.empty(); });
-      message = absl::StrCat(
-          "waiting for ", stages,
-          " idle workers at once (model-parallel: one per stage); ", idle,
-          " of ", workers_.size(), " registered are idle");
-    } else if (queued) {
-      message = workers_.empty()
-                    ? "waiting for a worker to register (none is registered)"
-                    : absl::StrCat("waiting for an idle worker (",
-                                   workers_.size(), " registered, all busy)");
+    if (queued) {
+      message = WaitMessage(workers_.size(), CountIdle(workers_),
+                            CountPipelineStages(record->tasks));
     } else if (record->job.state() == pnn::v1::JOB_STATE_RUNNING) {
       message = "training";
     } else {

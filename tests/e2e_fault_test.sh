@@ -24,23 +24,8 @@ ROUNDS=${PNN_FAULT_ROUNDS:-2}
 
 source "$(dirname "$0")/e2e_lib.sh"
 
-free_port() {
-  /usr/bin/python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
 port=$(free_port)
 target="127.0.0.1:$port"
-starts=0
-start_coordinator() {  # each start logs to coordinator<N>.log
-  starts=$((starts + 1))
-  coordinator_log="$work/coordinator$starts.log"
-  "$COORDINATOR" --port "$port" --metrics_port 0 --listen_host 127.0.0.1 \
-    --state_dir "$work/state" --data_dir "$DATA_ROOT" --threads 1 \
-    --heartbeat_interval_ms 300 --worker_timeout_ms 1500 \
-    2>"$coordinator_log" &
-  pids[coordinator]=$!
-  wait_for_line "$coordinator_log" "listening on"
-}
 workers_started=0
 start_worker() {  # a new worker w<N>, logging to w<N>.log
   workers_started=$((workers_started + 1))

@@ -45,3 +45,24 @@ wait_for_port() {
   done
   fail "$name did not report its port"
 }
+
+# A free TCP port on loopback (for a service that must come back on the
+# same port after a restart).
+free_port() {
+  /usr/bin/python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# Starts $COORDINATOR on $port with state in $work/state and data in
+# $DATA_ROOT; each start logs to coordinator<N>.log ($coordinator_log), so a
+# restart keeps the earlier logs.
+starts=0
+start_coordinator() {
+  starts=$((starts + 1))
+  coordinator_log="$work/coordinator$starts.log"
+  "$COORDINATOR" --port "$port" --metrics_port 0 --listen_host 127.0.0.1 \
+    --state_dir "$work/state" --data_dir "$DATA_ROOT" --threads 1 \
+    --heartbeat_interval_ms 300 --worker_timeout_ms 1500 \
+    2>"$coordinator_log" &
+  pids[coordinator]=$!
+  wait_for_line "$coordinator_log" "listening on"
+}
