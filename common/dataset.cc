@@ -1,5 +1,7 @@
 #include "common/dataset.h"
 
+#include <array>
+
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 
@@ -17,6 +19,37 @@
 
 namespace pnn {
 namespace {
+
+// Labels must number the classes 0..K-1, each present in the training
+// set (class 0 excepted): a stray label (200 among 0..9) would silently
+// make a 201-class problem of mostly empty classes.
+absl::Status CheckClassesNumbered(const uint8_t* labels, int64_t count,
+                                  const std::string& path) {
+  std::array<int64_t, 256> counts{};
+  for (int64_t i = 0; i < count; ++i) ++counts[labels[i]];
+  int largest = 0;
+  for (int label = 0; label < 256; ++label) {
+    if (counts[label] > 0) largest = label;
+  }
+  // Class 0 may be absent: EMNIST "letters" numbers its 26 classes 1..26.
+  for (int label = 1; label < largest; ++label) {
+    if (counts[label] > 0) continue;
+    int last_missing = label;
+    while (last_missing + 1 < largest && counts[last_missing + 1] == 0) {
+      ++last_missing;
+    }
+    return absl::InvalidArgumentError(absl::StrCat(
+        path, ": label ", largest, " occurs ", counts[largest],
+        " time(s) but ",
+        label == last_missing ? absl::StrCat("class ", label)
+                              : absl::StrCat("classes ", label, "..",
+                                             last_missing),
+        " never occur(s); labels must number the classes 0..K-1 (or "
+        "1..K), each present in the training set (a corrupt or mixed-up "
+        "label file?)"));
+  }
+  return absl::OkStatus();
+}
 
 namespace fs = std::filesystem;
 
@@ -220,6 +253,11 @@ absl::StatusOr<Dataset> LoadDataset(const std::string& directory,
         " never occurs in the training labels (largest ", train_max,
         "); are the files from the same data set?"));
   }
+  const at::Tensor train_labels =
+      dataset.train.labels.to(at::kByte).contiguous();
+  PNN_RETURN_IF_ERROR(CheckClassesNumbered(train_labels.data_ptr<uint8_t>(),
+                                           train_labels.numel(),
+                                           files.train_labels));
   dataset.num_classes = static_cast<int>(train_max) + 1;
   return dataset;
 }
@@ -260,6 +298,9 @@ absl::StatusOr<DatasetShape> ReadDatasetShape(
   // Same orientation rule as LoadDataset.
   shape.rows = files.transpose ? train_dims[2] : train_dims[1];
   shape.cols = files.transpose ? train_dims[1] : train_dims[2];
+  PNN_RETURN_IF_ERROR(CheckClassesNumbered(
+      train_labels.data.data(), static_cast<int64_t>(train_labels.items()),
+      files.train_labels));
   int max_label = 0;
   for (int64_t i = 0; i < shape.train_samples; ++i) {
     max_label = std::max<int>(max_label, train_labels.data[i]);

@@ -87,6 +87,11 @@ absl::Status ValidateDevice(absl::string_view device) {
 
 absl::StatusOr<JobSpec> ResolveJobSpec(const JobSpec& spec,
                                        const SpecLimits& limits) {
+  if (spec.name().size() > static_cast<size_t>(limits.max_name_bytes)) {
+    // Names are kept with the job and sent in every listing.
+    return Invalid("name", absl::StrCat("at most ", limits.max_name_bytes,
+                                        " bytes, got ", spec.name().size()));
+  }
   JobSpec out = spec;
   auto* model = out.mutable_model();
   if (model->hidden_widths().empty()) {

@@ -40,6 +40,7 @@ struct SpecLimits {
   int max_batch_size = 1 << 16;
   float max_learning_rate = 10.0f;
   float max_kappa = 1e4f;
+  int max_name_bytes = 256;
 };
 
 // Fills every defaulted field of `spec` and validates the result against

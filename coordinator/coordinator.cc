@@ -5,7 +5,6 @@
 #include <algorithm>
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
 #include <random>
 
 #include "absl/strings/numbers.h"
@@ -15,13 +14,12 @@
 #include "common/dataset.h"
 #include "common/dataset_cache.h"
 #include "common/job_spec.h"
-#include "common/model.h"
 #include "common/partition.h"
-#include "common/safetensors.h"
 #include "common/status_macros.h"
-#include "common/trainer.h"
+#include "coordinator/assembler.h"
 #include "coordinator/job_store.h"
 #include "coordinator/metrics.h"
+#include "coordinator/retry_policy.h"
 #include "pnn/v1/worker.grpc.pb.h"
 #include "rpc/auth.h"
 #include "rpc/rpc_util.h"
@@ -52,15 +50,6 @@ double SecondsBetween(const google::protobuf::Timestamp& from,
                       const google::protobuf::Timestamp& to) {
   return static_cast<double>(to.seconds() - from.seconds()) +
          (to.nanos() - from.nanos()) / 1e9;
-}
-
-// Workers (a map of WorkerRecord) not training anything.
-template <typename WorkerMap>
-size_t CountIdle(const WorkerMap& workers) {
-  return static_cast<size_t>(
-      std::count_if(workers.begin(), workers.end(), [](const auto& entry) {
-        return entry.second.job_id.empty();
-      }));
 }
 
 // Tasks (TaskRecords) that are stages of a model-parallel pipeline.
@@ -104,6 +93,19 @@ bool IsFinal(TaskState state) {
          state == pnn::v1::TASK_STATE_CANCELLED;
 }
 
+// Job ids are "job-" and 12 hex digits; anything much longer is not one
+// (and is not echoed back at length).
+constexpr size_t kMaxJobIdBytes = 64;
+
+absl::Status CheckJobId(const std::string& job_id) {
+  if (job_id.size() > kMaxJobIdBytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("job_id: at most ", kMaxJobIdBytes, " bytes, got ",
+                     job_id.size(), " (job ids look like job-0123456789ab)"));
+  }
+  return absl::OkStatus();
+}
+
 std::string NewJobId() {
   static std::mt19937_64 generator{std::random_device{}()};
   static std::mutex mu;
@@ -123,42 +125,6 @@ bool DeviceMatches(const std::string& wanted, const std::string& offered) {
   const bool offers_cuda = offered.rfind("cuda", 0) == 0;
   if (!wants_cuda) return !offers_cuda;
   return wanted == "cuda" ? offers_cuda : wanted == offered;
-}
-
-// Gives up on a task only for errors a retry cannot fix.
-bool IsRetryable(const absl::Status& status) {
-  switch (status.code()) {
-    case absl::StatusCode::kUnavailable:
-    case absl::StatusCode::kDeadlineExceeded:
-    case absl::StatusCode::kAborted:
-    case absl::StatusCode::kResourceExhausted:
-    case absl::StatusCode::kCancelled:
-    case absl::StatusCode::kUnknown:
-      return true;
-    default:
-      return false;
-  }
-}
-
-absl::Status WriteFileAtomically(const fs::path& path,
-                                 const std::string& bytes) {
-  const fs::path temporary = path.string() + ".tmp";
-  {
-    std::ofstream file(temporary, std::ios::binary | std::ios::trunc);
-    file.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-    file.flush();
-    if (!file) {
-      return absl::UnavailableError(
-          absl::StrCat("cannot write ", temporary.string()));
-    }
-  }
-  std::error_code error;
-  fs::rename(temporary, path, error);
-  if (error) {
-    return absl::UnavailableError(absl::StrCat(
-        "cannot rename ", temporary.string(), ": ", error.message()));
-  }
-  return absl::OkStatus();
 }
 
 }  // namespace
@@ -205,6 +171,14 @@ void JobEventQueue::Close() {
 Coordinator::Coordinator(Options options)
     : options_(std::move(options)),
       datasets_(std::make_unique<DatasetCache>(2)) {
+  assembler_ = std::make_unique<Assembler>(
+      Assembler::Options{options_.state_dir, options_.data_dir,
+                         options_.threads, options_.device},
+      datasets_.get());
+  WorkerRegistry::Options registry;
+  registry.heartbeat_interval = options_.heartbeat_interval;
+  registry.worker_timeout = options_.worker_timeout;
+  workers_ = std::make_unique<WorkerRegistry>(registry);
   if (options_.metrics_registry != nullptr) {
     metrics_ = std::make_unique<CoordinatorMetrics>(*options_.metrics_registry);
   }
@@ -220,6 +194,7 @@ absl::Status Coordinator::Start() {
         absl::StrCat("cannot create state directory ", options_.state_dir,
                      "/models: ", error.message()));
   }
+  PNN_RETURN_IF_ERROR(assembler_->CheckDevice());
   std::lock_guard<std::mutex> lock(mu_);
   if (started_) return absl::OkStatus();
   auto credentials = MakeChannelCredentials(options_.tls);
@@ -262,7 +237,25 @@ void Coordinator::Shutdown() {
 absl::Status Coordinator::RestoreJobs() {
   PNN_ASSIGN_OR_RETURN(std::vector<JobStore::Loaded> loaded, store_->LoadAll());
   int resumed = 0;
+  int corrupt = 0;
   for (JobStore::Loaded& stored : loaded) {
+    if (!stored.corrupt.empty()) {
+      // Kept in the store as it is (for whoever investigates), listed as
+      // FAILED here; the other jobs start as usual.
+      ++corrupt;
+      JobRecord record;
+      record.sequence = stored.job.sequence();
+      record.job = stored.job.job();
+      record.job.set_state(pnn::v1::JOB_STATE_FAILED);
+      record.job.set_message(absl::StrCat(
+          "record corrupt: ", stored.corrupt,
+          "; the job cannot be resumed, submit it again"));
+      next_job_sequence_ = std::max(next_job_sequence_, record.sequence + 1);
+      std::fprintf(stderr, "pnn-coordinator: job %s: %s\n",
+                   record.job.job_id().c_str(), stored.corrupt.c_str());
+      jobs_.emplace(record.job.job_id(), std::move(record));
+      continue;
+    }
     JobRecord record;
     record.sequence = stored.job.sequence();
     record.job = stored.job.job();
@@ -290,52 +283,56 @@ absl::Status Coordinator::RestoreJobs() {
     const std::string job_id = record.job.job_id();
     if (!IsFinal(record.job.state())) {
       ++resumed;
-      bool all_segments_done = true;
-      for (TaskRecord& task : record.tasks) {
-        const bool done = task.status.state() == pnn::v1::TASK_STATE_SUCCEEDED &&
-                          task.weights.tensors_size() > 0;
-        if (!done && (task.status.state() == pnn::v1::TASK_STATE_RUNNING ||
-                      task.status.state() == pnn::v1::TASK_STATE_SUCCEEDED)) {
-          // Its stream died with the old process: train it again. The
-          // crash was not the task's fault, so the attempt does not count.
-          if (task.status.state() == pnn::v1::TASK_STATE_RUNNING) {
-            task.status.set_attempts(std::max(0, task.status.attempts() - 1));
-          }
-          task.status.set_state(pnn::v1::TASK_STATE_QUEUED);
-          task.status.set_progress(0);
-          task.status.set_error("the coordinator restarted while it ran");
-        }
-        if (!task.is_baseline && !done) all_segments_done = false;
-      }
-      if (all_segments_done && !record.assembled) {
-        record.job.set_state(pnn::v1::JOB_STATE_ASSEMBLING);
-        assembly_queue_.emplace_back(job_id, AssemblyWork::kAssemble);
-      }
-      if (!record.tasks.empty() && record.tasks.back().is_baseline &&
-          record.tasks.back().status.state() ==
-              pnn::v1::TASK_STATE_SUCCEEDED &&
-          !record.baseline_evaluated) {
-        assembly_queue_.emplace_back(job_id, AssemblyWork::kEvaluateBaseline);
-      }
-      record.job.set_message("resumed after a coordinator restart");
+      RequeueAfterRestartLocked(record);
     }
     jobs_.emplace(job_id, std::move(record));
   }
   if (!loaded.empty()) {
     std::fprintf(stderr,
                  "pnn-coordinator: restored %zu jobs from %s/jobs.db (%d "
-                 "resumed)\n",
-                 loaded.size(), options_.state_dir.c_str(), resumed);
+                 "resumed, %d corrupt)\n",
+                 loaded.size(), options_.state_dir.c_str(), resumed, corrupt);
   }
   return absl::OkStatus();
+}
+
+void Coordinator::RequeueAfterRestartLocked(JobRecord& record) {
+  const std::string& job_id = record.job.job_id();
+  bool all_segments_done = true;
+  for (TaskRecord& task : record.tasks) {
+    const bool done = task.status.state() == pnn::v1::TASK_STATE_SUCCEEDED &&
+                      task.weights.tensors_size() > 0;
+    if (!done && (task.status.state() == pnn::v1::TASK_STATE_RUNNING ||
+                  task.status.state() == pnn::v1::TASK_STATE_SUCCEEDED)) {
+      // Its stream died with the old process: train it again. The
+      // crash was not the task's fault, so the attempt does not count.
+      if (task.status.state() == pnn::v1::TASK_STATE_RUNNING) {
+        task.status.set_attempts(std::max(0, task.status.attempts() - 1));
+      }
+      task.status.set_state(pnn::v1::TASK_STATE_QUEUED);
+      task.status.set_progress(0);
+      task.status.set_error("the coordinator restarted while it ran");
+    }
+    if (!task.is_baseline && !done) all_segments_done = false;
+  }
+  if (all_segments_done && !record.assembled) {
+    record.job.set_state(pnn::v1::JOB_STATE_ASSEMBLING);
+    assembly_queue_.emplace_back(job_id, AssemblyWork::kAssemble);
+  }
+  if (!record.tasks.empty() && record.tasks.back().is_baseline &&
+      record.tasks.back().status.state() ==
+          pnn::v1::TASK_STATE_SUCCEEDED &&
+      !record.baseline_evaluated) {
+    assembly_queue_.emplace_back(job_id, AssemblyWork::kEvaluateBaseline);
+  }
+  record.job.set_message("resumed after a coordinator restart");
 }
 
 // ---------------------------------------------------------------------------
 // Job API
 
-absl::StatusOr<Job> Coordinator::Submit(
-    const pnn::v1::SubmitJobRequest& request) {
-  PNN_ASSIGN_OR_RETURN(pnn::v1::JobSpec spec, ResolveJobSpec(request.spec()));
+absl::StatusOr<DatasetShape> Coordinator::CheckDataForSubmit(
+    const pnn::v1::JobSpec& spec) {
   auto directory = ResolveDatasetDirectory(options_.data_dir, spec.dataset(),
                                            /*allow_absolute=*/false);
   if (!directory.ok()) return directory.status();
@@ -347,16 +344,25 @@ absl::StatusOr<Job> Coordinator::Submit(
   }
   PNN_RETURN_IF_ERROR(
       ValidateAgainstData(spec, shape->input_width(), shape->num_classes));
-  if (request.conventional_baseline() &&
-      spec.parallelism() == pnn::v1::PARALLELISM_CONVENTIONAL) {
-    return absl::InvalidArgumentError(
-        "conventional_baseline: the job trains the network conventionally "
-        "already; leave the baseline off");
+  // The coordinator tests the joined model on its own copy of the data:
+  // load (and fully validate) it now, before any worker trains, rather
+  // than find a truncated file after training. Cached for the assembly.
+  if (auto data = datasets_->Get(*directory, spec.dataset()); !data.ok()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "dataset: the coordinator cannot load its copy of the data set (",
+        data.status().message(),
+        "); fix the files under its --data_dir before submitting"));
   }
+  return shape;
+}
+
+absl::StatusOr<Coordinator::JobRecord> Coordinator::PlanJob(
+    const pnn::v1::SubmitJobRequest& request, const pnn::v1::JobSpec& spec,
+    const DatasetShape& shape) {
   const std::string job_id = NewJobId();
   PNN_ASSIGN_OR_RETURN(std::vector<pnn::v1::SegmentTask> tasks,
-                       PlanSegmentTasks(spec, shape->input_width(),
-                                        shape->num_classes, job_id));
+                       PlanSegmentTasks(spec, shape.input_width(),
+                                        shape.num_classes, job_id));
 
   JobRecord record;
   Job& job = record.job;
@@ -365,8 +371,8 @@ absl::StatusOr<Job> Coordinator::Submit(
   job.set_state(pnn::v1::JOB_STATE_QUEUED);
   *job.mutable_create_time() = Now();
   job.set_conventional_baseline(request.conventional_baseline());
-  job.set_input_width(shape->input_width());
-  job.set_num_classes(shape->num_classes);
+  job.set_input_width(shape.input_width());
+  job.set_num_classes(shape.num_classes);
   for (auto& task : tasks) {
     TaskRecord task_record;
     task_record.status.set_segment_index(task.segment_index());
@@ -386,8 +392,8 @@ absl::StatusOr<Job> Coordinator::Submit(
     whole.set_parallelism(pnn::v1::PARALLELISM_CONVENTIONAL);
     whole.set_evaluations_per_epoch(0);
     PNN_ASSIGN_OR_RETURN(std::vector<pnn::v1::SegmentTask> whole_tasks,
-                         PlanSegmentTasks(whole, shape->input_width(),
-                                          shape->num_classes, job_id));
+                         PlanSegmentTasks(whole, shape.input_width(),
+                                          shape.num_classes, job_id));
     pnn::v1::SegmentTask& task = baseline.task;
     task = std::move(whole_tasks.front());
     baseline.status.set_segment_index(kBaselineIndex);
@@ -397,6 +403,22 @@ absl::StatusOr<Job> Coordinator::Submit(
     baseline.status.set_state(pnn::v1::TASK_STATE_QUEUED);
     record.tasks.push_back(std::move(baseline));
   }
+
+  return record;
+}
+
+absl::StatusOr<Job> Coordinator::Submit(
+    const pnn::v1::SubmitJobRequest& request) {
+  PNN_ASSIGN_OR_RETURN(pnn::v1::JobSpec spec, ResolveJobSpec(request.spec()));
+  if (request.conventional_baseline() &&
+      spec.parallelism() == pnn::v1::PARALLELISM_CONVENTIONAL) {
+    return absl::InvalidArgumentError(
+        "conventional_baseline: the job trains the network conventionally "
+        "already; leave the baseline off");
+  }
+  PNN_ASSIGN_OR_RETURN(const DatasetShape shape, CheckDataForSubmit(spec));
+  PNN_ASSIGN_OR_RETURN(JobRecord record, PlanJob(request, spec, shape));
+  const std::string job_id = record.job.job_id();
 
   std::lock_guard<std::mutex> lock(mu_);
   if (shutting_down_) {
@@ -414,17 +436,27 @@ absl::StatusOr<Job> Coordinator::Submit(
   }
   record.sequence = next_job_sequence_++;
   // Said at once, in the scheduler's words (DispatchLocked).
-  record.job.set_message(WaitMessage(workers_.size(), CountIdle(workers_),
+  const WorkerRegistry::Counts counts = workers_->Count(absl::Now());
+  record.job.set_message(WaitMessage(counts.registered, counts.idle,
                                      CountPipelineStages(record.tasks)));
   auto [it, inserted] = jobs_.emplace(job_id, std::move(record));
   RefreshJobLocked(it->second);
+  // OK means durable: a job that could not be stored would vanish at the
+  // next restart, so it is not accepted. No watcher can exist yet.
+  if (absl::Status stored = PersistLocked(it->second); !stored.ok()) {
+    jobs_.erase(it);
+    return absl::UnavailableError(absl::StrCat(
+        "the job was not accepted because it could not be stored (",
+        stored.message(),
+        "); check the coordinator's --state_dir (free space, permissions)"));
+  }
   if (metrics_ != nullptr) metrics_->jobs_submitted.Increment();
-  PublishLocked(it->second, "job submitted");
   scheduler_wake_.notify_all();
   return SnapshotLocked(it->second);
 }
 
 absl::StatusOr<Job> Coordinator::GetJob(const std::string& job_id) {
+  PNN_RETURN_IF_ERROR(CheckJobId(job_id));
   std::lock_guard<std::mutex> lock(mu_);
   auto it = jobs_.find(job_id);
   if (it == jobs_.end()) {
@@ -476,6 +508,7 @@ absl::StatusOr<pnn::v1::ListJobsResponse> Coordinator::ListJobs(
 }
 
 absl::StatusOr<Job> Coordinator::CancelJob(const std::string& job_id) {
+  PNN_RETURN_IF_ERROR(CheckJobId(job_id));
   std::lock_guard<std::mutex> lock(mu_);
   auto it = jobs_.find(job_id);
   if (it == jobs_.end()) {
@@ -496,6 +529,7 @@ absl::StatusOr<Job> Coordinator::CancelJob(const std::string& job_id) {
 
 absl::Status Coordinator::Watch(const std::string& job_id,
                                 std::shared_ptr<JobEventQueue> queue) {
+  PNN_RETURN_IF_ERROR(CheckJobId(job_id));
   pnn::v1::JobEvent event;
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -524,6 +558,7 @@ void Coordinator::Unwatch(const std::shared_ptr<JobEventQueue>& queue) {
 
 absl::StatusOr<std::string> Coordinator::ModelPath(
     const std::string& job_id, pnn::v1::ModelFormat format) {
+  PNN_RETURN_IF_ERROR(CheckJobId(job_id));
   std::lock_guard<std::mutex> lock(mu_);
   auto it = jobs_.find(job_id);
   if (it == jobs_.end()) {
@@ -535,10 +570,7 @@ absl::StatusOr<std::string> Coordinator::ModelPath(
         pnn::v1::JobState_Name(it->second.job.state()),
         "); models exist once a job has SUCCEEDED"));
   }
-  const char* extension =
-      format == pnn::v1::MODEL_FORMAT_PNN_WEIGHTS ? ".pnnw" : ".safetensors";
-  return (fs::path(options_.state_dir) / "models" / (job_id + extension))
-      .string();
+  return assembler_->ModelPath(job_id, format);
 }
 
 // ---------------------------------------------------------------------------
@@ -546,75 +578,54 @@ absl::StatusOr<std::string> Coordinator::ModelPath(
 
 absl::StatusOr<pnn::v1::RegisterWorkerResponse> Coordinator::RegisterWorker(
     const pnn::v1::WorkerInfo& worker) {
-  const std::string& address = worker.address();
-  const size_t colon = address.rfind(':');
-  int port = 0;
-  if (colon == std::string::npos || colon == 0 ||
-      !absl::SimpleAtoi(address.substr(colon + 1), &port) || port <= 0 ||
-      port > 65535) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "worker.address: must be HOST:PORT that the coordinator can dial, "
-        "got \"",
-        address, "\""));
+  PNN_ASSIGN_OR_RETURN(WorkerRegistry::Registered registered,
+                       workers_->Register(worker, absl::Now()));
+  if (registered.replaced.has_value() &&
+      registered.replaced->assignment.has_value()) {
+    // The worker restarted: whatever its old registration ran is lost.
+    std::lock_guard<std::mutex> lock(mu_);
+    LoseTaskLocked(registered.replaced->assignment->job_id,
+                   registered.replaced->assignment->task_index,
+                   registered.replaced->reason);
   }
-  if (worker.threads() < 0) {
-    return absl::InvalidArgumentError("worker.threads: must be >= 0");
-  }
-  std::lock_guard<std::mutex> lock(mu_);
-  // A worker that registers again under the same address has restarted:
-  // whatever its old registration was running is lost.
-  for (auto it = workers_.begin(); it != workers_.end();) {
-    if (it->second.info.address() == address) {
-      const std::string old_id = it->first;
-      if (!it->second.job_id.empty()) {
-        auto job = jobs_.find(it->second.job_id);
-        if (job != jobs_.end()) {
-          TaskRecord& task = job->second.tasks[it->second.task_index];
-          task.loss_reason = absl::StrCat("worker ", old_id,
-                                          " restarted and registered again");
-          if (task.context != nullptr) task.context->TryCancel();
-        }
-      }
-      it = workers_.erase(it);
-    } else {
-      ++it;
-    }
-  }
-  WorkerRecord record;
-  record.id = absl::StrCat("worker-", next_worker_number_++);
-  record.info = worker;
-  if (record.info.device().empty()) record.info.set_device("cpu");
-  record.last_heartbeat = absl::Now();
-  const std::string id = record.id;
-  workers_.emplace(id, std::move(record));
   scheduler_wake_.notify_all();
-  pnn::v1::RegisterWorkerResponse response;
-  response.set_worker_id(id);
-  response.set_heartbeat_interval_ms(static_cast<int32_t>(
-      absl::ToInt64Milliseconds(options_.heartbeat_interval)));
-  return response;
+  return registered.response;
 }
 
 absl::Status Coordinator::Heartbeat(const pnn::v1::HeartbeatRequest& request) {
-  std::lock_guard<std::mutex> lock(mu_);
-  auto it = workers_.find(request.worker_id());
-  if (it == workers_.end()) {
-    return absl::NotFoundError(absl::StrCat(
-        "worker \"", request.worker_id(),
-        "\" is not registered here; register again"));
-  }
-  it->second.last_heartbeat = absl::Now();
+  return workers_->Heartbeat(request.worker_id(), absl::Now());
+}
+
+absl::Status Coordinator::DeregisterWorker(const std::string& worker_id) {
+  PNN_ASSIGN_OR_RETURN(std::optional<WorkerRegistry::Assignment> assignment,
+                       workers_->Deregister(worker_id));
+  // A busy worker ends its task's stream itself as it stops (UNAVAILABLE,
+  // so the task is retried elsewhere); cancelling it from here would only
+  // make the worker wait out its shutdown grace period.
+  std::fprintf(stderr, "pnn-coordinator: worker %s deregistered (stopping%s)\n",
+               worker_id.c_str(),
+               assignment.has_value() ? "; its task will be retried" : "");
   return absl::OkStatus();
+}
+
+void Coordinator::LoseTaskLocked(const std::string& job_id, int task_index,
+                                 const std::string& reason) {
+  auto job = jobs_.find(job_id);
+  if (job == jobs_.end() || task_index < 0 ||
+      task_index >= static_cast<int>(job->second.tasks.size())) {
+    return;
+  }
+  TaskRecord& task = job->second.tasks[task_index];
+  if (task.context == nullptr) return;  // its stream has ended already
+  task.loss_reason = reason;
+  task.context->TryCancel();
 }
 
 void Coordinator::RecordUnauthenticated() {
   if (metrics_ != nullptr) metrics_->unauthenticated_requests.Increment();
 }
 
-int Coordinator::registered_workers() const {
-  std::lock_guard<std::mutex> lock(mu_);
-  return static_cast<int>(workers_.size());
-}
+int Coordinator::registered_workers() const { return workers_->size(); }
 
 // ---------------------------------------------------------------------------
 // Scheduling
@@ -631,30 +642,49 @@ void Coordinator::SchedulerLoop() {
 }
 
 void Coordinator::DetectLostWorkersLocked(absl::Time now) {
-  for (auto it = workers_.begin(); it != workers_.end();) {
-    WorkerRecord& worker = it->second;
-    if (now - worker.last_heartbeat <= options_.worker_timeout) {
-      ++it;
-      continue;
-    }
-    const std::string reason = absl::StrCat(
-        "worker ", worker.id, " (", worker.info.address(),
-        ") sent no heartbeat for ",
-        absl::FormatDuration(now - worker.last_heartbeat));
-    if (!worker.job_id.empty()) {
-      auto job = jobs_.find(worker.job_id);
-      if (job != jobs_.end()) {
-        TaskRecord& task = job->second.tasks[worker.task_index];
-        task.loss_reason = reason;
-        if (task.context != nullptr) task.context->TryCancel();
-      }
+  for (const WorkerRegistry::Ended& lost : workers_->ExpireSilent(now)) {
+    if (lost.assignment.has_value()) {
+      LoseTaskLocked(lost.assignment->job_id, lost.assignment->task_index,
+                     lost.reason);
     }
     std::fprintf(stderr, "pnn-coordinator: %s; declared lost\n",
-                 reason.c_str());
+                 lost.reason.c_str());
     if (metrics_ != nullptr) metrics_->workers_lost.Increment();
-    it = workers_.erase(it);
   }
 }
+
+namespace {
+
+// The stages of a model-parallel job when its pipeline is ready to
+// (re)start as a whole: no stage's stream is open any more, some stage is
+// queued, not all have finished. A restart also waits a moment after the
+// last stage ended: a cancelled stream ends at once on this side, but its
+// worker needs a little while to stop the old run, and would refuse the
+// new one as busy.
+template <typename Tasks>
+std::vector<size_t> PipelineStagesToStart(
+    const Tasks& tasks, const google::protobuf::Timestamp& now) {
+  constexpr double kSettleSeconds = 0.5;
+  std::vector<size_t> stages;
+  bool queued = false;
+  bool all_succeeded = true;
+  for (size_t index = 0; index < tasks.size(); ++index) {
+    const auto& task = tasks[index];
+    if (!task.task.has_pipeline()) continue;
+    if (task.context != nullptr ||
+        (task.status.has_end_time() &&
+         SecondsBetween(task.status.end_time(), now) < kSettleSeconds)) {
+      return {};
+    }
+    queued |= task.status.state() == pnn::v1::TASK_STATE_QUEUED;
+    all_succeeded &= task.status.state() == pnn::v1::TASK_STATE_SUCCEEDED;
+    stages.push_back(index);
+  }
+  if (!queued || all_succeeded) stages.clear();
+  return stages;
+}
+
+}  // namespace
 
 void Coordinator::DispatchLocked() {
   // Jobs in submission order; within a job, segments before the baseline.
@@ -665,161 +695,159 @@ void Coordinator::DispatchLocked() {
   std::sort(order.begin(), order.end(), [](JobRecord* a, JobRecord* b) {
     return a->sequence < b->sequence;
   });
-  // Model-parallel jobs: the stages when the pipeline is ready to
-  // (re)start as a whole: no stage's stream is open any more, some stage is
-  // queued, not all have finished.
-  // A restart also waits a moment after the last stage ended: a cancelled
-  // stream ends at once on this side, but its worker needs a little while
-  // to stop the old run, and would refuse the new one as busy.
-  const google::protobuf::Timestamp now = Now();
-  auto pipeline_stages_to_start = [&now](const JobRecord& record) {
-    constexpr double kSettleSeconds = 0.5;
-    std::vector<size_t> stages;
-    bool queued = false;
-    bool all_succeeded = true;
-    for (size_t index = 0; index < record.tasks.size(); ++index) {
-      const TaskRecord& task = record.tasks[index];
-      if (!task.task.has_pipeline()) continue;
-      if (task.context != nullptr ||
-          (task.status.has_end_time() &&
-           SecondsBetween(task.status.end_time(), now) < kSettleSeconds)) {
-        return std::vector<size_t>();
-      }
-      queued |= task.status.state() == pnn::v1::TASK_STATE_QUEUED;
-      all_succeeded &= task.status.state() == pnn::v1::TASK_STATE_SUCCEEDED;
-      stages.push_back(index);
-    }
-    if (!queued || all_succeeded) stages.clear();
-    return stages;
-  };
-  // Starts task `index` of `record` on `worker`, on its own RunTask thread.
-  auto dispatch = [this](JobRecord& record, size_t index,
-                         WorkerRecord& worker) {
-    TaskRecord& task = record.tasks[index];
-    worker.job_id = record.job.job_id();
-    worker.task_index = static_cast<int>(index);
-    task.status.set_state(pnn::v1::TASK_STATE_RUNNING);
-    task.status.set_worker_id(worker.id);
-    task.status.set_worker_address(worker.info.address());
-    task.status.set_attempts(task.status.attempts() + 1);
-    task.status.set_progress(0);
-    task.status.clear_epochs();
-    const google::protobuf::Timestamp now = Now();
-    *task.status.mutable_start_time() = now;
-    task.status.clear_end_time();
-    task.loss_reason.clear();
-    task.context = std::make_shared<grpc::ClientContext>();
-    if (metrics_ != nullptr) metrics_->task_dispatches.Increment();
-    if (record.job.state() == pnn::v1::JOB_STATE_QUEUED) {
-      record.job.set_state(pnn::v1::JOB_STATE_RUNNING);
-      *record.job.mutable_start_time() = now;
-    }
-    pnn::v1::TrainSegmentRequest request;
-    *request.mutable_task() = task.task;
-    if (task.resume_state.has_value() && !task.task.has_pipeline()) {
-      // Continue from the last finished epoch of an earlier attempt.
-      *request.mutable_task()->mutable_resume() = *task.resume_state;
-      task.status.set_resumed_from_epoch(task.resume_state->epochs_done());
-      for (const auto& epoch : task.resume_state->epochs()) {
-        *task.status.add_epochs() = epoch;
-      }
-      task.status.set_progress(
-          static_cast<double>(task.resume_state->epochs_done()) /
-          std::max(1, task.status.epochs_total()));
-    } else {
-      task.status.set_resumed_from_epoch(0);
-    }
-    const int64_t thread_id = next_thread_id_++;
-    dispatch_threads_.emplace(
-        thread_id,
-        std::thread(&Coordinator::RunTask, this, record.job.job_id(),
-                    static_cast<int>(index), worker.id, worker.info.address(),
-                    std::move(request), task.context, thread_id));
-    PublishLocked(record,
-                  absl::StrCat(TaskName(task.status, record.tasks.front().task.segment_count()),
-                               " dispatched to ", worker.id, " (",
-                               worker.info.address(), ")"));
-  };
   for (JobRecord* record : order) {
     bool changed = false;
-    // Model-parallel: every batch crosses every stage, so the stages start
-    // together on as many workers or not at all. A job that waits for its
-    // gang keeps later jobs off the idle workers (else small jobs could
-    // starve it), unless too few matching workers are registered for it
-    // ever to start.
-    bool gang_waits = false;
-    if (std::vector<size_t> stages = pipeline_stages_to_start(*record);
-        !stages.empty()) {
-      const std::string& device = record->tasks[stages[0]].task.device();
-      std::vector<WorkerRecord*> idle;
-      size_t matching = 0;
-      const absl::Time heard_since =
-          absl::Now() - 2 * options_.heartbeat_interval;
-      for (auto& [id, worker] : workers_) {
-        if (!DeviceMatches(device, worker.info.device())) continue;
-        ++matching;
-        // Only workers heard from lately: one that is going away (it
-        // stopped heartbeating) would cost the whole pipeline a restart.
-        if (worker.job_id.empty() && worker.last_heartbeat >= heard_since) {
-          idle.push_back(&worker);
-        }
-      }
-      if (idle.size() >= stages.size()) {
-        // A fresh session per run (unique even when a busy worker's refusal
-        // did not count as an attempt): calls from an earlier run's stages
-        // are refused by this run's workers.
-        int attempt = 0;
-        for (size_t index : stages) {
-          attempt = std::max(attempt, record->tasks[index].status.attempts());
-        }
-        const std::string session = absl::StrCat(
-            record->job.job_id(), "-run", attempt + 1, "-", next_thread_id_);
-        for (size_t i = 0; i < stages.size(); ++i) {
-          pnn::v1::PipelineStage* pipeline =
-              record->tasks[stages[i]].task.mutable_pipeline();
-          pipeline->set_session_id(session);
-          pipeline->set_downstream_address(
-              i + 1 < stages.size() ? idle[i + 1]->info.address() : "");
-        }
-        for (size_t i = 0; i < stages.size(); ++i) {
-          dispatch(*record, stages[i], *idle[i]);
-        }
-        changed = true;
-      } else {
-        gang_waits = matching >= stages.size();
-      }
-    }
-    for (size_t index = 0; index < record->tasks.size() && !gang_waits;
-         ++index) {
-      TaskRecord& task = record->tasks[index];
-      if (task.status.state() != pnn::v1::TASK_STATE_QUEUED ||
-          task.task.has_pipeline()) {
-        continue;
-      }
-      WorkerRecord* idle = nullptr;
-      for (auto& [id, worker] : workers_) {
-        if (worker.job_id.empty() &&
-            DeviceMatches(task.task.device(), worker.info.device())) {
-          idle = &worker;
-          break;
-        }
-      }
-      if (idle == nullptr) break;
-      dispatch(*record, index, *idle);
-      changed = true;
-    }
+    // A model-parallel job that waits for its gang keeps later jobs off
+    // the idle workers (else small jobs could starve it).
+    const bool gang_waits = !StartPipelineLocked(*record, &changed);
+    if (!gang_waits) changed |= DispatchQueuedLocked(*record);
     if (changed) RefreshJobLocked(*record);
     if (gang_waits) break;
   }
-  // Say why queued work waits.
-  for (JobRecord* record : order) {
+  SayWhyWorkWaitsLocked(order);
+}
+
+bool Coordinator::StartPipelineLocked(JobRecord& record, bool* started) {
+  const std::vector<size_t> stages = PipelineStagesToStart(record.tasks, Now());
+  if (stages.empty()) return true;
+  // Every batch crosses every stage, so the stages start together on as
+  // many workers or not at all.
+  const std::string& device = record.tasks[stages[0]].task.device();
+  const absl::Time now = absl::Now();
+  const absl::Time heard_since = now - 2 * options_.heartbeat_interval;
+  std::vector<WorkerRegistry::Worker> idle;
+  for (WorkerRegistry::Worker& worker : workers_->Available(now)) {
+    // Only workers heard from lately: one that is going away (it stopped
+    // heartbeating) would cost the whole pipeline a restart.
+    if (DeviceMatches(device, worker.info.device()) &&
+        worker.last_heartbeat >= heard_since) {
+      idle.push_back(std::move(worker));
+    }
+  }
+  if (idle.size() < stages.size()) {
+    // Wait for the gang, unless too few matching workers are registered
+    // for it ever to start.
+    size_t matching = 0;
+    for (const WorkerRegistry::Worker& worker : workers_->All()) {
+      matching += DeviceMatches(device, worker.info.device());
+    }
+    return matching < stages.size();
+  }
+  idle.resize(stages.size());
+  for (size_t i = 0; i < stages.size(); ++i) {
+    if (!workers_->Claim(idle[i].id, {record.job.job_id(),
+                                      static_cast<int>(stages[i])})) {
+      // Gone in the meantime: give back what was claimed, try next pass.
+      for (size_t j = 0; j < i; ++j) {
+        workers_->Release(idle[j].id, {record.job.job_id(),
+                                       static_cast<int>(stages[j])});
+      }
+      return true;
+    }
+  }
+  // A fresh session per run (unique even when a busy worker's refusal did
+  // not count as an attempt): calls from an earlier run's stages are
+  // refused by this run's workers.
+  int attempt = 0;
+  for (size_t index : stages) {
+    attempt = std::max(attempt, record.tasks[index].status.attempts());
+  }
+  const std::string session = absl::StrCat(
+      record.job.job_id(), "-run", attempt + 1, "-", next_thread_id_);
+  for (size_t i = 0; i < stages.size(); ++i) {
+    pnn::v1::PipelineStage* pipeline =
+        record.tasks[stages[i]].task.mutable_pipeline();
+    pipeline->set_session_id(session);
+    pipeline->set_downstream_address(
+        i + 1 < stages.size() ? idle[i + 1].info.address() : "");
+  }
+  for (size_t i = 0; i < stages.size(); ++i) {
+    DispatchTaskLocked(record, stages[i], idle[i]);
+  }
+  *started = true;
+  return true;
+}
+
+bool Coordinator::DispatchQueuedLocked(JobRecord& record) {
+  bool changed = false;
+  std::vector<WorkerRegistry::Worker> idle = workers_->Available(absl::Now());
+  for (size_t index = 0; index < record.tasks.size() && !idle.empty();
+       ++index) {
+    TaskRecord& task = record.tasks[index];
+    if (task.status.state() != pnn::v1::TASK_STATE_QUEUED ||
+        task.task.has_pipeline()) {
+      continue;
+    }
+    auto worker = std::find_if(
+        idle.begin(), idle.end(), [&task](const WorkerRegistry::Worker& w) {
+          return DeviceMatches(task.task.device(), w.info.device());
+        });
+    if (worker == idle.end()) continue;
+    if (workers_->Claim(worker->id,
+                        {record.job.job_id(), static_cast<int>(index)})) {
+      DispatchTaskLocked(record, index, *worker);
+      changed = true;
+    }
+    idle.erase(worker);
+  }
+  return changed;
+}
+
+void Coordinator::DispatchTaskLocked(JobRecord& record, size_t index,
+                                     const WorkerRegistry::Worker& worker) {
+  TaskRecord& task = record.tasks[index];
+  task.status.set_state(pnn::v1::TASK_STATE_RUNNING);
+  task.status.set_worker_id(worker.id);
+  task.status.set_worker_address(worker.info.address());
+  task.status.set_attempts(task.status.attempts() + 1);
+  task.status.set_progress(0);
+  task.status.clear_epochs();
+  const google::protobuf::Timestamp now = Now();
+  *task.status.mutable_start_time() = now;
+  task.status.clear_end_time();
+  task.loss_reason.clear();
+  task.context = std::make_shared<grpc::ClientContext>();
+  if (metrics_ != nullptr) metrics_->task_dispatches.Increment();
+  if (record.job.state() == pnn::v1::JOB_STATE_QUEUED) {
+    record.job.set_state(pnn::v1::JOB_STATE_RUNNING);
+    *record.job.mutable_start_time() = now;
+  }
+  pnn::v1::TrainSegmentRequest request;
+  *request.mutable_task() = task.task;
+  task.status.set_resumed_from_epoch(0);
+  if (task.resume_state.has_value() && !task.task.has_pipeline()) {
+    // Continue from the last finished epoch of an earlier attempt.
+    *request.mutable_task()->mutable_resume() = *task.resume_state;
+    task.status.set_resumed_from_epoch(task.resume_state->epochs_done());
+    for (const auto& epoch : task.resume_state->epochs()) {
+      *task.status.add_epochs() = epoch;
+    }
+    task.status.set_progress(
+        static_cast<double>(task.resume_state->epochs_done()) /
+        std::max(1, task.status.epochs_total()));
+  }
+  const int64_t thread_id = next_thread_id_++;
+  dispatch_threads_.emplace(
+      thread_id,
+      std::thread(&Coordinator::RunTask, this, record.job.job_id(),
+                  static_cast<int>(index), worker.id, worker.info.address(),
+                  std::move(request), task.context, thread_id));
+  PublishLocked(record,
+                absl::StrCat(TaskName(task.status, SegmentCount(record)),
+                             " dispatched to ", worker.id, " (",
+                             worker.info.address(), ")"));
+}
+
+void Coordinator::SayWhyWorkWaitsLocked(const std::vector<JobRecord*>& jobs) {
+  const WorkerRegistry::Counts counts = workers_->Count(absl::Now());
+  for (JobRecord* record : jobs) {
     const bool queued = std::any_of(
         record->tasks.begin(), record->tasks.end(), [](const TaskRecord& t) {
           return t.status.state() == pnn::v1::TASK_STATE_QUEUED;
         });
     std::string message;
     if (queued) {
-      message = WaitMessage(workers_.size(), CountIdle(workers_),
+      message = WaitMessage(counts.registered, counts.idle,
                             CountPipelineStages(record->tasks));
     } else if (record->job.state() == pnn::v1::JOB_STATE_RUNNING) {
       message = "training";
@@ -868,32 +896,114 @@ void Coordinator::RunTask(std::string job_id, int task_index,
   std::unique_ptr<grpc::ClientReader<pnn::v1::TrainSegmentUpdate>> reader =
       stub->TrainSegment(context.get(), request);
   pnn::v1::TrainSegmentUpdate update;
-  bool got_result = false;
+  std::optional<pnn::v1::SegmentWeights> weights;
   while (reader->Read(&update)) {
-    got_result = got_result || update.has_result();
     OnTaskUpdate(job_id, task_index, update,
                  static_cast<int64_t>(update.ByteSizeLong()));
+    if (update.has_result()) {
+      weights = std::move(*update.mutable_result()->mutable_weights());
+    }
   }
   absl::Status status = FromGrpcStatus(reader->Finish());
-  if (status.ok() && !got_result) {
+  if (status.ok() && !weights.has_value()) {
     status = absl::DataLossError(
         "the worker ended the stream without sending the trained weights");
   }
-  OnTaskFinished(job_id, task_index, worker_id, status);
+  // Checked and written before the job table's lock is taken: building a
+  // model and writing megabytes must not hold up GetJob or Watch.
+  if (status.ok()) {
+    status = CheckAndStoreWeights(job_id, task_index, worker_id,
+                                  request.task(), *weights);
+  }
+  OnTaskFinished(job_id, task_index, worker_id, status,
+                 status.ok() ? std::move(*weights)
+                             : pnn::v1::SegmentWeights());
   std::lock_guard<std::mutex> lock(mu_);
   finished_dispatch_threads_.push_back(thread_id);
   scheduler_wake_.notify_all();
 }
 
+bool Coordinator::KeepCheckpointLocked(JobRecord& record, TaskRecord& task,
+                                       const pnn::v1::Checkpoint& checkpoint) {
+  const pnn::v1::TaskStatus& status = task.status;
+  bool kept = false;
+  if (checkpoint.has_state()) {
+    // Kept only if it fits the task: a bad state must not break the
+    // retry it is meant for.
+    const auto& state = checkpoint.state();
+    if (state.epochs_done() >= 1 &&
+        state.epochs_done() <= status.epochs_total() &&
+        state.weights().segment_index() == task.task.segment_index()) {
+      task.resume_state = state;
+      kept = true;
+    }
+  }
+  if (record.job.spec().evaluations_per_epoch() > 0 && !task.is_baseline &&
+      record.job.has_start_time()) {
+    CheckpointRecord point;
+    point.job_seconds = SecondsBetween(record.job.start_time(), Now());
+    point.epoch = checkpoint.epoch();
+    point.batches_done = checkpoint.batches_done();
+    point.epochs_done = checkpoint.epochs_done();
+    point.cpu_seconds = checkpoint.cpu_seconds();
+    point.weights = checkpoint.has_state() ? checkpoint.state().weights()
+                                           : checkpoint.weights();
+    task.checkpoints.push_back(std::move(point));
+  }
+  return kept;
+}
+
+absl::Status Coordinator::CheckAndStoreWeights(
+    const std::string& job_id, int task_index, const std::string& worker_id,
+    const pnn::v1::SegmentTask& task, const pnn::v1::SegmentWeights& weights) {
+  // Weights from a worker are checked before anything uses them.
+  auto model = ModelFromWeights(weights, task.activation());
+  if (!model.ok() || (*model)->first_layer() != task.first_layer() ||
+      (*model)->last_layer() != task.last_layer() ||
+      (*model)->widths() !=
+          std::vector<int>(task.widths().begin(), task.widths().end())) {
+    return absl::DataLossError(absl::StrCat(
+        "worker ", worker_id, " returned malformed weights: ",
+        model.ok() ? "wrong layers or shapes" : model.status().message()));
+  }
+  if (store_ == nullptr) return absl::OkStatus();
+  absl::Status saved = store_->SaveWeights(job_id, task_index, weights);
+  if (saved.ok()) saved = store_->DeleteResumeState(job_id, task_index);
+  if (!saved.ok()) {
+    // The job goes on, but this segment would train again after a restart.
+    std::fprintf(stderr, "pnn-coordinator: %s\n",
+                 std::string(saved.message()).c_str());
+  }
+  return absl::OkStatus();
+}
+
 void Coordinator::OnTaskUpdate(const std::string& job_id, int task_index,
                                const pnn::v1::TrainSegmentUpdate& update,
                                int64_t bytes) {
+  if (OnTaskUpdateLocked(job_id, task_index, update, bytes) &&
+      store_ != nullptr) {
+    // Megabytes per epoch: written after the lock is released. Only this
+    // task's stream thread writes its state, so writes stay in order.
+    if (absl::Status saved = store_->SaveResumeState(
+            job_id, task_index, update.checkpoint().state());
+        !saved.ok()) {
+      std::fprintf(stderr, "pnn-coordinator: %s\n",
+                   std::string(saved.message()).c_str());
+    }
+  }
+}
+
+bool Coordinator::OnTaskUpdateLocked(const std::string& job_id,
+                                     int task_index,
+                                     const pnn::v1::TrainSegmentUpdate& update,
+                                     int64_t bytes) {
   std::lock_guard<std::mutex> lock(mu_);
+  bool keep_state = false;
   if (metrics_ != nullptr) {
     metrics_->network_received_bytes.Increment(static_cast<double>(bytes));
   }
   auto it = jobs_.find(job_id);
-  if (it == jobs_.end()) return;
+  if (it == jobs_.end()) return false;
   JobRecord& record = it->second;
   TaskRecord& task = record.tasks[task_index];
   auto& status = task.status;
@@ -902,8 +1012,8 @@ void Coordinator::OnTaskUpdate(const std::string& job_id, int task_index,
   } else {
     status.set_bytes_received(status.bytes_received() + bytes);
   }
-  if (IsFinal(record.job.state())) return;
-  const std::string name = TaskName(status, record.tasks.front().task.segment_count());
+  if (IsFinal(record.job.state())) return false;
+  const std::string name = TaskName(status, SegmentCount(record));
   switch (update.update_case()) {
     case pnn::v1::TrainSegmentUpdate::kStarted:
       PublishLocked(record, absl::StrCat(name, " started on ", status.worker_id(),
@@ -935,54 +1045,24 @@ void Coordinator::OnTaskUpdate(const std::string& job_id, int task_index,
                                     update.epoch().samples_per_second()));
       break;
     }
-    case pnn::v1::TrainSegmentUpdate::kCheckpoint: {
-      const pnn::v1::Checkpoint& checkpoint = update.checkpoint();
-      if (checkpoint.has_state()) {
-        // Kept only if it fits the task: a bad state must not break the
-        // retry it is meant for.
-        const auto& state = checkpoint.state();
-        if (state.epochs_done() >= 1 &&
-            state.epochs_done() <= status.epochs_total() &&
-            state.weights().segment_index() == task.task.segment_index()) {
-          task.resume_state = state;
-          if (store_ != nullptr) {
-            if (absl::Status saved =
-                    store_->SaveResumeState(job_id, task_index, state);
-                !saved.ok()) {
-              std::fprintf(stderr, "pnn-coordinator: %s\n",
-                           std::string(saved.message()).c_str());
-            }
-          }
-        }
-      }
-      if (record.job.spec().evaluations_per_epoch() > 0 && !task.is_baseline &&
-          record.job.has_start_time()) {
-        CheckpointRecord point;
-        point.job_seconds = SecondsBetween(record.job.start_time(), Now());
-        point.epoch = checkpoint.epoch();
-        point.batches_done = checkpoint.batches_done();
-        point.epochs_done = checkpoint.epochs_done();
-        point.cpu_seconds = checkpoint.cpu_seconds();
-        point.weights = checkpoint.has_state() ? checkpoint.state().weights()
-                                               : checkpoint.weights();
-        task.checkpoints.push_back(std::move(point));
-      }
+    case pnn::v1::TrainSegmentUpdate::kCheckpoint:
+      keep_state = KeepCheckpointLocked(record, task, update.checkpoint());
       break;
-    }
     case pnn::v1::TrainSegmentUpdate::kResult:
-      task.weights = update.result().weights();
       *status.mutable_cost() = update.result().cost();
       break;
     default:
       break;
   }
+  return keep_state;
 }
 
 void Coordinator::OnTaskFinished(const std::string& job_id, int task_index,
                                  const std::string& worker_id,
-                                 absl::Status status) {
+                                 absl::Status status,
+                                 pnn::v1::SegmentWeights weights) {
   std::lock_guard<std::mutex> lock(mu_);
-  ReleaseWorkerLocked(worker_id);
+  workers_->Release(worker_id, {job_id, task_index});
   scheduler_wake_.notify_all();
   auto it = jobs_.find(job_id);
   if (it == jobs_.end()) return;
@@ -990,7 +1070,6 @@ void Coordinator::OnTaskFinished(const std::string& job_id, int task_index,
   TaskRecord& task = record.tasks[task_index];
   task.context.reset();
   *task.status.mutable_end_time() = Now();
-  const std::string name = TaskName(task.status, record.tasks.front().task.segment_count());
   if (shutting_down_ && !status.ok()) {
     // This process cancelled the call to stop: no fault of the task. The
     // stored record keeps the task RUNNING, so the next start re-queues it
@@ -1002,197 +1081,197 @@ void Coordinator::OnTaskFinished(const std::string& job_id, int task_index,
       task.status.set_state(status.ok() ? pnn::v1::TASK_STATE_SUCCEEDED
                                         : pnn::v1::TASK_STATE_CANCELLED);
     }
-    PersistLocked(record);
+    PersistLocked(record).IgnoreError();  // logged
     PublishLocked(record, "");
     return;
   }
   if (task.task.has_pipeline() &&
       task.status.state() == pnn::v1::TASK_STATE_CANCELLED) {
-    // A stage stopped for a restart of its pipeline (see the failure path
-    // below): however it ended, it trains again with the others, and the
-    // attempt is not its failure.
+    // A stage stopped for a restart of its pipeline (OnStageFailedLocked):
+    // however it ended, it trains again with the others, and the attempt
+    // is not its failure.
     task.status.set_state(pnn::v1::TASK_STATE_QUEUED);
     task.status.set_progress(0);
     PublishLocked(record, "");
     return;
   }
   if (status.ok()) {
-    // Weights from a worker are checked before anything uses them.
-    auto model = ModelFromWeights(task.weights, task.task.activation());
-    if (!model.ok() || (*model)->first_layer() != task.task.first_layer() ||
-        (*model)->last_layer() != task.task.last_layer() ||
-        (*model)->widths() != std::vector<int>(task.task.widths().begin(),
-                                               task.task.widths().end())) {
-      status = absl::DataLossError(absl::StrCat(
-          "worker ", worker_id, " returned malformed weights: ",
-          model.ok() ? "wrong layers or shapes" : model.status().message()));
-    }
+    task.weights = std::move(weights);
+    workers_->MarkReachable(worker_id);
+    OnTaskSucceededLocked(record, task_index, worker_id);
+  } else if (task.task.has_pipeline()) {
+    OnStageFailedLocked(record, task_index, worker_id, status);
+  } else {
+    OnTaskFailedLocked(record, task_index, worker_id, status);
   }
-  if (status.ok()) {
-    if (store_ != nullptr) {
-      absl::Status saved = store_->SaveWeights(job_id, task_index, task.weights);
-      if (saved.ok() && task.resume_state.has_value()) {
-        saved = store_->DeleteResumeState(job_id, task_index);
-      }
-      if (!saved.ok()) {
-        std::fprintf(stderr, "pnn-coordinator: %s\n",
-                     std::string(saved.message()).c_str());
-      }
-    }
-    task.status.set_state(pnn::v1::TASK_STATE_SUCCEEDED);
-    task.status.set_progress(1.0);
-    task.resume_state.reset();
-    PublishLocked(record, absl::StrCat(name, " finished on ", worker_id));
-    if (task.is_baseline) {
-      assembly_queue_.emplace_back(job_id, AssemblyWork::kEvaluateBaseline);
-      assembly_wake_.notify_all();
-      return;
-    }
-    // Previous-outputs mode: the next segment can start now.
-    std::vector<pnn::v1::SegmentWeights> finished;
-    bool all_done = true;
-    for (TaskRecord& other : record.tasks) {
-      if (other.is_baseline) continue;
-      if (other.status.state() == pnn::v1::TASK_STATE_SUCCEEDED) {
-        if (all_done) finished.push_back(other.weights);
-      } else {
-        all_done = false;
-        if (other.status.state() == pnn::v1::TASK_STATE_WAITING &&
-            static_cast<int>(finished.size()) ==
-                other.task.segment_index()) {
-          if (AttachUpstream(finished, &other.task).ok()) {
-            other.status.set_state(pnn::v1::TASK_STATE_QUEUED);
-          }
-        }
-      }
-    }
-    if (all_done) {
-      if (record.job.has_start_time()) {
-        record.job.set_training_seconds(
-            SecondsBetween(record.job.start_time(), Now()));
-      }
-      record.job.set_state(pnn::v1::JOB_STATE_ASSEMBLING);
-      record.job.set_message("joining the segments and testing");
-      PublishLocked(record, "all segments trained; assembling");
-      assembly_queue_.emplace_back(job_id, AssemblyWork::kAssemble);
-      assembly_wake_.notify_all();
-    }
+}
+
+void Coordinator::OnTaskSucceededLocked(JobRecord& record, int task_index,
+                                        const std::string& worker_id) {
+  TaskRecord& task = record.tasks[task_index];
+  const std::string& job_id = record.job.job_id();
+  task.status.set_state(pnn::v1::TASK_STATE_SUCCEEDED);
+  task.status.set_progress(1.0);
+  task.resume_state.reset();
+  PublishLocked(record, absl::StrCat(TaskName(task.status, SegmentCount(record)),
+                                     " finished on ", worker_id));
+  if (task.is_baseline) {
+    assembly_queue_.emplace_back(job_id, AssemblyWork::kEvaluateBaseline);
+    assembly_wake_.notify_all();
     return;
   }
-  if (task.task.has_pipeline()) {
-    // Model-parallel: the stages depend on each other every batch, so one
-    // stage's failure ends the pipeline's run. While a retry can help and
-    // attempts remain, every stage restarts from scratch together (a new
-    // session, on whichever workers are idle); the others are marked
-    // CANCELLED until their streams close, which does not count against
-    // them (see above).
-    const std::string where =
-        absl::StrCat(worker_id, " (", task.status.worker_address(), ")");
-    const bool lost = !task.loss_reason.empty();
-    // UNAVAILABLE: this worker cannot be reached. CANCELLED: it stopped
-    // the stage itself, i.e. it is shutting down (the coordinator's own
-    // cancellations end above). Either way it must not get the restart; a
-    // live worker registers again at its next heartbeat. A stage whose
-    // neighbour is gone says ABORTED instead, and keeps its worker.
-    if (!lost &&
-        (status.code() == absl::StatusCode::kUnavailable ||
-         status.code() == absl::StatusCode::kCancelled) &&
-        workers_.erase(worker_id) > 0) {
-      if (metrics_ != nullptr) metrics_->workers_lost.Increment();
-      std::fprintf(stderr,
-                   "pnn-coordinator: worker %s unreachable or stopping (%s); "
-                   "removed\n",
-                   worker_id.c_str(), std::string(status.message()).c_str());
+  // Previous-outputs mode: the next segment can start now.
+  std::vector<pnn::v1::SegmentWeights> finished;
+  bool all_done = true;
+  for (TaskRecord& other : record.tasks) {
+    if (other.is_baseline) continue;
+    if (other.status.state() == pnn::v1::TASK_STATE_SUCCEEDED) {
+      if (all_done) finished.push_back(other.weights);
+      continue;
     }
-    const std::string error =
-        lost ? task.loss_reason
-             : absl::StrCat(absl::StatusCodeToString(status.code()), ": ",
-                            status.message());
-    task.status.set_error(error);
-    if (!lost && !IsRetryable(status)) {
-      task.status.set_state(pnn::v1::TASK_STATE_FAILED);
-      FailJobLocked(record,
-                    absl::StrCat(name, " failed on ", where, ": ", error,
-                                 " (model-parallel stages depend on each "
-                                 "other every batch: the whole pipeline "
-                                 "stops)"));
-      return;
+    all_done = false;
+    if (other.status.state() == pnn::v1::TASK_STATE_WAITING &&
+        static_cast<int>(finished.size()) == other.task.segment_index() &&
+        AttachUpstream(finished, &other.task).ok()) {
+      other.status.set_state(pnn::v1::TASK_STATE_QUEUED);
     }
-    if (!lost && status.code() == absl::StatusCode::kResourceExhausted) {
-      // A busy worker tried nothing: no stage's attempt counts.
-      for (TaskRecord& stage : record.tasks) {
-        if (stage.task.has_pipeline()) {
-          stage.status.set_attempts(std::max(0, stage.status.attempts() - 1));
-        }
-      }
-    }
-    if (task.status.attempts() >= options_.max_attempts) {
-      task.status.set_state(pnn::v1::TASK_STATE_FAILED);
-      FailJobLocked(record,
-                    absl::StrCat(name, " failed ", task.status.attempts(),
-                                 " times (each time the whole model-parallel "
-                                 "pipeline restarted); last error on ",
-                                 where, ": ", error));
-      return;
-    }
-    task.status.set_state(pnn::v1::TASK_STATE_QUEUED);
-    task.status.set_progress(0);
-    for (TaskRecord& stage : record.tasks) {
-      if (&stage == &task || !stage.task.has_pipeline()) continue;
-      stage.status.set_progress(0);
-      if (stage.context != nullptr) {
-        stage.context->TryCancel();
-        stage.status.set_state(pnn::v1::TASK_STATE_CANCELLED);
-        *stage.status.mutable_end_time() = Now();
-      } else {
-        stage.status.set_state(pnn::v1::TASK_STATE_QUEUED);
-      }
-    }
-    if (metrics_ != nullptr) metrics_->task_retries.Increment();
-    PublishLocked(record,
-                  absl::StrCat(name, " failed on ", where, ": ", error,
-                               "; restarting every model-parallel stage"));
-    return;
   }
+  if (!all_done) return;
+  if (record.job.has_start_time()) {
+    record.job.set_training_seconds(
+        SecondsBetween(record.job.start_time(), Now()));
+  }
+  record.job.set_state(pnn::v1::JOB_STATE_ASSEMBLING);
+  record.job.set_message("joining the segments and testing");
+  PublishLocked(record, "all segments trained; assembling");
+  assembly_queue_.emplace_back(job_id, AssemblyWork::kAssemble);
+  assembly_wake_.notify_all();
+}
+
+namespace {
+
+// What a failed attempt says, for people: the loss reason when the
+// coordinator ended it, else the worker's status.
+std::string AttemptError(const std::string& loss_reason,
+                         const absl::Status& status) {
+  if (!loss_reason.empty()) return loss_reason;
+  return absl::StrCat(absl::StatusCodeToString(status.code()), ": ",
+                      status.message());
+}
+
+}  // namespace
+
+RetryDecision Coordinator::DecideLocked(TaskRecord& task,
+                                        const std::string& worker_id,
+                                        const absl::Status& status) {
+  AttemptFacts facts;
+  facts.code = status.code();
+  facts.worker_lost = !task.loss_reason.empty();
+  facts.pipeline_stage = task.task.has_pipeline();
+  facts.attempts = task.status.attempts();
+  facts.max_attempts = options_.max_attempts;
+  const RetryDecision decision = DecideRetry(facts);
+  if (decision.back_off_worker) {
+    // It must not get the retry at once; it stays registered (no lost
+    // worker), and a task that runs there later resets the back-off.
+    workers_->MarkUnreachable(worker_id, absl::Now());
+    std::fprintf(stderr,
+                 "pnn-coordinator: worker %s unreachable or stopping (%s); "
+                 "backing off\n",
+                 worker_id.c_str(), std::string(status.message()).c_str());
+  }
+  task.status.set_error(AttemptError(task.loss_reason, status));
+  return decision;
+}
+
+void Coordinator::OnStageFailedLocked(JobRecord& record, int task_index,
+                                      const std::string& worker_id,
+                                      const absl::Status& status) {
+  // Model-parallel: the stages depend on each other every batch, so one
+  // stage's failure ends the pipeline's run. While a retry can help and
+  // attempts remain, every stage restarts from scratch together (a new
+  // session, on whichever workers are idle); the others are marked
+  // CANCELLED until their streams close, which does not count against
+  // them (OnTaskFinished).
+  TaskRecord& task = record.tasks[task_index];
+  const std::string name = TaskName(task.status, SegmentCount(record));
   const std::string where =
       absl::StrCat(worker_id, " (", task.status.worker_address(), ")");
-  const bool lost = !task.loss_reason.empty();
-  if (!lost && status.code() == absl::StatusCode::kUnavailable) {
-    // The worker cannot be reached: forget it rather than hand it the retry.
-    // A live worker learns from its next heartbeat (NOT_FOUND) and
-    // registers again.
-    if (workers_.erase(worker_id) > 0) {
-      if (metrics_ != nullptr) metrics_->workers_lost.Increment();
-      std::fprintf(stderr,
-                   "pnn-coordinator: worker %s unreachable (%s); removed\n",
-                   worker_id.c_str(), std::string(status.message()).c_str());
+  const RetryDecision decision = DecideLocked(task, worker_id, status);
+  const std::string& error = task.status.error();
+  if (decision.action == RetryDecision::Action::kFail) {
+    task.status.set_state(pnn::v1::TASK_STATE_FAILED);
+    FailJobLocked(record,
+                  absl::StrCat(name, " failed on ", where, ": ", error,
+                               " (model-parallel stages depend on each "
+                               "other every batch: the whole pipeline "
+                               "stops)"));
+    return;
+  }
+  for (TaskRecord& stage : record.tasks) {
+    if (!decision.attempt_counts && stage.task.has_pipeline()) {
+      stage.status.set_attempts(std::max(0, stage.status.attempts() - 1));
     }
   }
-  const std::string error =
-      lost ? task.loss_reason
-           : absl::StrCat(absl::StatusCodeToString(status.code()), ": ",
-                          status.message());
-  task.status.set_error(error);
-  if (lost || IsRetryable(status)) {
-    // Busy workers do not count against the task: nothing was tried.
-    const bool counts =
-        lost || status.code() != absl::StatusCode::kResourceExhausted;
-    if (!counts) task.status.set_attempts(task.status.attempts() - 1);
-    if (task.status.attempts() >= options_.max_attempts) {
+  if (decision.action == RetryDecision::Action::kAttemptsUsedUp) {
+    task.status.set_state(pnn::v1::TASK_STATE_FAILED);
+    FailJobLocked(record,
+                  absl::StrCat(name, " failed ", task.status.attempts(),
+                               " times (each time the whole model-parallel "
+                               "pipeline restarted); last error on ",
+                               where, ": ", error));
+    return;
+  }
+  task.status.set_state(pnn::v1::TASK_STATE_QUEUED);
+  task.status.set_progress(0);
+  for (TaskRecord& stage : record.tasks) {
+    if (&stage == &task || !stage.task.has_pipeline()) continue;
+    stage.status.set_progress(0);
+    if (stage.context != nullptr) {
+      stage.context->TryCancel();
+      stage.status.set_state(pnn::v1::TASK_STATE_CANCELLED);
+      *stage.status.mutable_end_time() = Now();
+    } else {
+      stage.status.set_state(pnn::v1::TASK_STATE_QUEUED);
+    }
+  }
+  if (metrics_ != nullptr) metrics_->task_retries.Increment();
+  PublishLocked(record,
+                absl::StrCat(name, " failed on ", where, ": ", error,
+                             "; restarting every model-parallel stage"));
+}
+
+void Coordinator::OnTaskFailedLocked(JobRecord& record, int task_index,
+                                     const std::string& worker_id,
+                                     const absl::Status& status) {
+  TaskRecord& task = record.tasks[task_index];
+  const std::string name = TaskName(task.status, SegmentCount(record));
+  const std::string where =
+      absl::StrCat(worker_id, " (", task.status.worker_address(), ")");
+  const RetryDecision decision = DecideLocked(task, worker_id, status);
+  const std::string& error = task.status.error();
+  if (!decision.attempt_counts) {
+    task.status.set_attempts(task.status.attempts() - 1);
+  }
+  switch (decision.action) {
+    case RetryDecision::Action::kRetry:
+      task.status.set_state(pnn::v1::TASK_STATE_QUEUED);
+      task.status.set_progress(0);
+      if (metrics_ != nullptr) metrics_->task_retries.Increment();
+      PublishLocked(record, absl::StrCat(name, " will be retried: ", error));
+      return;
+    case RetryDecision::Action::kAttemptsUsedUp:
       task.status.set_state(pnn::v1::TASK_STATE_FAILED);
       FailJobLocked(record,
                     absl::StrCat(name, " failed ", task.status.attempts(),
                                  " times; last error on ", where, ": ", error));
       return;
-    }
-    task.status.set_state(pnn::v1::TASK_STATE_QUEUED);
-    task.status.set_progress(0);
-    if (metrics_ != nullptr) metrics_->task_retries.Increment();
-    PublishLocked(record, absl::StrCat(name, " will be retried: ", error));
-    return;
+    case RetryDecision::Action::kFail:
+      task.status.set_state(pnn::v1::TASK_STATE_FAILED);
+      FailJobLocked(record,
+                    absl::StrCat(name, " failed on ", where, ": ", error));
+      return;
   }
-  task.status.set_state(pnn::v1::TASK_STATE_FAILED);
-  FailJobLocked(record, absl::StrCat(name, " failed on ", where, ": ", error));
 }
 
 // ---------------------------------------------------------------------------
@@ -1225,187 +1304,56 @@ bool Coordinator::ShouldStopAssembly(const std::string& job_id) {
 }
 
 void Coordinator::Assemble(const std::string& job_id) {
-  pnn::v1::JobSpec spec;
-  std::vector<pnn::v1::SegmentWeights> weights;
-  std::vector<std::vector<CheckpointRecord>> checkpoints;
-  bool pipeline = false;
+  AssemblyInput input;
   {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = jobs_.find(job_id);
     if (it == jobs_.end() || IsFinal(it->second.job.state())) return;
-    spec = it->second.job.spec();
+    input.job_id = job_id;
+    input.spec = it->second.job.spec();
     for (const TaskRecord& task : it->second.tasks) {
       if (task.is_baseline) continue;
-      weights.push_back(task.weights);
-      checkpoints.push_back(task.checkpoints);
-      pipeline = task.task.has_pipeline();
+      input.weights.push_back(task.weights);
+      input.checkpoints.push_back(task.checkpoints);
+      input.pipeline = task.task.has_pipeline();
     }
   }
-  auto outcome = [&]() -> absl::Status {
-    PNN_ASSIGN_OR_RETURN(std::string directory,
-                         ResolveDatasetDirectory(options_.data_dir,
-                                                 spec.dataset(), false));
-    PNN_ASSIGN_OR_RETURN(std::shared_ptr<const Dataset> data,
-                         datasets_->Get(directory, spec.dataset()));
-    PNN_ASSIGN_OR_RETURN(MlpSegment joined,
-                         AssembleNetwork(weights, spec.model().activation()));
-    PNN_ASSIGN_OR_RETURN(
-        pnn::v1::TestResult joined_test,
-        Evaluate(joined, data->test, data->num_classes, spec.device()));
-    PNN_ASSIGN_OR_RETURN(
-        std::vector<pnn::v1::EvaluationPoint> curve,
-        EvaluateCheckpoints(checkpoints, pipeline, spec.model().activation(),
-                            *data, spec.device(), job_id));
-    pnn::v1::TestResult final_test = joined_test;
-    double recovery_seconds = 0;
-    const pnn::v1::TrainingConfig recovery = RecoveryTrainingConfig(spec);
-    if (recovery.epochs() > 0) {
-      TrainOptions train;
-      train.device = spec.device();
-      train.threads = options_.threads;
-      train.should_stop = [this, &job_id] { return ShouldStopAssembly(job_id); };
-      PNN_ASSIGN_OR_RETURN(
-          NetworkTrainingResult recovered,
-          TrainNetwork(joined, data->train, recovery, spec.seed(), train));
-      recovery_seconds = recovered.cost.wall_seconds();
-      PNN_ASSIGN_OR_RETURN(final_test, Evaluate(joined, data->test,
-                                                data->num_classes,
-                                                spec.device()));
-    }
-    // Artifacts: the joined weights in pnn's own format and as safetensors.
-    pnn::v1::SegmentWeights model = ExportWeights(joined, 0);
-    std::map<std::string, std::string> metadata = {
-        {"format", "pnn"},
-        {"job_id", job_id},
-        {"widths", absl::StrJoin(joined->widths(), ",")},
-        {"activation", pnn::v1::Activation_Name(spec.model().activation())},
-        {"layout", "linear<L>.weight is [out, in]; y = x W^T + b; the "
-                   "activation follows every linear layer but the last"}};
-    PNN_ASSIGN_OR_RETURN(std::string safetensors,
-                         EncodeSafetensors(model, metadata));
-    const fs::path models = fs::path(options_.state_dir) / "models";
-    PNN_RETURN_IF_ERROR(
-        WriteFileAtomically(models / (job_id + ".safetensors"), safetensors));
-    PNN_RETURN_IF_ERROR(WriteFileAtomically(models / (job_id + ".pnnw"),
-                                            model.SerializeAsString()));
-    std::lock_guard<std::mutex> lock(mu_);
-    auto it = jobs_.find(job_id);
-    if (it == jobs_.end()) return absl::OkStatus();
-    JobRecord& record = it->second;
-    *record.job.mutable_test() = final_test;
-    record.job.set_joined_test_accuracy(joined_test.accuracy());
-    record.job.set_recovery_seconds(recovery_seconds);
-    record.job.set_model_bytes(static_cast<int64_t>(safetensors.size()));
-    record.job.clear_evaluations();
-    for (auto& point : curve) *record.job.add_evaluations() = std::move(point);
-    for (TaskRecord& task : record.tasks) {
-      task.checkpoints.clear();
-      task.checkpoints.shrink_to_fit();
-    }
-    record.assembled = true;
-    if (!IsFinal(record.job.state())) {
-      PublishLocked(record,
-                    absl::StrFormat("joined network: test accuracy %.2f%%",
-                                    100 * final_test.accuracy()));
-      MaybeSucceedLocked(record);
-    }
-    return absl::OkStatus();
-  }();
-  if (!outcome.ok()) {
-    std::lock_guard<std::mutex> lock(mu_);
-    auto it = jobs_.find(job_id);
-    if (it != jobs_.end() && !IsFinal(it->second.job.state())) {
-      FailJobLocked(it->second,
-                    absl::StrCat("assembly failed: ", outcome.message()));
-    }
+  absl::StatusOr<AssemblyResult> result = assembler_->Assemble(
+      input, [this, &job_id] { return ShouldStopAssembly(job_id); });
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = jobs_.find(job_id);
+  if (it == jobs_.end() || IsFinal(it->second.job.state())) {
+    // Cancelled (or failed) while it was assembled: no model to serve.
+    assembler_->RemoveModel(job_id);
+    return;
   }
-}
-
-absl::StatusOr<std::vector<pnn::v1::EvaluationPoint>>
-Coordinator::EvaluateCheckpoints(
-    const std::vector<std::vector<CheckpointRecord>>& checkpoints,
-    bool pipeline, pnn::v1::Activation activation, const Dataset& data,
-    const std::string& device, const std::string& job_id) {
-  // Each evaluation point picks one checkpoint per task, at a moment.
-  struct Point {
-    double seconds = 0;
-    std::vector<const CheckpointRecord*> parts;
-  };
-  std::vector<Point> points;
-  const size_t tasks = checkpoints.size();
-  if (tasks == 0) return std::vector<pnn::v1::EvaluationPoint>{};
-  if (pipeline) {
-    // The stages of a pipeline checkpoint the same batch: join those.
-    std::map<std::pair<int, int64_t>, Point> by_batch;
-    for (size_t t = 0; t < tasks; ++t) {
-      for (const CheckpointRecord& checkpoint : checkpoints[t]) {
-        Point& point = by_batch[{checkpoint.epoch, checkpoint.batches_done}];
-        point.parts.resize(tasks, nullptr);
-        point.parts[t] = &checkpoint;  // a retry's later one wins
-        point.seconds = std::max(point.seconds, checkpoint.job_seconds);
-      }
-    }
-    for (auto& [position, point] : by_batch) points.push_back(point);
-  } else {
-    // Segments train independently: at every checkpoint's arrival, join
-    // the latest checkpoint of every segment (once all have one).
-    struct Arrival {
-      double seconds;
-      size_t task;
-      const CheckpointRecord* checkpoint;
-    };
-    std::vector<Arrival> arrivals;
-    for (size_t t = 0; t < tasks; ++t) {
-      for (const CheckpointRecord& checkpoint : checkpoints[t]) {
-        arrivals.push_back({checkpoint.job_seconds, t, &checkpoint});
-      }
-    }
-    std::stable_sort(arrivals.begin(), arrivals.end(),
-                     [](const Arrival& a, const Arrival& b) {
-                       return a.seconds < b.seconds;
-                     });
-    std::vector<const CheckpointRecord*> latest(tasks, nullptr);
-    for (const Arrival& arrival : arrivals) {
-      latest[arrival.task] = arrival.checkpoint;
-      points.push_back({arrival.seconds, latest});
-    }
+  JobRecord& record = it->second;
+  if (!result.ok()) {
+    FailJobLocked(record,
+                  absl::StrCat("assembly failed: ", result.status().message()));
+    return;
   }
-  std::sort(points.begin(), points.end(), [](const Point& a, const Point& b) {
-    return a.seconds < b.seconds;
-  });
-  std::vector<pnn::v1::EvaluationPoint> curve;
-  for (const Point& point : points) {
-    if (std::find(point.parts.begin(), point.parts.end(), nullptr) !=
-        point.parts.end()) {
-      continue;  // some segment has no checkpoint yet
-    }
-    if (ShouldStopAssembly(job_id)) {
-      return absl::CancelledError("assembly stopped");
-    }
-    std::vector<pnn::v1::SegmentWeights> parts;
-    pnn::v1::EvaluationPoint evaluation;
-    evaluation.set_wall_seconds(point.seconds);
-    evaluation.set_epochs_done(point.parts.front()->epochs_done);
-    for (const CheckpointRecord* part : point.parts) {
-      parts.push_back(part->weights);
-      evaluation.set_epochs_done(
-          std::min(evaluation.epochs_done(), part->epochs_done));
-      evaluation.set_cpu_seconds(evaluation.cpu_seconds() + part->cpu_seconds);
-    }
-    auto network = AssembleNetwork(parts, activation);
-    if (!network.ok()) {
-      return absl::DataLossError(absl::StrCat(
-          "a checkpoint at ", point.seconds,
-          " s does not join: ", network.status().message()));
-    }
-    PNN_ASSIGN_OR_RETURN(
-        pnn::v1::TestResult test,
-        Evaluate(*network, data.test, data.num_classes, device));
-    evaluation.set_test_accuracy(test.accuracy());
-    evaluation.set_test_loss(test.loss());
-    curve.push_back(evaluation);
+  *record.job.mutable_test() = result->final_test;
+  record.job.set_joined_test_accuracy(result->joined_test.accuracy());
+  record.job.set_recovery_seconds(result->recovery_seconds);
+  record.job.set_model_bytes(result->model_bytes);
+  record.job.clear_evaluations();
+  for (auto& point : result->curve) {
+    *record.job.add_evaluations() = std::move(point);
   }
-  return curve;
+  for (TaskRecord& task : record.tasks) {
+    // The model file holds what the segments' weights were for; they stay
+    // in the store, not in memory.
+    task.checkpoints = {};
+    if (!task.is_baseline) task.weights = {};
+    // Previous-outputs mode: the earlier segments' weights in the task.
+    if (task.task.has_upstream()) task.task.mutable_upstream()->Clear();
+  }
+  record.assembled = true;
+  PublishLocked(record,
+                absl::StrFormat("joined network: test accuracy %.2f%%",
+                                100 * result->final_test.accuracy()));
+  MaybeSucceedLocked(record);
 }
 
 void Coordinator::EvaluateBaseline(const std::string& job_id) {
@@ -1418,16 +1366,8 @@ void Coordinator::EvaluateBaseline(const std::string& job_id) {
     spec = it->second.job.spec();
     weights = it->second.tasks.back().weights;
   }
-  auto test = [&]() -> absl::StatusOr<pnn::v1::TestResult> {
-    PNN_ASSIGN_OR_RETURN(std::string directory,
-                         ResolveDatasetDirectory(options_.data_dir,
-                                                 spec.dataset(), false));
-    PNN_ASSIGN_OR_RETURN(std::shared_ptr<const Dataset> data,
-                         datasets_->Get(directory, spec.dataset()));
-    PNN_ASSIGN_OR_RETURN(MlpSegment network,
-                         ModelFromWeights(weights, spec.model().activation()));
-    return Evaluate(network, data->test, data->num_classes, spec.device());
-  }();
+  absl::StatusOr<pnn::v1::TestResult> test =
+      assembler_->TestBaseline(spec, weights);
   std::lock_guard<std::mutex> lock(mu_);
   auto it = jobs_.find(job_id);
   if (it == jobs_.end() || IsFinal(it->second.job.state())) return;
@@ -1439,6 +1379,7 @@ void Coordinator::EvaluateBaseline(const std::string& job_id) {
   }
   *record.job.mutable_baseline_test() = *test;
   record.baseline_evaluated = true;
+  record.tasks.back().weights = {};  // in the store; not served
   PublishLocked(record,
                 absl::StrFormat("conventional baseline: test accuracy %.2f%%",
                                 100 * test->accuracy()));
@@ -1523,15 +1464,10 @@ void Coordinator::UpdateGaugesLocked(absl::Time now) {
   for (auto& [state, gauge] : metrics_->jobs) gauge->Set(jobs_by_state[state]);
   metrics_->queued_tasks.Set(queued);
   metrics_->running_tasks.Set(running);
-  int healthy = 0;
-  int busy = 0;
-  for (const auto& [id, worker] : workers_) {
-    healthy += now - worker.last_heartbeat <= 2 * options_.heartbeat_interval;
-    busy += !worker.job_id.empty();
-  }
-  metrics_->workers_registered.Set(static_cast<double>(workers_.size()));
-  metrics_->workers_healthy.Set(healthy);
-  metrics_->workers_busy.Set(busy);
+  const WorkerRegistry::Counts workers = workers_->Count(now);
+  metrics_->workers_registered.Set(workers.registered);
+  metrics_->workers_healthy.Set(workers.healthy);
+  metrics_->workers_busy.Set(workers.busy);
 }
 
 void Coordinator::RefreshJobLocked(JobRecord& record) {
@@ -1553,8 +1489,8 @@ void Coordinator::RefreshJobLocked(JobRecord& record) {
   record.job.set_peer_bytes(peer);
 }
 
-void Coordinator::PersistLocked(const JobRecord& record) {
-  if (store_ == nullptr) return;
+absl::Status Coordinator::PersistLocked(const JobRecord& record) {
+  if (store_ == nullptr) return absl::OkStatus();
   pnn::v1::StoredJob stored;
   stored.set_sequence(record.sequence);
   *stored.mutable_job() = SnapshotLocked(record);
@@ -1562,17 +1498,19 @@ void Coordinator::PersistLocked(const JobRecord& record) {
   stored.set_assembled(record.assembled);
   stored.set_baseline_evaluated(record.baseline_evaluated);
   stored.set_cancel_requested(record.cancel_requested);
-  if (absl::Status status = store_->SaveJob(stored); !status.ok()) {
+  absl::Status status = store_->SaveJob(stored);
+  if (!status.ok()) {
     std::fprintf(stderr, "pnn-coordinator: %s\n",
                  std::string(status.message()).c_str());
   }
+  return status;
 }
 
 void Coordinator::PublishLocked(JobRecord& record, const std::string& message) {
   RefreshJobLocked(record);
   // Every event with a message is a change worth keeping; bare progress
   // updates are not written.
-  if (!message.empty()) PersistLocked(record);
+  if (!message.empty()) PersistLocked(record).IgnoreError();  // logged
   if (record.watchers.empty()) return;
   pnn::v1::JobEvent event;
   *event.mutable_time() = Now();
@@ -1582,13 +1520,6 @@ void Coordinator::PublishLocked(JobRecord& record, const std::string& message) {
   // Watchers' callbacks only queue the event and start a write; they never
   // call back into the coordinator, so pushing under mu_ cannot deadlock.
   for (const auto& watcher : record.watchers) watcher->Push(event);
-}
-
-void Coordinator::ReleaseWorkerLocked(const std::string& worker_id) {
-  auto it = workers_.find(worker_id);
-  if (it == workers_.end()) return;
-  it->second.job_id.clear();
-  it->second.task_index = -1;
 }
 
 Job Coordinator::SnapshotLocked(const JobRecord& record) const {

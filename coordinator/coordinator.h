@@ -29,6 +29,10 @@
 #include "absl/time/time.h"
 #include "pnn/v1/coordinator.pb.h"
 #include "pnn/v1/worker.pb.h"
+#include "coordinator/assembler.h"
+#include "coordinator/job_events.h"
+#include "coordinator/retry_policy.h"
+#include "coordinator/worker_registry.h"
 #include "rpc/tls.h"
 
 namespace grpc {
@@ -40,30 +44,12 @@ class Registry;
 
 namespace pnn {
 
+class Assembler;
 class DatasetCache;
 class JobStore;
 struct Dataset;
+struct DatasetShape;
 struct CoordinatorMetrics;
-
-// Events of one job for one watcher, in order. The coordinator pushes;
-// the watcher pops. `on_event` is called after each push, outside the
-// queue's lock; after Close() returns it is never called again.
-class JobEventQueue {
- public:
-  explicit JobEventQueue(std::function<void()> on_event);
-  void Push(const pnn::v1::JobEvent& event);
-  std::optional<pnn::v1::JobEvent> Pop();
-  void Close();
-
- private:
-  std::mutex mu_;
-  std::condition_variable idle_;
-  std::deque<pnn::v1::JobEvent> events_;
-  int64_t last_sequence_ = -1;
-  int callbacks_running_ = 0;
-  bool closed_ = false;
-  std::function<void()> on_event_;
-};
 
 class Coordinator {
  public:
@@ -75,6 +61,9 @@ class Coordinator {
     std::string data_dir = "/usr/share/datasets";
     // Intra-op threads for the coordinator's own libtorch work.
     int threads = 1;
+    // Where the coordinator joins and tests models ("cpu", "cuda",
+    // "cuda:N"); a job's device only chooses its workers.
+    std::string device = "cpu";
     absl::Duration heartbeat_interval = absl::Seconds(1);
     // A worker silent for this long is declared lost and its task retried.
     absl::Duration worker_timeout = absl::Seconds(5);
@@ -125,22 +114,18 @@ class Coordinator {
   // Worker API.
   absl::StatusOr<pnn::v1::RegisterWorkerResponse> RegisterWorker(
       const pnn::v1::WorkerInfo& worker);
+  // Never waits for the job table: the registry has its own lock.
   absl::Status Heartbeat(const pnn::v1::HeartbeatRequest& request);
+  // A worker that stops gracefully: it is forgotten without counting as
+  // lost (a busy one once its task's stream ends; the task is retried).
+  absl::Status DeregisterWorker(const std::string& worker_id);
   int registered_workers() const;
   // Counts a call refused for a missing or wrong token.
   void RecordUnauthenticated();
   const std::string& auth_token() const { return options_.auth_token; }
 
  private:
-  // A task's weights at one evaluation point of the job.
-  struct CheckpointRecord {
-    double job_seconds = 0;  // arrival, since the job's first dispatch
-    int epoch = 0;
-    int64_t batches_done = 0;
-    double epochs_done = 0;
-    double cpu_seconds = 0;
-    pnn::v1::SegmentWeights weights;
-  };
+
   struct TaskRecord {
     pnn::v1::SegmentTask task;
     // Evaluation points (spec.evaluations_per_epoch), kept in memory until
@@ -164,20 +149,32 @@ class Coordinator {
     bool cancel_requested = false;
     std::vector<std::shared_ptr<JobEventQueue>> watchers;
   };
-  struct WorkerRecord {
-    std::string id;
-    pnn::v1::WorkerInfo info;
-    absl::Time last_heartbeat;
-    std::string job_id;  // the task it runs, if any
-    int task_index = -1;
-  };
   enum class AssemblyWork { kAssemble, kEvaluateBaseline };
 
+  // The data set's shape, after the coordinator's own copy has been fully
+  // loaded and validated (the test pass will need it).
+  absl::StatusOr<DatasetShape> CheckDataForSubmit(const pnn::v1::JobSpec& spec);
+  // The new job's record: its tasks (and the baseline's), queued.
+  static absl::StatusOr<JobRecord> PlanJob(
+      const pnn::v1::SubmitJobRequest& request, const pnn::v1::JobSpec& spec,
+      const DatasetShape& shape);
   void SchedulerLoop();
   void AssemblyLoop();
   // Scheduler steps, under mu_.
   void DetectLostWorkersLocked(absl::Time now);
   void DispatchLocked();
+  // Starts a model-parallel job's stages together when enough workers are
+  // idle; false while the job waits for its gang (later jobs wait too).
+  bool StartPipelineLocked(JobRecord& record, bool* started);
+  // Places the job's queued partitioned tasks on idle workers.
+  bool DispatchQueuedLocked(JobRecord& record);
+  // Starts task `index` on `worker` (claimed already), on its own thread.
+  void DispatchTaskLocked(JobRecord& record, size_t index,
+                          const WorkerRegistry::Worker& worker);
+  void SayWhyWorkWaitsLocked(const std::vector<JobRecord*>& jobs);
+  static int SegmentCount(const JobRecord& record) {
+    return record.tasks.front().task.segment_count();
+  }
   void ReapDispatchThreadsLocked();
   // Drives one task's TrainSegment stream on its own thread.
   void RunTask(std::string job_id, int task_index, std::string worker_id,
@@ -185,14 +182,43 @@ class Coordinator {
                std::shared_ptr<grpc::ClientContext> context, int64_t thread_id);
   void OnTaskUpdate(const std::string& job_id, int task_index,
                     const pnn::v1::TrainSegmentUpdate& update, int64_t bytes);
+  // Applies the update to the job table; true when it carries a resumable
+  // state to store.
+  bool OnTaskUpdateLocked(const std::string& job_id, int task_index,
+                          const pnn::v1::TrainSegmentUpdate& update,
+                          int64_t bytes);
+  // Keeps a checkpoint: the resumable state (true: to be stored) and the
+  // evaluation point.
+  bool KeepCheckpointLocked(JobRecord& record, TaskRecord& task,
+                            const pnn::v1::Checkpoint& checkpoint);
+  // Checks a worker's weights against the task and stores them; DATA_LOSS
+  // for malformed weights. Called without mu_.
+  absl::Status CheckAndStoreWeights(const std::string& job_id, int task_index,
+                                    const std::string& worker_id,
+                                    const pnn::v1::SegmentTask& task,
+                                    const pnn::v1::SegmentWeights& weights);
+  // `weights` (the result's, checked and stored already) when `status` is OK.
   void OnTaskFinished(const std::string& job_id, int task_index,
-                      const std::string& worker_id, absl::Status status);
+                      const std::string& worker_id, absl::Status status,
+                      pnn::v1::SegmentWeights weights);
+  // Applies the retry policy to a failed attempt: sets the task's error and
+  // backs the worker off if the policy says so.
+  RetryDecision DecideLocked(TaskRecord& task, const std::string& worker_id,
+                             const absl::Status& status);
+  // The branches of OnTaskFinished, under mu_.
+  void OnTaskSucceededLocked(JobRecord& record, int task_index,
+                             const std::string& worker_id);
+  void OnStageFailedLocked(JobRecord& record, int task_index,
+                           const std::string& worker_id,
+                           const absl::Status& status);
+  void OnTaskFailedLocked(JobRecord& record, int task_index,
+                          const std::string& worker_id,
+                          const absl::Status& status);
+  // Marks the task that `assignment` names as lost for `reason` and
+  // cancels its stream; the stream's end retries it.
+  void LoseTaskLocked(const std::string& job_id, int task_index,
+                      const std::string& reason);
   void Assemble(const std::string& job_id);
-  // Test accuracy of the joined checkpoints over the job's training time.
-  absl::StatusOr<std::vector<pnn::v1::EvaluationPoint>> EvaluateCheckpoints(
-      const std::vector<std::vector<CheckpointRecord>>& checkpoints,
-      bool pipeline, pnn::v1::Activation activation, const Dataset& data,
-      const std::string& device, const std::string& job_id);
   void EvaluateBaseline(const std::string& job_id);
 
   // Under mu_: state changes and their events.
@@ -203,17 +229,21 @@ class Coordinator {
   void RecordFinalLocked(const JobRecord& record);
   void UpdateGaugesLocked(absl::Time now);
   void RefreshJobLocked(JobRecord& record);
-  // Writes the job's record to the store (errors are logged: the job goes
-  // on, but would not survive a restart).
-  void PersistLocked(const JobRecord& record);
+  // Writes the job's record to the store. Errors are logged too: callers
+  // other than Submit go on (the job would not survive a restart).
+  absl::Status PersistLocked(const JobRecord& record);
   absl::Status RestoreJobs();
+  // An unfinished job restored from the store: tasks that were running (or
+  // finished without stored weights) are queued again, without counting
+  // the attempt; assembly is queued if every segment is done.
+  void RequeueAfterRestartLocked(JobRecord& record);
   void PublishLocked(JobRecord& record, const std::string& message);
-  void ReleaseWorkerLocked(const std::string& worker_id);
   pnn::v1::Job SnapshotLocked(const JobRecord& record) const;
   bool ShouldStopAssembly(const std::string& job_id);
 
   const Options options_;
   std::unique_ptr<DatasetCache> datasets_;
+  std::unique_ptr<Assembler> assembler_;
   std::unique_ptr<CoordinatorMetrics> metrics_;  // null without a registry
   std::unique_ptr<JobStore> store_;
   std::shared_ptr<grpc::ChannelCredentials> worker_credentials_;
@@ -225,10 +255,9 @@ class Coordinator {
   bool started_ = false;
   int64_t next_job_sequence_ = 1;
   int64_t next_event_sequence_ = 1;
-  int64_t next_worker_number_ = 1;
   int64_t next_thread_id_ = 1;
   std::map<std::string, JobRecord> jobs_;
-  std::map<std::string, WorkerRecord> workers_;
+  std::unique_ptr<WorkerRegistry> workers_;  // has its own lock
   std::deque<std::pair<std::string, AssemblyWork>> assembly_queue_;
   std::map<int64_t, std::thread> dispatch_threads_;
   std::vector<int64_t> finished_dispatch_threads_;

@@ -1,5 +1,7 @@
 #include "coordinator/job_store.h"
 
+#include <mutex>
+
 #include <sqlite3.h>
 
 #include "absl/strings/str_cat.h"
@@ -63,6 +65,7 @@ absl::Status JobStore::Error(const std::string& what) const {
 }
 
 absl::Status JobStore::SaveJob(const pnn::v1::StoredJob& job) {
+  std::lock_guard<std::mutex> lock(mu_);
   Statement statement;
   if (sqlite3_prepare_v2(db_,
                          "INSERT INTO jobs (job_id, sequence, record) "
@@ -86,6 +89,7 @@ absl::Status JobStore::SaveJob(const pnn::v1::StoredJob& job) {
 absl::Status JobStore::SaveTaskBlob(const char* sql, const std::string& job_id,
                                     int task_index, const std::string& blob,
                                     const char* what) {
+  std::lock_guard<std::mutex> lock(mu_);
   Statement statement;
   if (sqlite3_prepare_v2(db_, sql, -1, &statement.handle, nullptr) !=
       SQLITE_OK) {
@@ -120,6 +124,7 @@ absl::Status JobStore::SaveResumeState(const std::string& job_id,
 
 absl::Status JobStore::DeleteResumeState(const std::string& job_id,
                                          int task_index) {
+  std::lock_guard<std::mutex> lock(mu_);
   Statement statement;
   if (sqlite3_prepare_v2(db_,
                          "DELETE FROM resume_states WHERE job_id = ?1 AND "
@@ -138,7 +143,7 @@ absl::Status JobStore::DeleteResumeState(const std::string& job_id,
 absl::Status JobStore::ReadTaskBlobs(
     const char* sql, const std::map<std::string, size_t>& index,
     const std::function<bool(size_t, int, const void*, int)>& parse,
-    const char* what) {
+    const char* what, std::vector<Loaded>* loaded) {
   Statement statement;
   if (sqlite3_prepare_v2(db_, sql, -1, &statement.handle, nullptr) !=
       SQLITE_OK) {
@@ -153,50 +158,71 @@ absl::Status JobStore::ReadTaskBlobs(
     if (!parse(it->second, sqlite3_column_int(statement.handle, 1),
                sqlite3_column_blob(statement.handle, 2),
                sqlite3_column_bytes(statement.handle, 2))) {
-      return absl::DataLossError(absl::StrCat("job store ", path_, ": ", what,
-                                              " of job ", job_id,
-                                              " are corrupt"));
+      (*loaded)[it->second].corrupt =
+          absl::StrCat("its ", what, " in the job store are corrupt");
     }
   }
   if (step != SQLITE_DONE) return Error(absl::StrCat("reading ", what));
   return absl::OkStatus();
 }
 
+namespace {
+
+bool IsFinished(const pnn::v1::StoredJob& stored) {
+  const pnn::v1::JobState state = stored.job().state();
+  return state == pnn::v1::JOB_STATE_SUCCEEDED ||
+         state == pnn::v1::JOB_STATE_FAILED ||
+         state == pnn::v1::JOB_STATE_CANCELLED;
+}
+
+}  // namespace
+
 absl::StatusOr<std::vector<JobStore::Loaded>> JobStore::LoadAll() {
+  std::lock_guard<std::mutex> lock(mu_);
   std::vector<Loaded> loaded;
-  std::map<std::string, size_t> index;
+  std::map<std::string, size_t> index;  // unfinished, readable jobs
   {
     Statement statement;
-    if (sqlite3_prepare_v2(db_, "SELECT record FROM jobs ORDER BY sequence",
-                           -1, &statement.handle, nullptr) != SQLITE_OK) {
+    if (sqlite3_prepare_v2(
+            db_, "SELECT job_id, sequence, record FROM jobs ORDER BY sequence",
+            -1, &statement.handle, nullptr) != SQLITE_OK) {
       return Error("prepare");
     }
     int step;
     while ((step = sqlite3_step(statement.handle)) == SQLITE_ROW) {
       Loaded job;
-      const void* blob = sqlite3_column_blob(statement.handle, 0);
-      const int size = sqlite3_column_bytes(statement.handle, 0);
-      if (!job.job.ParseFromArray(blob, size)) {
-        return absl::DataLossError(
-            absl::StrCat("job store ", path_, ": a job record is corrupt"));
+      const char* id = reinterpret_cast<const char*>(
+          sqlite3_column_text(statement.handle, 0));
+      const void* blob = sqlite3_column_blob(statement.handle, 2);
+      const int size = sqlite3_column_bytes(statement.handle, 2);
+      if (!job.job.ParseFromArray(blob, size) ||
+          job.job.job().job_id() != (id == nullptr ? "" : id)) {
+        // One bad row must not keep every other job from starting.
+        job.job.Clear();
+        job.job.mutable_job()->set_job_id(id == nullptr ? "" : id);
+        job.job.set_sequence(sqlite3_column_int64(statement.handle, 1));
+        job.corrupt = "its record in the job store is corrupt";
+      } else if (!IsFinished(job.job)) {
+        index[job.job.job().job_id()] = loaded.size();
       }
-      index[job.job.job().job_id()] = loaded.size();
       loaded.push_back(std::move(job));
     }
     if (step != SQLITE_DONE) return Error("reading jobs");
   }
+  // Weights and resume states of finished jobs stay on disk: the model
+  // artifact is what a finished job serves.
   PNN_RETURN_IF_ERROR(ReadTaskBlobs(
       "SELECT job_id, task_index, weights FROM weights", index,
       [&loaded](size_t job, int task, const void* blob, int size) {
         return loaded[job].weights[task].ParseFromArray(blob, size);
       },
-      "weights"));
+      "weights", &loaded));
   PNN_RETURN_IF_ERROR(ReadTaskBlobs(
       "SELECT job_id, task_index, state FROM resume_states", index,
       [&loaded](size_t job, int task, const void* blob, int size) {
         return loaded[job].resume_states[task].ParseFromArray(blob, size);
       },
-      "resume states"));
+      "resume states", &loaded));
   return loaded;
 }
 

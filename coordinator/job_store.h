@@ -4,7 +4,8 @@
 // its resumable state after every epoch while it trains.
 // After a crash, LoadAll returns what was last written.
 //
-// Thread safety: not thread-safe; the coordinator calls it under its lock.
+// Thread safety: thread-safe (one connection behind the store's own lock),
+// so the coordinator writes without holding its job table's lock.
 // Errors are absl::Status naming the database and SQLite's message.
 #ifndef PNN_COORDINATOR_JOB_STORE_H_
 #define PNN_COORDINATOR_JOB_STORE_H_
@@ -12,6 +13,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -43,8 +45,12 @@ class JobStore {
     pnn::v1::StoredJob job;
     std::map<int, pnn::v1::SegmentWeights> weights;  // by task index
     std::map<int, pnn::v1::TrainingState> resume_states;  // by task index
+    // Non-empty when the job's rows cannot be read: `job` then holds only
+    // its id and sequence, and the coordinator marks it FAILED.
+    std::string corrupt;
   };
-  // Every stored job, in submission order.
+  // Every stored job, in submission order. Weights and resume states are
+  // loaded for unfinished jobs only (finished ones serve their model file).
   absl::StatusOr<std::vector<Loaded>> LoadAll();
 
  private:
@@ -55,13 +61,15 @@ class JobStore {
                             int task_index, const std::string& blob,
                             const char* what);
   // `sql` selects (job_id, task_index, blob); rows of jobs in `index` (job
-  // id -> position) go to `parse`, which returns false for a corrupt blob.
+  // id -> position) go to `parse`, which returns false for a corrupt blob;
+  // that job of `loaded` is then marked corrupt.
   absl::Status ReadTaskBlobs(
       const char* sql, const std::map<std::string, size_t>& index,
       const std::function<bool(size_t, int, const void*, int)>& parse,
-      const char* what);
+      const char* what, std::vector<Loaded>* loaded);
   absl::Status Error(const std::string& what) const;
 
+  mutable std::mutex mu_;  // guards db_ (and its error message)
   sqlite3* db_;
   const std::string path_;
 };

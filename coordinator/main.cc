@@ -35,6 +35,9 @@ ABSL_FLAG(std::string, data_dir, "/usr/share/datasets",
           "Root of the data sets that jobs name by dataset.path.");
 ABSL_FLAG(int32_t, threads, 0,
           "Intra-op threads for assembly and the test pass (0: all cores).");
+ABSL_FLAG(std::string, device, "cpu",
+          "Where the coordinator joins and tests models: cpu, cuda or cuda:N "
+          "(a job's device only chooses its workers).");
 ABSL_FLAG(int32_t, heartbeat_interval_ms, 1000,
           "How often workers are asked to send a heartbeat.");
 ABSL_FLAG(int32_t, worker_timeout_ms, 5000,
@@ -60,6 +63,7 @@ int main(int argc, char** argv) {
   core.state_dir = absl::GetFlag(FLAGS_state_dir);
   core.data_dir = absl::GetFlag(FLAGS_data_dir);
   core.threads = absl::GetFlag(FLAGS_threads);
+  core.device = absl::GetFlag(FLAGS_device);
   core.heartbeat_interval =
       absl::Milliseconds(absl::GetFlag(FLAGS_heartbeat_interval_ms));
   core.worker_timeout = absl::Milliseconds(absl::GetFlag(FLAGS_worker_timeout_ms));

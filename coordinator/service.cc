@@ -286,6 +286,16 @@ grpc::ServerUnaryReactor* CoordinatorService::Heartbeat(
   return Respond(context, coordinator_->Heartbeat(*request));
 }
 
+grpc::ServerUnaryReactor* CoordinatorService::DeregisterWorker(
+    grpc::CallbackServerContext* context,
+    const pnn::v1::DeregisterWorkerRequest* request,
+    pnn::v1::DeregisterWorkerResponse* response) {
+  if (absl::Status allowed = Authenticate(context); !allowed.ok()) {
+    return Respond(context, allowed);
+  }
+  return Respond(context, coordinator_->DeregisterWorker(request->worker_id()));
+}
+
 CoordinatorServer::CoordinatorServer(Options options)
     : options_(std::move(options)),
       coordinator_(std::make_unique<Coordinator>(options_.coordinator)),

@@ -45,6 +45,10 @@ class CoordinatorService final : public pnn::v1::Coordinator::CallbackService {
       grpc::CallbackServerContext* context,
       const pnn::v1::RegisterWorkerRequest* request,
       pnn::v1::RegisterWorkerResponse* response) override;
+  grpc::ServerUnaryReactor* DeregisterWorker(
+      grpc::CallbackServerContext* context,
+      const pnn::v1::DeregisterWorkerRequest* request,
+      pnn::v1::DeregisterWorkerResponse* response) override;
   grpc::ServerUnaryReactor* Heartbeat(
       grpc::CallbackServerContext* context,
       const pnn::v1::HeartbeatRequest* request,

@@ -4,8 +4,9 @@
 
 #include <atomic>
 #include <chrono>
-#include <mutex>
 #include <cmath>
+#include <filesystem>
+#include <mutex>
 #include <functional>
 #include <thread>
 
@@ -345,6 +346,54 @@ TEST_F(ClusterTest, CancellingARunningJobFreesItsWorkers) {
   const Job final_state = cluster_.Get(id);
   for (const auto& segment : final_state.segments()) {
     EXPECT_EQ(segment.state(), pnn::v1::TASK_STATE_CANCELLED);
+  }
+}
+
+TEST(ClusterAssemblyTest, CancelDuringAssemblyLeavesNoModel) {
+  // Fault: a job cancelled while the coordinator joined and tested it
+  // ended CANCELLED with a downloadable model (and files left behind).
+  // A wide network on a large test set keeps the final test pass long
+  // enough for the cancel to land in it.
+  LocalCluster cluster;
+  LocalClusterOptions options;
+  options.train_samples = 128;
+  options.test_samples = 6000;
+  ASSERT_TRUE(cluster.Start(options).ok());
+  cluster.AddWorker();
+  cluster.AddWorker();
+  cluster.WaitForWorkers(2);
+  pnn::v1::SubmitJobRequest request = LocalCluster::Request(1);
+  request.mutable_spec()->mutable_model()->set_hidden_widths(0, 1536);
+  request.mutable_spec()->mutable_model()->set_hidden_widths(1, 1536);
+  const std::string id = cluster.Submit(request);
+  ASSERT_FALSE(id.empty());
+  bool assembling = false;
+  for (int i = 0; i < 6000 && !assembling; ++i) {
+    const pnn::v1::JobState state = cluster.Get(id).state();
+    ASSERT_FALSE(IsFinal(state)) << "the job ended before its assembly";
+    assembling = state == pnn::v1::JOB_STATE_ASSEMBLING;
+    if (!assembling) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  ASSERT_TRUE(assembling);
+  grpc::ClientContext context;
+  pnn::v1::CancelJobRequest cancel;
+  cancel.set_job_id(id);
+  Job cancelled;
+  ASSERT_TRUE(cluster.stub()->CancelJob(&context, cancel, &cancelled).ok());
+  EXPECT_EQ(cancelled.state(), pnn::v1::JOB_STATE_CANCELLED);
+  cluster.Shutdown();  // waits for the assembly to end
+  auto job = cluster.coordinator().GetJob(id);
+  ASSERT_TRUE(job.ok());
+  EXPECT_EQ(job->state(), pnn::v1::JOB_STATE_CANCELLED);
+  EXPECT_EQ(job->model_bytes(), 0);
+  EXPECT_EQ(cluster.coordinator()
+                .ModelPath(id, pnn::v1::MODEL_FORMAT_SAFETENSORS)
+                .status()
+                .code(),
+            absl::StatusCode::kFailedPrecondition);
+  for (const auto& entry : std::filesystem::directory_iterator(
+           std::filesystem::path(cluster.state_dir()) / "models")) {
+    ADD_FAILURE() << "left behind: " << entry.path();
   }
 }
 

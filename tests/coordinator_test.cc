@@ -2,7 +2,12 @@
 // job table, cancellation, watching, worker registration and liveness.
 #include "coordinator/coordinator.h"
 
+#include <prometheus/registry.h>
+#include <sqlite3.h>
+
 #include <chrono>
+#include <filesystem>
+#include <fstream>
 #include <thread>
 
 #include "common/dataset.h"
@@ -42,10 +47,47 @@ class CoordinatorTest : public ::testing::Test {
     return request;
   }
 
+  // Stops the coordinator and starts a new one on the same state.
+  void Restart(std::shared_ptr<prometheus::Registry> metrics = nullptr) {
+    coordinator_->Shutdown();
+    coordinator_.reset();
+    Coordinator::Options options;
+    options.state_dir = state_.path();
+    options.data_dir = data_.path();
+    options.heartbeat_interval = absl::Milliseconds(50);
+    options.worker_timeout = absl::Milliseconds(300);
+    options.metrics_registry = std::move(metrics);
+    coordinator_ = std::make_unique<Coordinator>(options);
+    ASSERT_TRUE(coordinator_->Start().ok());
+  }
+
+  // Runs `sql` on the coordinator's database through a second connection.
+  void ExecuteSql(const std::string& sql) {
+    sqlite3* db = nullptr;
+    ASSERT_EQ(sqlite3_open((state_.path() + "/jobs.db").c_str(), &db),
+              SQLITE_OK);
+    char* error = nullptr;
+    EXPECT_EQ(sqlite3_exec(db, sql.c_str(), nullptr, nullptr, &error),
+              SQLITE_OK)
+        << (error != nullptr ? error : "");
+    sqlite3_free(error);
+    sqlite3_close(db);
+  }
+
   TempDir data_;
   TempDir state_;
   std::unique_ptr<Coordinator> coordinator_;
 };
+
+double CounterValue(prometheus::Registry& registry, const std::string& name) {
+  for (const auto& family : registry.Collect()) {
+    if (family.name == name && !family.metric.empty()) {
+      return family.metric[0].counter.value;
+    }
+  }
+  ADD_FAILURE() << "no metric " << name;
+  return -1;
+}
 
 TEST_F(CoordinatorTest, SubmitStoresAResolvedQueuedJob) {
   auto job = coordinator_->Submit(Request());
@@ -272,6 +314,136 @@ TEST_F(CoordinatorTest, WorkersRegisterHeartbeatAndAreLostWhenSilent) {
   heartbeat.set_worker_id(again->worker_id());
   EXPECT_EQ(coordinator_->Heartbeat(heartbeat).code(),
             absl::StatusCode::kNotFound);
+}
+
+TEST_F(CoordinatorTest, WorkerIdsStayUniqueAcrossARestart) {
+  // Fault: ids restarted at worker-1, so after a restart a worker could be
+  // given the id another worker still heartbeated with.
+  pnn::v1::WorkerInfo first;
+  first.set_address("127.0.0.1:1");
+  auto before = coordinator_->RegisterWorker(first);
+  ASSERT_TRUE(before.ok());
+  Restart();
+  pnn::v1::WorkerInfo second;
+  second.set_address("127.0.0.1:2");
+  auto after = coordinator_->RegisterWorker(second);
+  ASSERT_TRUE(after.ok());
+  EXPECT_NE(after->worker_id(), before->worker_id());
+  // The old id is unknown here: its worker must register again.
+  pnn::v1::HeartbeatRequest heartbeat;
+  heartbeat.set_worker_id(before->worker_id());
+  EXPECT_EQ(coordinator_->Heartbeat(heartbeat).code(),
+            absl::StatusCode::kNotFound);
+}
+
+TEST_F(CoordinatorTest, AGracefullyStoppingWorkerIsNotLost) {
+  // Fault: a worker stopped by SIGTERM (scale-down) counted as lost and
+  // fired the worker-lost alert.
+  auto metrics = std::make_shared<prometheus::Registry>();
+  Restart(metrics);
+  pnn::v1::WorkerInfo info;
+  info.set_address("127.0.0.1:1");
+  auto leaving = coordinator_->RegisterWorker(info);
+  info.set_address("127.0.0.1:2");
+  auto silent = coordinator_->RegisterWorker(info);
+  ASSERT_TRUE(leaving.ok() && silent.ok());
+  EXPECT_TRUE(coordinator_->DeregisterWorker(leaving->worker_id()).ok());
+  EXPECT_EQ(coordinator_->DeregisterWorker(leaving->worker_id()).code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_EQ(coordinator_->registered_workers(), 1);
+  // The other one goes silent: that one is lost.
+  std::this_thread::sleep_for(std::chrono::milliseconds(800));
+  EXPECT_EQ(coordinator_->registered_workers(), 0);
+  EXPECT_EQ(CounterValue(*metrics, "pnn_coordinator_workers_lost_total"), 1);
+}
+
+TEST_F(CoordinatorTest, SubmitFailsWhenTheJobCannotBeStored) {
+  // Fault: SubmitJob answered OK with a store it could not write, and the
+  // job was gone after a restart. Another connection holds the write lock
+  // (as a full disk or a read-only file would refuse the write).
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open((state_.path() + "/jobs.db").c_str(), &db),
+            SQLITE_OK);
+  ASSERT_EQ(sqlite3_exec(db, "BEGIN EXCLUSIVE", nullptr, nullptr, nullptr),
+            SQLITE_OK);
+  auto refused = coordinator_->Submit(Request());
+  sqlite3_exec(db, "ROLLBACK", nullptr, nullptr, nullptr);
+  sqlite3_close(db);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(std::string(refused.status().message()),
+              HasSubstr("could not be stored"));
+  EXPECT_THAT(std::string(refused.status().message()), HasSubstr("locked"));
+  auto listed = coordinator_->ListJobs({});
+  ASSERT_TRUE(listed.ok());
+  EXPECT_EQ(listed->jobs_size(), 0);
+  // With the store writable again, an accepted job survives a restart.
+  auto accepted = coordinator_->Submit(Request());
+  ASSERT_TRUE(accepted.ok()) << accepted.status();
+  Restart();
+  EXPECT_TRUE(coordinator_->GetJob(accepted->job_id()).ok());
+}
+
+TEST_F(CoordinatorTest, ACorruptRecordFailsOnlyItsJob) {
+  // Fault: one corrupt row kept the whole coordinator from starting.
+  auto corrupt = coordinator_->Submit(Request());
+  auto intact = coordinator_->Submit(Request());
+  ASSERT_TRUE(corrupt.ok() && intact.ok());
+  coordinator_->Shutdown();
+  ExecuteSql("UPDATE jobs SET record = x'ffffffffffffffffffff' WHERE job_id = '" +
+             corrupt->job_id() + "'");
+  Restart();
+  auto failed = coordinator_->GetJob(corrupt->job_id());
+  ASSERT_TRUE(failed.ok()) << failed.status();
+  EXPECT_EQ(failed->state(), pnn::v1::JOB_STATE_FAILED);
+  EXPECT_THAT(failed->message(), HasSubstr("record corrupt"));
+  auto queued = coordinator_->GetJob(intact->job_id());
+  ASSERT_TRUE(queued.ok());
+  EXPECT_EQ(queued->state(), pnn::v1::JOB_STATE_QUEUED);
+  // New jobs still come after both.
+  auto later = coordinator_->Submit(Request());
+  ASSERT_TRUE(later.ok());
+  auto listed = coordinator_->ListJobs({});
+  ASSERT_TRUE(listed.ok());
+  ASSERT_EQ(listed->jobs_size(), 3);
+  EXPECT_EQ(listed->jobs(0).job_id(), later->job_id());
+}
+
+TEST_F(CoordinatorTest, LongIdsAreInvalidAndNotEchoed) {
+  // Fault: a long job id was echoed into the error until the reply
+  // exceeded the message limit (RESOURCE_EXHAUSTED instead of an answer).
+  const std::string huge(1 << 20, 'j');
+  for (const absl::Status& status :
+       {coordinator_->GetJob(huge).status(),
+        coordinator_->CancelJob(huge).status(),
+        coordinator_->ModelPath(huge, pnn::v1::MODEL_FORMAT_SAFETENSORS)
+            .status()}) {
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_LT(status.message().size(), 200u);
+  }
+  EXPECT_EQ(coordinator_->GetJob("job-000000000000").status().code(),
+            absl::StatusCode::kNotFound);
+  pnn::v1::SubmitJobRequest named = Request();
+  named.mutable_spec()->set_name(std::string(4 << 20, 'n'));
+  auto refused = coordinator_->Submit(named);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(refused.status().message()), HasSubstr("name"));
+}
+
+TEST_F(CoordinatorTest, TheCoordinatorsDataIsCheckedBeforeAnyTraining) {
+  // Fault: a truncated training-image file on the coordinator was found at
+  // assembly, after every segment had trained.
+  const std::filesystem::path images =
+      std::filesystem::path(data_.path()) / "toy" / "train-images-idx3-ubyte.gz";
+  ASSERT_TRUE(std::filesystem::exists(images));
+  std::filesystem::resize_file(images,
+                               std::filesystem::file_size(images) / 2);
+  auto refused = coordinator_->Submit(Request());
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(refused.status().message()),
+              HasSubstr("train-images-idx3-ubyte"));
+  EXPECT_THAT(std::string(refused.status().message()), HasSubstr("--data_dir"));
 }
 
 }  // namespace

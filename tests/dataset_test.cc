@@ -23,14 +23,18 @@ void WriteArray(const std::string& path, std::vector<int32_t> dims,
   ASSERT_TRUE(WriteIdxFile(path, array, /*gzip=*/true).ok());
 }
 
-// Writes an EMNIST-named split whose images are a 2x3 ramp.
+// Writes an EMNIST-named split of 47 images, one per class, whose first
+// image is a 2x3 ramp.
 void WriteEmnist(const std::string& dir, const std::string& split) {
-  std::vector<uint8_t> ramp = {0, 1, 2, 3, 4, 5, 10, 11, 12, 13, 14, 15};
+  std::vector<uint8_t> images(47 * 6, 0);
+  for (uint8_t i = 0; i < 6; ++i) images[i] = i;
+  std::vector<uint8_t> labels(47);
+  for (uint8_t i = 0; i < 47; ++i) labels[i] = i;
   for (const char* part : {"train", "test"}) {
     WriteArray(dir + "/emnist-" + split + "-" + part + "-images-idx3-ubyte.gz",
-               {2, 2, 3}, ramp);
+               {47, 2, 3}, images);
     WriteArray(dir + "/emnist-" + split + "-" + part + "-labels-idx1-ubyte.gz",
-               {2}, {0, 46});
+               {47}, labels);
   }
 }
 
@@ -173,6 +177,31 @@ TEST(DatasetTest, InconsistentFilesAreRejected) {
   ASSERT_FALSE(loaded.ok());
   EXPECT_THAT(std::string(loaded.status().message()),
               HasSubstr("3-dimensional"));
+}
+
+TEST(DatasetTest, AStrayLabelIsAnErrorNotAnotherClass) {
+  // Fault: one label 200 among 0..3 made a 201-class data set.
+  TempDir dir;
+  const std::string d = dir.path();
+  WriteArray(d + "/train-images-idx3-ubyte.gz", {5, 1, 1}, {1, 2, 3, 4, 5});
+  WriteArray(d + "/train-labels-idx1-ubyte.gz", {5}, {0, 1, 2, 3, 200});
+  WriteArray(d + "/t10k-images-idx3-ubyte.gz", {1, 1, 1}, {1});
+  WriteArray(d + "/t10k-labels-idx1-ubyte.gz", {1}, {1});
+  for (bool whole : {true, false}) {
+    const absl::Status status =
+        whole ? LoadDataset(d, pnn::v1::DatasetSpec()).status()
+              : ReadDatasetShape(d, pnn::v1::DatasetSpec()).status();
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(std::string(status.message()),
+                HasSubstr("label 200 occurs 1 time(s) but classes 4..199"));
+    EXPECT_THAT(std::string(status.message()),
+                HasSubstr("train-labels-idx1-ubyte.gz"));
+  }
+  // Classes 1..K without a class 0 (EMNIST "letters") are fine.
+  WriteArray(d + "/train-labels-idx1-ubyte.gz", {5}, {1, 2, 3, 4, 4});
+  auto letters = LoadDataset(d, pnn::v1::DatasetSpec());
+  ASSERT_TRUE(letters.ok()) << letters.status();
+  EXPECT_EQ(letters->num_classes, 5);
 }
 
 TEST(DatasetTest, DatasetPathsStayInsideTheDataRoot) {

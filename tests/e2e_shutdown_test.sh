@@ -70,7 +70,7 @@ start_coordinator
 start_worker w1
 start_worker w2
 cat >"$work/job.json" <<'JSON'
-{"training": {"epochs": 4},
+{"training": {"epochs": 8},
  "dataset": {"path": "fashion-mnist", "train_limit": 12000, "test_limit": 2000}}
 JSON
 job=$(ctl submit "$work/job.json") || fail "submit"
@@ -113,6 +113,12 @@ ctl watch "$job" >"$work/watch.out" || fail "the job did not succeed after the r
 accuracy=$(job_field "$job" "job['test']['accuracy']")
 /usr/bin/python3 -c "import sys; sys.exit(0 if 0.7 < $accuracy <= 1 else 1)" ||
   fail "accuracy $accuracy out of range"
+# Its channel may still be in gRPC's reconnect back-off when the job ends:
+# give the survivor's next heartbeats a few seconds to be answered.
+for _ in $(seq 1 150); do
+  grep -q "re-registered" "$work/$survivor.log" && break
+  sleep 0.1
+done
 grep -q "re-registered" "$work/$survivor.log" ||
   fail "$survivor did not register again with the restarted coordinator"
 # A graceful stop of the coordinator is no fault of the tasks it cancels:

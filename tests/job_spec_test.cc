@@ -127,7 +127,11 @@ TEST(JobSpecTest, InvalidSpecsNameTheFieldAndTheRule) {
       {R"({"model": {"hidden_widths": [4], "cut_after_layers": [1]},
            "device": "cuda:x"})", "device", "cuda:N"},
   };
-  for (const auto& c : cases) {
+  // Fault: 3.9 MiB names were accepted and kept with every job.
+  const std::string long_name = R"({"name": ")" + std::string(257, 'n') + R"("})";
+  std::vector<InvalidCase> all = cases;
+  all.push_back({long_name.c_str(), "name", "at most 256 bytes"});
+  for (const auto& c : all) {
     auto spec = ParseJobSpecJson(c.json);
     ASSERT_TRUE(spec.ok()) << c.json << ": " << spec.status();
     auto resolved = ResolveJobSpec(*spec);

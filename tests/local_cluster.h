@@ -236,6 +236,8 @@ class LocalCluster {
   }
 
   const std::string& data_dir() const { return data_.path(); }
+  const std::string& state_dir() const { return state_.path(); }
+  Coordinator& coordinator() { return coordinator_->coordinator(); }
   const std::string& target() const { return target_; }  // host:port
   pnn::v1::Coordinator::Stub* stub() { return stub_.get(); }
   // In the order AddWorker started them.

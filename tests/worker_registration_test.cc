@@ -76,6 +76,18 @@ class FakeCoordinator final : public pnn::v1::Coordinator::Service {
     return grpc::Status::OK;
   }
 
+  grpc::Status DeregisterWorker(grpc::ServerContext*,
+                                const pnn::v1::DeregisterWorkerRequest* request,
+                                pnn::v1::DeregisterWorkerResponse*) override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    deregistered_.push_back(request->worker_id());
+    return grpc::Status::OK;
+  }
+  std::vector<std::string> deregistered() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return deregistered_;
+  }
+
   // Waits up to 20 s for `condition` over (registrations, heartbeats).
   bool WaitFor(
       std::function<bool(const std::vector<pnn::v1::WorkerInfo>&,
@@ -103,6 +115,7 @@ class FakeCoordinator final : public pnn::v1::Coordinator::Service {
   int not_found_left_;
   std::vector<pnn::v1::WorkerInfo> registrations_;
   std::vector<pnn::v1::HeartbeatRequest> heartbeats_;
+  std::vector<std::string> deregistered_;
 };
 
 // The fake served on 127.0.0.1 (port 0: any free port).
@@ -163,8 +176,11 @@ TEST(WorkerRegistrationTest, RegistersAndHeartbeats) {
   }
   EXPECT_EQ(worker.worker_id(), "worker-1");
 
-  // After Shutdown no more heartbeats arrive.
+  // After Shutdown no more heartbeats arrive, and the worker has said it
+  // stops, so the coordinator does not count it as lost.
+  EXPECT_TRUE(fake.deregistered().empty());
   worker.Shutdown();
+  EXPECT_EQ(fake.deregistered(), std::vector<std::string>{"worker-1"});
   const size_t beats = fake.heartbeats().size();
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
   EXPECT_EQ(fake.heartbeats().size(), beats);

@@ -46,7 +46,35 @@ void CoordinatorRegistration::Stop() {
     if (active_call_ != nullptr) active_call_->TryCancel();
   }
   wake_.notify_all();
-  if (thread_.joinable()) thread_.join();
+  if (!thread_.joinable()) return;
+  thread_.join();
+  Deregister();
+}
+
+void CoordinatorRegistration::Deregister() {
+  std::string id;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    id.swap(worker_id_);
+  }
+  if (id.empty()) return;
+  // A stopping worker is not a lost one: say so, briefly. If the
+  // coordinator cannot be reached it notices the silence as before.
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() +
+                       std::chrono::milliseconds(
+                           std::min(options_.rpc_timeout_ms, 2000)));
+  AttachAuthToken(options_.auth_token, &context);
+  pnn::v1::DeregisterWorkerRequest request;
+  request.set_worker_id(id);
+  pnn::v1::DeregisterWorkerResponse response;
+  const grpc::Status status =
+      stub_->DeregisterWorker(&context, request, &response);
+  LogLine(status.ok() ? absl::StrCat("deregistered worker ", id,
+                                     " from coordinator ",
+                                     options_.coordinator)
+                      : absl::StrCat("could not deregister worker ", id, " (",
+                                     Describe(status), ")"));
 }
 
 std::string CoordinatorRegistration::worker_id() const {

@@ -50,7 +50,8 @@ class CoordinatorRegistration {
   CoordinatorRegistration& operator=(const CoordinatorRegistration&) = delete;
 
   void Start();
-  // Idempotent; returns once the thread has exited.
+  // Idempotent; returns once the thread has exited, after telling the
+  // coordinator that this worker stops (DeregisterWorker, best effort).
   void Stop();
 
   // The id the coordinator gave this worker; empty while unregistered.
@@ -60,6 +61,7 @@ class CoordinatorRegistration {
 
  private:
   void Loop();
+  void Deregister();
   // Waits up to `ms` or until Stop(); false when stopping.
   bool SleepFor(int64_t ms);
   // Runs one RPC with a deadline, cancellable by Stop().
