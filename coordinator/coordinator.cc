@@ -880,7 +880,7 @@ void Coordinator::RunTask(std::string job_id, int task_index,
                           int64_t thread_id) {
   auto stub =
       pnn::v1::Worker::NewStub(MakeChannel(address, worker_credentials_));
-  AttachAuthToken(options_.auth_token, context.get());
+  AttachAuthToken(worker_token(), context.get());
   {
     std::lock_guard<std::mutex> lock(mu_);
     auto job = jobs_.find(job_id);

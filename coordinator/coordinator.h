@@ -71,9 +71,13 @@ class Coordinator {
     int max_attempts = 3;
     // Jobs not yet in a final state; more are refused (RESOURCE_EXHAUSTED).
     int max_active_jobs = 64;
-    // Bearer token (rpc/auth.h) sent to workers with every task. The
-    // service requires the same token from its callers.
+    // Bearer token (rpc/auth.h) the service requires from its clients.
     std::string auth_token;
+    // Token of the workers: required of RegisterWorker, Heartbeat and
+    // DeregisterWorker, and sent to workers with every task. Empty:
+    // auth_token serves both (one shared token). With separate tokens a
+    // client cannot register as a worker, nor a worker submit jobs.
+    std::string worker_token;
     // TLS (rpc/tls.h): the service's certificate, and the certificate the
     // coordinator presents to workers (mutual TLS) with the CA that signed
     // theirs. Empty: plaintext.
@@ -123,6 +127,10 @@ class Coordinator {
   // Counts a call refused for a missing or wrong token.
   void RecordUnauthenticated();
   const std::string& auth_token() const { return options_.auth_token; }
+  const std::string& worker_token() const {
+    return options_.worker_token.empty() ? options_.auth_token
+                                         : options_.worker_token;
+  }
 
  private:
 

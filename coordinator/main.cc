@@ -5,6 +5,7 @@
 #include <signal.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <string>
 
 #include "absl/flags/flag.h"
@@ -21,6 +22,9 @@ ABSL_FLAG(int32_t, port, 50051, "gRPC port (0: pick a free port).");
 ABSL_FLAG(std::string, token_file, "",
           "File holding the bearer token that clients and workers must send "
           "(default: $PNN_AUTH_TOKEN; neither: no authentication).");
+ABSL_FLAG(std::string, worker_token_file, "",
+          "File holding the workers' own token (default: $PNN_WORKER_TOKEN); "
+          "unset: workers use the client token.");
 ABSL_FLAG(std::string, tls_cert, "",
           "PEM certificate to serve TLS with (and to present to workers).");
 ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert.");
@@ -76,6 +80,19 @@ int main(int argc, char** argv) {
     return 1;
   }
   core.auth_token = *token;
+  const std::string worker_token_file = absl::GetFlag(FLAGS_worker_token_file);
+  if (!worker_token_file.empty()) {
+    auto worker_token = pnn::LoadAuthToken(worker_token_file);
+    if (!worker_token.ok()) {
+      std::fprintf(stderr, "pnn-coordinator: %s\n",
+                   std::string(worker_token.status().message()).c_str());
+      return 1;
+    }
+    core.worker_token = *worker_token;
+  } else if (const char* env = std::getenv("PNN_WORKER_TOKEN");
+             env != nullptr) {
+    core.worker_token = env;
+  }
   core.tls = {absl::GetFlag(FLAGS_tls_cert), absl::GetFlag(FLAGS_tls_key),
               absl::GetFlag(FLAGS_tls_ca)};
   const int metrics_port = absl::GetFlag(FLAGS_metrics_port);

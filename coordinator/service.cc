@@ -202,6 +202,14 @@ absl::Status CoordinatorService::Authenticate(
   return status;
 }
 
+absl::Status CoordinatorService::AuthenticateWorker(
+    const grpc::CallbackServerContext* context) {
+  absl::Status status = CheckAuthToken(context->client_metadata(),
+                                       coordinator_->worker_token());
+  if (!status.ok()) coordinator_->RecordUnauthenticated();
+  return status;
+}
+
 grpc::ServerUnaryReactor* CoordinatorService::SubmitJob(
     grpc::CallbackServerContext* context,
     const pnn::v1::SubmitJobRequest* request,
@@ -269,7 +277,7 @@ grpc::ServerUnaryReactor* CoordinatorService::RegisterWorker(
     grpc::CallbackServerContext* context,
     const pnn::v1::RegisterWorkerRequest* request,
     pnn::v1::RegisterWorkerResponse* response) {
-  if (absl::Status allowed = Authenticate(context); !allowed.ok()) {
+  if (absl::Status allowed = AuthenticateWorker(context); !allowed.ok()) {
     return Respond(context, allowed);
   }
   return RespondWith(context, coordinator_->RegisterWorker(request->worker()),
@@ -280,7 +288,7 @@ grpc::ServerUnaryReactor* CoordinatorService::Heartbeat(
     grpc::CallbackServerContext* context,
     const pnn::v1::HeartbeatRequest* request,
     pnn::v1::HeartbeatResponse* response) {
-  if (absl::Status allowed = Authenticate(context); !allowed.ok()) {
+  if (absl::Status allowed = AuthenticateWorker(context); !allowed.ok()) {
     return Respond(context, allowed);
   }
   return Respond(context, coordinator_->Heartbeat(*request));
@@ -290,7 +298,7 @@ grpc::ServerUnaryReactor* CoordinatorService::DeregisterWorker(
     grpc::CallbackServerContext* context,
     const pnn::v1::DeregisterWorkerRequest* request,
     pnn::v1::DeregisterWorkerResponse* response) {
-  if (absl::Status allowed = Authenticate(context); !allowed.ok()) {
+  if (absl::Status allowed = AuthenticateWorker(context); !allowed.ok()) {
     return Respond(context, allowed);
   }
   return Respond(context, coordinator_->DeregisterWorker(request->worker_id()));

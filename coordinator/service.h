@@ -57,7 +57,10 @@ class CoordinatorService final : public pnn::v1::Coordinator::CallbackService {
  private:
   // UNAUTHENTICATED (and counted) when the coordinator has a token and the
   // call does not carry it.
+  // Client calls need the client token, worker calls (register, heartbeat,
+  // deregister) the worker token (coordinator.h, Options).
   absl::Status Authenticate(const grpc::CallbackServerContext* context);
+  absl::Status AuthenticateWorker(const grpc::CallbackServerContext* context);
 
   Coordinator* const coordinator_;
 };

@@ -577,6 +577,51 @@ TEST_F(AuthenticatedClusterTest, RightTokenWorksMissingOrWrongTokenIsRefused) {
   EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::UNAUTHENTICATED);
 }
 
+TEST(SeparateTokensTest, ClientsCannotRegisterAndWorkersCannotSubmit) {
+  // Fault: clients and workers shared one token, so any client could
+  // register as a worker (and take over a worker's address).
+  LocalCluster cluster;
+  LocalClusterOptions options;
+  options.auth_token = "client-token";
+  options.worker_token = "worker-token";
+  ASSERT_TRUE(cluster.Start(options).ok());
+  cluster.AddWorker();  // registers with the worker token
+  cluster.WaitForWorkers(1);
+  auto call = [&](const std::string& token, bool submit) {
+    grpc::ClientContext context;
+    AttachAuthToken(token, &context);
+    if (submit) {
+      pnn::v1::SubmitJobResponse response;
+      return cluster.stub()->SubmitJob(&context, LocalCluster::Request(2),
+                                       &response);
+    }
+    pnn::v1::RegisterWorkerRequest request;
+    request.mutable_worker()->set_address("127.0.0.1:9");
+    pnn::v1::RegisterWorkerResponse response;
+    return cluster.stub()->RegisterWorker(&context, request, &response);
+  };
+  EXPECT_EQ(call("client-token", /*submit=*/false).error_code(),
+            grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_EQ(call("worker-token", /*submit=*/true).error_code(),
+            grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_EQ(cluster.RegisteredWorkers(), 1);
+  // A client's job trains on the worker: the coordinator sends the
+  // worker token with the task.
+  grpc::ClientContext context;
+  AttachAuthToken("client-token", &context);
+  pnn::v1::SubmitJobResponse submitted;
+  ASSERT_TRUE(cluster.stub()
+                  ->SubmitJob(&context, LocalCluster::Request(2), &submitted)
+                  .ok());
+  auto job = cluster.coordinator().GetJob(submitted.job_id());
+  for (int i = 0; i < 800 && job.ok() && !IsFinal(job->state()); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(25));
+    job = cluster.coordinator().GetJob(submitted.job_id());
+  }
+  ASSERT_TRUE(job.ok());
+  EXPECT_EQ(job->state(), pnn::v1::JOB_STATE_SUCCEEDED) << job->message();
+}
+
 // Checks what every job with evaluation points has: a time-ordered curve
 // that ends with the trained model, and checkpoint bytes kept apart from
 // the training traffic.

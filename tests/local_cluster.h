@@ -47,6 +47,9 @@ struct LocalClusterOptions {
   // The coordinator's token; workers and the client helpers use it too.
   // Empty: no authentication.
   std::string auth_token;
+  // The workers' own token (Coordinator::Options::worker_token); empty:
+  // they use auth_token.
+  std::string worker_token;
   absl::Duration heartbeat_interval = absl::Milliseconds(100);
   absl::Duration worker_timeout = absl::Milliseconds(600);
 };
@@ -89,6 +92,7 @@ class LocalCluster {
     server.coordinator.heartbeat_interval = options_.heartbeat_interval;
     server.coordinator.worker_timeout = options_.worker_timeout;
     server.coordinator.auth_token = options_.auth_token;
+    server.coordinator.worker_token = options_.worker_token;
     coordinator_ = std::make_unique<CoordinatorServer>(server);
     absl::StatusOr<int> port = coordinator_->Start();
     if (!port.ok()) return port.status();
@@ -107,7 +111,8 @@ class LocalCluster {
   // token, named "test-worker-N"), after `edit` has changed its options.
   worker::WorkerServer* AddWorker(const WorkerEdit& edit = nullptr) {
     worker::WorkerOptions options;
-    options.auth_token = options_.auth_token;
+    options.auth_token = options_.worker_token.empty() ? options_.auth_token
+                                                       : options_.worker_token;
     options.listen_host = "127.0.0.1";
     options.coordinator = target_;
     options.data_dir = data_.path();
