@@ -4,6 +4,8 @@
 //   pnn-coordinator --port 50051 --state_dir /var/lib/pnn --data_dir /data
 #include <signal.h>
 
+#include <malloc.h>
+
 #include <cstdio>
 #include <cstdlib>
 #include <string>
@@ -55,6 +57,12 @@ int main(int argc, char** argv) {
       "trains their segments on pnn-worker processes.\n"
       "Usage: pnn-coordinator [--port P] [--state_dir DIR] [--data_dir DIR]");
   absl::ParseCommandLine(argc, argv);
+  // Weights arrive and leave in blocks of megabytes, on many threads. With
+  // glibc's default (a threshold that rises after each free) they end up in
+  // per-thread heaps that are never given back: 400 finished jobs held
+  // 687 MB instead of 250 MB (bench/coordinator_load.cc). A fixed threshold
+  // keeps large blocks in mmap, returned to the system when freed.
+  mallopt(M_MMAP_THRESHOLD, 256 << 10);
   if (!pnn::InstallStopHandlers()) {
     std::fprintf(stderr, "pnn-coordinator: cannot install signal handlers\n");
     return 1;
