@@ -285,6 +285,8 @@ absl::Status Coordinator::RestoreJobs() {
     if (!IsFinal(record.job.state())) {
       ++resumed;
       RequeueAfterRestartLocked(record);
+    } else {
+      finished_to_clean_.push_back(job_id);
     }
     jobs_.emplace(job_id, std::move(record));
   }
@@ -638,8 +640,51 @@ void Coordinator::SchedulerLoop() {
     DispatchLocked();
     ReapDispatchThreadsLocked();
     UpdateGaugesLocked(absl::Now());
+    CleanUpFinishedJobs(lock);
     scheduler_wake_.wait_for(lock, std::chrono::milliseconds(200));
   }
+}
+
+void Coordinator::CleanUpFinishedJobs(std::unique_lock<std::mutex>& lock) {
+  std::vector<std::string> clean;
+  clean.swap(finished_to_clean_);
+  std::vector<std::string> expired;
+  if (options_.keep_finished_jobs > 0) {
+    std::vector<std::pair<int64_t, std::string>> finished;
+    for (const auto& [id, record] : jobs_) {
+      const bool streams_open = std::any_of(
+          record.tasks.begin(), record.tasks.end(),
+          [](const TaskRecord& task) { return task.context != nullptr; });
+      if (IsFinal(record.job.state()) && !streams_open) {
+        finished.emplace_back(record.sequence, id);
+      }
+    }
+    std::sort(finished.begin(), finished.end());
+    const size_t keep = static_cast<size_t>(options_.keep_finished_jobs);
+    for (size_t i = 0; i + keep < finished.size(); ++i) {
+      expired.push_back(finished[i].second);
+      jobs_.erase(finished[i].second);
+    }
+  }
+  if ((clean.empty() && expired.empty()) || store_ == nullptr) return;
+  lock.unlock();
+  for (const std::string& id : clean) {
+    if (absl::Status deleted = store_->DeleteTaskData(id); !deleted.ok()) {
+      std::fprintf(stderr, "pnn-coordinator: %s\n",
+                   std::string(deleted.message()).c_str());
+    }
+  }
+  for (const std::string& id : expired) {
+    absl::Status deleted = store_->DeleteJob(id);
+    assembler_->RemoveModel(id);
+    std::fprintf(stderr,
+                 "pnn-coordinator: job %s deleted (older than the newest %d "
+                 "finished jobs)%s\n",
+                 id.c_str(), options_.keep_finished_jobs,
+                 deleted.ok() ? ""
+                              : absl::StrCat(": ", deleted.message()).c_str());
+  }
+  lock.lock();
 }
 
 void Coordinator::DetectLostWorkersLocked(absl::Time now) {
@@ -1441,6 +1486,7 @@ void Coordinator::MaybeSucceedLocked(JobRecord& record) {
 }
 
 void Coordinator::RecordFinalLocked(const JobRecord& record) {
+  finished_to_clean_.push_back(record.job.job_id());
   if (metrics_ == nullptr) return;
   const pnn::v1::JobState state = record.job.state();
   auto finished = metrics_->jobs_finished.find(state);

@@ -71,6 +71,9 @@ class Coordinator {
     int max_attempts = 3;
     // Jobs not yet in a final state; more are refused (RESOURCE_EXHAUSTED).
     int max_active_jobs = 64;
+    // Finished jobs kept (listed, with their models); older ones are
+    // deleted with their model files. 0: keep every job.
+    int keep_finished_jobs = 0;
     // Bearer token (rpc/auth.h) the service requires from its clients.
     std::string auth_token;
     // Token of the workers: required of RegisterWorker, Heartbeat and
@@ -236,6 +239,10 @@ class Coordinator {
   // Counts a job that just reached a final state.
   void RecordFinalLocked(const JobRecord& record);
   void UpdateGaugesLocked(absl::Time now);
+  // Store and file clean-up of finished jobs, and retention: picks the
+  // work under mu_ (the lock is held on entry and on return) and does the
+  // deleting with it released.
+  void CleanUpFinishedJobs(std::unique_lock<std::mutex>& lock);
   void RefreshJobLocked(JobRecord& record);
   // Writes the job's record to the store. Errors are logged too: callers
   // other than Submit go on (the job would not survive a restart).
@@ -267,6 +274,8 @@ class Coordinator {
   std::map<std::string, JobRecord> jobs_;
   std::unique_ptr<WorkerRegistry> workers_;  // has its own lock
   std::deque<std::pair<std::string, AssemblyWork>> assembly_queue_;
+  // Jobs that reached a final state whose stored task data is still to go.
+  std::vector<std::string> finished_to_clean_;
   std::map<int64_t, std::thread> dispatch_threads_;
   std::vector<int64_t> finished_dispatch_threads_;
   std::thread scheduler_thread_;

@@ -4,6 +4,7 @@
 
 #include <sqlite3.h>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 
@@ -138,6 +139,35 @@ absl::Status JobStore::DeleteResumeState(const std::string& job_id,
     return Error(absl::StrCat("deleting a resume state of job ", job_id));
   }
   return absl::OkStatus();
+}
+
+absl::Status JobStore::DeleteRows(const std::string& job_id,
+                                  bool with_record) {
+  std::lock_guard<std::mutex> lock(mu_);
+  for (const char* sql : {"DELETE FROM weights WHERE job_id = ?1",
+                          "DELETE FROM resume_states WHERE job_id = ?1",
+                          "DELETE FROM jobs WHERE job_id = ?1"}) {
+    if (!with_record && absl::StrContains(sql, "FROM jobs")) continue;
+    Statement statement;
+    if (sqlite3_prepare_v2(db_, sql, -1, &statement.handle, nullptr) !=
+        SQLITE_OK) {
+      return Error("prepare");
+    }
+    sqlite3_bind_text(statement.handle, 1, job_id.c_str(), -1,
+                      SQLITE_TRANSIENT);
+    if (sqlite3_step(statement.handle) != SQLITE_DONE) {
+      return Error(absl::StrCat("deleting rows of job ", job_id));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status JobStore::DeleteTaskData(const std::string& job_id) {
+  return DeleteRows(job_id, /*with_record=*/false);
+}
+
+absl::Status JobStore::DeleteJob(const std::string& job_id) {
+  return DeleteRows(job_id, /*with_record=*/true);
 }
 
 absl::Status JobStore::ReadTaskBlobs(

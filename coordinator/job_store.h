@@ -40,6 +40,11 @@ class JobStore {
                                const pnn::v1::TrainingState& state);
   // Forgets it once the task has its weights: states are megabytes each.
   absl::Status DeleteResumeState(const std::string& job_id, int task_index);
+  // A finished job's weights and resume states (its model file is what it
+  // serves); the job's record stays.
+  absl::Status DeleteTaskData(const std::string& job_id);
+  // The job's record and everything else stored of it.
+  absl::Status DeleteJob(const std::string& job_id);
 
   struct Loaded {
     pnn::v1::StoredJob job;
@@ -68,6 +73,7 @@ class JobStore {
       const std::function<bool(size_t, int, const void*, int)>& parse,
       const char* what, std::vector<Loaded>* loaded);
   absl::Status Error(const std::string& what) const;
+  absl::Status DeleteRows(const std::string& job_id, bool with_record);
 
   mutable std::mutex mu_;  // guards db_ (and its error message)
   sqlite3* db_;

@@ -50,6 +50,9 @@ ABSL_FLAG(int32_t, worker_timeout_ms, 5000,
           "A worker silent this long is lost; its segment is retried.");
 ABSL_FLAG(int32_t, max_attempts, 3, "Attempts per segment before a job fails.");
 ABSL_FLAG(int32_t, max_active_jobs, 64, "Unfinished jobs accepted at once.");
+ABSL_FLAG(int32_t, keep_finished_jobs, 0,
+          "Finished jobs kept with their models; older ones are deleted "
+          "(0: keep all).");
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
@@ -81,6 +84,7 @@ int main(int argc, char** argv) {
   core.worker_timeout = absl::Milliseconds(absl::GetFlag(FLAGS_worker_timeout_ms));
   core.max_attempts = absl::GetFlag(FLAGS_max_attempts);
   core.max_active_jobs = absl::GetFlag(FLAGS_max_active_jobs);
+  core.keep_finished_jobs = absl::GetFlag(FLAGS_keep_finished_jobs);
   auto token = pnn::LoadAuthToken(absl::GetFlag(FLAGS_token_file));
   if (!token.ok()) {
     std::fprintf(stderr, "pnn-coordinator: %s\n",
@@ -106,6 +110,10 @@ int main(int argc, char** argv) {
   const int metrics_port = absl::GetFlag(FLAGS_metrics_port);
   if (metrics_port >= 0) {
     core.metrics_registry = std::make_shared<prometheus::Registry>();
+  }
+  if (core.keep_finished_jobs < 0) {
+    std::fprintf(stderr, "pnn-coordinator: --keep_finished_jobs must be >= 0\n");
+    return 1;
   }
   if (core.max_attempts < 1 || core.heartbeat_interval <= absl::ZeroDuration() ||
       core.worker_timeout <= core.heartbeat_interval) {

@@ -446,5 +446,40 @@ TEST_F(CoordinatorTest, TheCoordinatorsDataIsCheckedBeforeAnyTraining) {
   EXPECT_THAT(std::string(refused.status().message()), HasSubstr("--data_dir"));
 }
 
+TEST_F(CoordinatorTest, OnlyTheNewestFinishedJobsAreKept) {
+  coordinator_->Shutdown();
+  coordinator_.reset();
+  Coordinator::Options options;
+  options.state_dir = state_.path();
+  options.data_dir = data_.path();
+  options.keep_finished_jobs = 2;
+  coordinator_ = std::make_unique<Coordinator>(options);
+  ASSERT_TRUE(coordinator_->Start().ok());
+  std::vector<std::string> ids;
+  for (int i = 0; i < 3; ++i) {
+    auto job = coordinator_->Submit(Request());
+    ASSERT_TRUE(job.ok()) << job.status();
+    ids.push_back(job->job_id());
+  }
+  // A model file of the oldest job goes with it.
+  const std::string model =
+      state_.path() + "/models/" + ids[0] + ".safetensors";
+  std::ofstream(model) << "model";
+  for (const std::string& id : ids) {
+    ASSERT_TRUE(coordinator_->CancelJob(id).ok());
+  }
+  for (int i = 0; i < 100 && coordinator_->GetJob(ids[0]).ok(); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_EQ(coordinator_->GetJob(ids[0]).status().code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_FALSE(std::filesystem::exists(model));
+  Restart();  // keeps every job from here on
+  EXPECT_EQ(coordinator_->GetJob(ids[0]).status().code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_TRUE(coordinator_->GetJob(ids[1]).ok());
+  EXPECT_TRUE(coordinator_->GetJob(ids[2]).ok());
+}
+
 }  // namespace
 }  // namespace pnn

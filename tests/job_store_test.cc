@@ -58,5 +58,31 @@ TEST(JobStoreTest, WhatIsSavedIsLoadedAfterReopeningAndResumeStatesCanGo) {
   EXPECT_TRUE(b.resume_states.empty());
 }
 
+TEST(JobStoreTest, FinishedJobsLoadWithoutWeightsAndCanBeDeleted) {
+  TempDir dir;
+  const std::string path = dir.path() + "/jobs.db";
+  auto store = JobStore::Open(path);
+  ASSERT_TRUE(store.ok()) << store.status();
+  pnn::v1::StoredJob done = Job("job-done", 1);
+  done.mutable_job()->set_state(pnn::v1::JOB_STATE_SUCCEEDED);
+  ASSERT_TRUE((*store)->SaveJob(done).ok());
+  ASSERT_TRUE((*store)->SaveJob(Job("job-gone", 2)).ok());
+  pnn::v1::SegmentWeights weights;
+  ASSERT_TRUE((*store)->SaveWeights("job-done", 0, weights).ok());
+  ASSERT_TRUE((*store)->SaveWeights("job-gone", 0, weights).ok());
+  auto loaded = (*store)->LoadAll();
+  ASSERT_TRUE(loaded.ok());
+  ASSERT_EQ(loaded->size(), 2u);
+  // A finished job serves its model file: its weights stay on disk.
+  EXPECT_TRUE((*loaded)[0].weights.empty());
+  EXPECT_EQ((*loaded)[1].weights.size(), 1u);
+  ASSERT_TRUE((*store)->DeleteTaskData("job-done").ok());
+  ASSERT_TRUE((*store)->DeleteJob("job-gone").ok());
+  loaded = (*store)->LoadAll();
+  ASSERT_TRUE(loaded.ok());
+  ASSERT_EQ(loaded->size(), 1u);
+  EXPECT_EQ((*loaded)[0].job.job().job_id(), "job-done");
+}
+
 }  // namespace
 }  // namespace pnn
