@@ -73,19 +73,19 @@ absl::StatusOr<int64_t> WriteModel(const std::string& state_dir,
   return static_cast<int64_t>(safetensors.size());
 }
 
-// Test accuracy of the joined checkpoints over the job's training time.
-absl::StatusOr<std::vector<pnn::v1::EvaluationPoint>> EvaluateCheckpoints(
+// An evaluation point: one checkpoint per task, at a moment.
+struct Point {
+  double seconds = 0;
+  std::vector<const CheckpointRecord*> parts;
+};
+
+// The moments to evaluate, in time order (points of which some task has
+// no checkpoint yet included; the caller skips them).
+std::vector<Point> ChoosePoints(
     const std::vector<std::vector<CheckpointRecord>>& checkpoints,
-    bool pipeline, pnn::v1::Activation activation, const Dataset& data,
-    const std::string& device, const std::function<bool()>& should_stop) {
-  // Each evaluation point picks one checkpoint per task, at a moment.
-  struct Point {
-    double seconds = 0;
-    std::vector<const CheckpointRecord*> parts;
-  };
+    bool pipeline) {
   std::vector<Point> points;
   const size_t tasks = checkpoints.size();
-  if (tasks == 0) return std::vector<pnn::v1::EvaluationPoint>{};
   if (pipeline) {
     // The stages of a pipeline checkpoint the same batch: join those.
     std::map<std::pair<int, int64_t>, Point> by_batch;
@@ -125,8 +125,17 @@ absl::StatusOr<std::vector<pnn::v1::EvaluationPoint>> EvaluateCheckpoints(
   std::sort(points.begin(), points.end(), [](const Point& a, const Point& b) {
     return a.seconds < b.seconds;
   });
+  return points;
+}
+
+// Test accuracy of the joined checkpoints over the job's training time.
+absl::StatusOr<std::vector<pnn::v1::EvaluationPoint>> EvaluateCheckpoints(
+    const std::vector<std::vector<CheckpointRecord>>& checkpoints,
+    bool pipeline, pnn::v1::Activation activation, const Dataset& data,
+    const std::string& device, const std::function<bool()>& should_stop) {
   std::vector<pnn::v1::EvaluationPoint> curve;
-  for (const Point& point : points) {
+  if (checkpoints.empty()) return curve;
+  for (const Point& point : ChoosePoints(checkpoints, pipeline)) {
     if (std::find(point.parts.begin(), point.parts.end(), nullptr) !=
         point.parts.end()) {
       continue;  // some segment has no checkpoint yet

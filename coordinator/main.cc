@@ -54,6 +54,67 @@ ABSL_FLAG(int32_t, keep_finished_jobs, 0,
           "Finished jobs kept with their models; older ones are deleted "
           "(0: keep all).");
 
+namespace {
+
+// The server's options from the flags; false (after saying why on stderr)
+// when a flag is unusable.
+bool OptionsFromFlags(pnn::CoordinatorServer::Options& options) {
+  options.listen_host = absl::GetFlag(FLAGS_listen_host);
+  options.port = absl::GetFlag(FLAGS_port);
+  auto& core = options.coordinator;
+  core.state_dir = absl::GetFlag(FLAGS_state_dir);
+  core.data_dir = absl::GetFlag(FLAGS_data_dir);
+  core.threads = absl::GetFlag(FLAGS_threads);
+  core.device = absl::GetFlag(FLAGS_device);
+  core.heartbeat_interval =
+      absl::Milliseconds(absl::GetFlag(FLAGS_heartbeat_interval_ms));
+  core.worker_timeout = absl::Milliseconds(absl::GetFlag(FLAGS_worker_timeout_ms));
+  core.max_attempts = absl::GetFlag(FLAGS_max_attempts);
+  core.max_active_jobs = absl::GetFlag(FLAGS_max_active_jobs);
+  core.keep_finished_jobs = absl::GetFlag(FLAGS_keep_finished_jobs);
+  auto token = pnn::LoadAuthToken(absl::GetFlag(FLAGS_token_file));
+  if (!token.ok()) {
+    std::fprintf(stderr, "pnn-coordinator: %s\n",
+                 std::string(token.status().message()).c_str());
+    return false;
+  }
+  core.auth_token = *token;
+  const std::string worker_token_file = absl::GetFlag(FLAGS_worker_token_file);
+  if (!worker_token_file.empty()) {
+    auto worker_token = pnn::LoadAuthToken(worker_token_file);
+    if (!worker_token.ok()) {
+      std::fprintf(stderr, "pnn-coordinator: %s\n",
+                   std::string(worker_token.status().message()).c_str());
+      return false;
+    }
+    core.worker_token = *worker_token;
+  } else if (const char* env = std::getenv("PNN_WORKER_TOKEN");
+             env != nullptr) {
+    core.worker_token = env;
+  }
+  core.tls = {absl::GetFlag(FLAGS_tls_cert), absl::GetFlag(FLAGS_tls_key),
+              absl::GetFlag(FLAGS_tls_ca)};
+  const int metrics_port = absl::GetFlag(FLAGS_metrics_port);
+  if (metrics_port >= 0) {
+    core.metrics_registry = std::make_shared<prometheus::Registry>();
+  }
+  if (core.keep_finished_jobs < 0) {
+    std::fprintf(stderr, "pnn-coordinator: --keep_finished_jobs must be >= 0\n");
+    return false;
+  }
+  if (core.max_attempts < 1 || core.heartbeat_interval <= absl::ZeroDuration() ||
+      core.worker_timeout <= core.heartbeat_interval) {
+    std::fprintf(stderr,
+                 "pnn-coordinator: --max_attempts must be >= 1 and "
+                 "--worker_timeout_ms greater than --heartbeat_interval_ms\n");
+    return false;
+  }
+
+  return true;
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "Coordinator of pnn: takes jobs over gRPC (pnn.v1.Coordinator) and "
@@ -72,57 +133,9 @@ int main(int argc, char** argv) {
   }
 
   pnn::CoordinatorServer::Options options;
-  options.listen_host = absl::GetFlag(FLAGS_listen_host);
-  options.port = absl::GetFlag(FLAGS_port);
-  auto& core = options.coordinator;
-  core.state_dir = absl::GetFlag(FLAGS_state_dir);
-  core.data_dir = absl::GetFlag(FLAGS_data_dir);
-  core.threads = absl::GetFlag(FLAGS_threads);
-  core.device = absl::GetFlag(FLAGS_device);
-  core.heartbeat_interval =
-      absl::Milliseconds(absl::GetFlag(FLAGS_heartbeat_interval_ms));
-  core.worker_timeout = absl::Milliseconds(absl::GetFlag(FLAGS_worker_timeout_ms));
-  core.max_attempts = absl::GetFlag(FLAGS_max_attempts);
-  core.max_active_jobs = absl::GetFlag(FLAGS_max_active_jobs);
-  core.keep_finished_jobs = absl::GetFlag(FLAGS_keep_finished_jobs);
-  auto token = pnn::LoadAuthToken(absl::GetFlag(FLAGS_token_file));
-  if (!token.ok()) {
-    std::fprintf(stderr, "pnn-coordinator: %s\n",
-                 std::string(token.status().message()).c_str());
-    return 1;
-  }
-  core.auth_token = *token;
-  const std::string worker_token_file = absl::GetFlag(FLAGS_worker_token_file);
-  if (!worker_token_file.empty()) {
-    auto worker_token = pnn::LoadAuthToken(worker_token_file);
-    if (!worker_token.ok()) {
-      std::fprintf(stderr, "pnn-coordinator: %s\n",
-                   std::string(worker_token.status().message()).c_str());
-      return 1;
-    }
-    core.worker_token = *worker_token;
-  } else if (const char* env = std::getenv("PNN_WORKER_TOKEN");
-             env != nullptr) {
-    core.worker_token = env;
-  }
-  core.tls = {absl::GetFlag(FLAGS_tls_cert), absl::GetFlag(FLAGS_tls_key),
-              absl::GetFlag(FLAGS_tls_ca)};
+  if (!OptionsFromFlags(options)) return 1;
+  const auto& core = options.coordinator;
   const int metrics_port = absl::GetFlag(FLAGS_metrics_port);
-  if (metrics_port >= 0) {
-    core.metrics_registry = std::make_shared<prometheus::Registry>();
-  }
-  if (core.keep_finished_jobs < 0) {
-    std::fprintf(stderr, "pnn-coordinator: --keep_finished_jobs must be >= 0\n");
-    return 1;
-  }
-  if (core.max_attempts < 1 || core.heartbeat_interval <= absl::ZeroDuration() ||
-      core.worker_timeout <= core.heartbeat_interval) {
-    std::fprintf(stderr,
-                 "pnn-coordinator: --max_attempts must be >= 1 and "
-                 "--worker_timeout_ms greater than --heartbeat_interval_ms\n");
-    return 1;
-  }
-
   pnn::CoordinatorServer server(options);
   auto port = server.Start();
   if (!port.ok()) {
