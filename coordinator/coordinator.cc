@@ -21,8 +21,7 @@
 #include "coordinator/job_store.h"
 #include "coordinator/metrics.h"
 #include "coordinator/retry_policy.h"
-#include "pnn/v1/worker.grpc.pb.h"
-#include "rpc/auth.h"
+#include "coordinator/task_driver.h"
 #include "rpc/rpc_util.h"
 
 namespace pnn {
@@ -198,9 +197,12 @@ absl::Status Coordinator::Start() {
   PNN_RETURN_IF_ERROR(assembler_->CheckDevice());
   std::lock_guard<std::mutex> lock(mu_);
   if (started_) return absl::OkStatus();
-  auto credentials = MakeChannelCredentials(options_.tls);
-  if (!credentials.ok()) return credentials.status();
-  worker_credentials_ = *credentials;
+  task_driver_ = options_.task_driver;
+  if (task_driver_ == nullptr) {
+    auto credentials = MakeChannelCredentials(options_.tls);
+    if (!credentials.ok()) return credentials.status();
+    task_driver_ = MakeGrpcTaskDriver(*credentials, worker_token());
+  }
   auto store = JobStore::Open(
       (fs::path(options_.state_dir) / "jobs.db").string());
   if (!store.ok()) return store.status();
@@ -924,9 +926,6 @@ void Coordinator::RunTask(std::string job_id, int task_index,
                           pnn::v1::TrainSegmentRequest request,
                           std::shared_ptr<grpc::ClientContext> context,
                           int64_t thread_id) {
-  auto stub =
-      pnn::v1::Worker::NewStub(MakeChannel(address, worker_credentials_));
-  AttachAuthToken(worker_token(), context.get());
   {
     std::lock_guard<std::mutex> lock(mu_);
     auto job = jobs_.find(job_id);
@@ -939,18 +938,13 @@ void Coordinator::RunTask(std::string job_id, int task_index,
       }
     }
   }
-  std::unique_ptr<grpc::ClientReader<pnn::v1::TrainSegmentUpdate>> reader =
-      stub->TrainSegment(context.get(), request);
-  pnn::v1::TrainSegmentUpdate update;
-  std::optional<pnn::v1::SegmentWeights> weights;
-  while (reader->Read(&update)) {
-    OnTaskUpdate(job_id, task_index, update,
-                 static_cast<int64_t>(update.ByteSizeLong()));
-    if (update.has_result()) {
-      weights = std::move(*update.mutable_result()->mutable_weights());
-    }
-  }
-  absl::Status status = FromGrpcStatus(reader->Finish());
+  TaskRun run = task_driver_->Run(
+      address, request, context.get(),
+      [&](const pnn::v1::TrainSegmentUpdate& update, int64_t bytes) {
+        OnTaskUpdate(job_id, task_index, update, bytes);
+      });
+  absl::Status status = std::move(run.status);
+  std::optional<pnn::v1::SegmentWeights>& weights = run.weights;
   if (status.ok() && !weights.has_value()) {
     status = absl::DataLossError(
         "the worker ended the stream without sending the trained weights");

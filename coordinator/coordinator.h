@@ -45,6 +45,7 @@ class Registry;
 namespace pnn {
 
 class Assembler;
+class TaskDriver;
 class DatasetCache;
 class JobStore;
 struct Dataset;
@@ -85,6 +86,9 @@ class Coordinator {
     // coordinator presents to workers (mutual TLS) with the CA that signed
     // theirs. Empty: plaintext.
     TlsFiles tls;
+    // Runs the tasks' TrainSegment calls; null: over gRPC (with `tls` and
+    // the worker token). Tests substitute one to fake workers.
+    std::shared_ptr<TaskDriver> task_driver;
     // Where the coordinator's metrics are registered; null: no metrics.
     std::shared_ptr<prometheus::Registry> metrics_registry;
   };
@@ -261,7 +265,7 @@ class Coordinator {
   std::unique_ptr<Assembler> assembler_;
   std::unique_ptr<CoordinatorMetrics> metrics_;  // null without a registry
   std::unique_ptr<JobStore> store_;
-  std::shared_ptr<grpc::ChannelCredentials> worker_credentials_;
+  std::shared_ptr<TaskDriver> task_driver_;  // set by Start()
 
   mutable std::mutex mu_;
   std::condition_variable scheduler_wake_;

@@ -8,9 +8,13 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <map>
+#include <mutex>
 #include <thread>
 
 #include "common/dataset.h"
+#include "common/model.h"
+#include "coordinator/task_driver.h"
 #include "common/job_spec.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -479,6 +483,86 @@ TEST_F(CoordinatorTest, OnlyTheNewestFinishedJobsAreKept) {
             absl::StatusCode::kNotFound);
   EXPECT_TRUE(coordinator_->GetJob(ids[1]).ok());
   EXPECT_TRUE(coordinator_->GetJob(ids[2]).ok());
+}
+
+// Fakes the workers behind the coordinator: calls to `unreachable` fail as
+// a wrong --advertise_address would; the others return freshly initialised
+// weights of the task's layers at once.
+class FakeDriver final : public TaskDriver {
+ public:
+  explicit FakeDriver(std::string unreachable)
+      : unreachable_(std::move(unreachable)) {}
+  TaskRun Run(const std::string& address,
+              const pnn::v1::TrainSegmentRequest& request,
+              grpc::ClientContext*, const OnUpdate&) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    ++calls_[address];
+    if (address == unreachable_) {
+      return {absl::UnavailableError("failed to connect to all addresses"),
+              std::nullopt};
+    }
+    const pnn::v1::SegmentTask& task = request.task();
+    MlpSegment model(task.first_layer(),
+                     std::vector<int>(task.widths().begin(),
+                                      task.widths().end()),
+                     task.activation());
+    return {absl::OkStatus(), ExportWeights(model, task.segment_index())};
+  }
+  int calls(const std::string& address) {
+    std::lock_guard<std::mutex> lock(mu_);
+    return calls_[address];
+  }
+
+ private:
+  const std::string unreachable_;
+  std::mutex mu_;
+  std::map<std::string, int> calls_;
+};
+
+TEST_F(CoordinatorTest, AnUnreachableWorkerIsBackedOffNotHandedEveryRetry) {
+  // Fault: a worker with a wrong --advertise_address got every retry at
+  // once and failed each job in about 2 s.
+  auto driver = std::make_shared<FakeDriver>("127.0.0.1:1");
+  coordinator_->Shutdown();
+  Coordinator::Options options;
+  options.state_dir = state_.path();
+  options.data_dir = data_.path();
+  options.worker_timeout = absl::Hours(1);  // the fakes send no heartbeat
+  options.task_driver = driver;
+  coordinator_ = std::make_unique<Coordinator>(options);
+  ASSERT_TRUE(coordinator_->Start().ok());
+  pnn::v1::WorkerInfo bad;
+  bad.set_address("127.0.0.1:1");
+  ASSERT_TRUE(coordinator_->RegisterWorker(bad).ok());
+  // Several jobs, so that the bad worker is idle whenever work is queued.
+  std::vector<std::string> ids;
+  for (int i = 0; i < 3; ++i) {
+    auto job = coordinator_->Submit(Request());
+    ASSERT_TRUE(job.ok()) << job.status();
+    ids.push_back(job->job_id());
+  }
+  for (int i = 0; i < 100 && driver->calls("127.0.0.1:1") == 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  pnn::v1::WorkerInfo good;
+  good.set_address("127.0.0.1:2");
+  ASSERT_TRUE(coordinator_->RegisterWorker(good).ok());
+  for (const std::string& id : ids) {
+    absl::StatusOr<pnn::v1::Job> job = coordinator_->GetJob(id);
+    for (int i = 0; i < 500 && job.ok() && job->state() !=
+                                   pnn::v1::JOB_STATE_SUCCEEDED &&
+                                   job->state() != pnn::v1::JOB_STATE_FAILED;
+         ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      job = coordinator_->GetJob(id);
+    }
+    ASSERT_TRUE(job.ok());
+    EXPECT_EQ(job->state(), pnn::v1::JOB_STATE_SUCCEEDED) << job->message();
+  }
+  // Backed off after its first failure (2 s), not dropped.
+  EXPECT_EQ(driver->calls("127.0.0.1:1"), 1);
+  EXPECT_EQ(driver->calls("127.0.0.1:2"), 6);
+  EXPECT_EQ(coordinator_->registered_workers(), 2);
 }
 
 }  // namespace
