@@ -1165,9 +1165,10 @@ std::string AttemptError(const std::string& loss_reason,
 
 }  // namespace
 
-RetryDecision Coordinator::DecideLocked(TaskRecord& task,
-                                        const std::string& worker_id,
-                                        const absl::Status& status) {
+Coordinator::FailedAttempt Coordinator::JudgeAttemptLocked(
+    JobRecord& record, int task_index, const std::string& worker_id,
+    const absl::Status& status) {
+  TaskRecord& task = record.tasks[task_index];
   AttemptFacts facts;
   facts.code = status.code();
   facts.worker_lost = !task.loss_reason.empty();
@@ -1185,7 +1186,9 @@ RetryDecision Coordinator::DecideLocked(TaskRecord& task,
                  worker_id.c_str(), std::string(status.message()).c_str());
   }
   task.status.set_error(AttemptError(task.loss_reason, status));
-  return decision;
+  return {TaskName(task.status, SegmentCount(record)),
+          absl::StrCat(worker_id, " (", task.status.worker_address(), ")"),
+          decision};
 }
 
 void Coordinator::OnStageFailedLocked(JobRecord& record, int task_index,
@@ -1198,10 +1201,11 @@ void Coordinator::OnStageFailedLocked(JobRecord& record, int task_index,
   // CANCELLED until their streams close, which does not count against
   // them (OnTaskFinished).
   TaskRecord& task = record.tasks[task_index];
-  const std::string name = TaskName(task.status, SegmentCount(record));
-  const std::string where =
-      absl::StrCat(worker_id, " (", task.status.worker_address(), ")");
-  const RetryDecision decision = DecideLocked(task, worker_id, status);
+  const FailedAttempt attempt =
+      JudgeAttemptLocked(record, task_index, worker_id, status);
+  const std::string& name = attempt.name;
+  const std::string& where = attempt.where;
+  const RetryDecision& decision = attempt.decision;
   const std::string& error = task.status.error();
   if (decision.action == RetryDecision::Action::kFail) {
     task.status.set_state(pnn::v1::TASK_STATE_FAILED);
@@ -1249,10 +1253,11 @@ void Coordinator::OnTaskFailedLocked(JobRecord& record, int task_index,
                                      const std::string& worker_id,
                                      const absl::Status& status) {
   TaskRecord& task = record.tasks[task_index];
-  const std::string name = TaskName(task.status, SegmentCount(record));
-  const std::string where =
-      absl::StrCat(worker_id, " (", task.status.worker_address(), ")");
-  const RetryDecision decision = DecideLocked(task, worker_id, status);
+  const FailedAttempt attempt =
+      JudgeAttemptLocked(record, task_index, worker_id, status);
+  const std::string& name = attempt.name;
+  const std::string& where = attempt.where;
+  const RetryDecision& decision = attempt.decision;
   const std::string& error = task.status.error();
   if (!decision.attempt_counts) {
     task.status.set_attempts(task.status.attempts() - 1);

@@ -216,10 +216,18 @@ class Coordinator {
   void OnTaskFinished(const std::string& job_id, int task_index,
                       const std::string& worker_id, absl::Status status,
                       pnn::v1::SegmentWeights weights);
+  // A failed attempt: the task's name and where it ran (for messages), and
+  // what the retry policy decided.
+  struct FailedAttempt {
+    std::string name;
+    std::string where;
+    RetryDecision decision;
+  };
   // Applies the retry policy to a failed attempt: sets the task's error and
   // backs the worker off if the policy says so.
-  RetryDecision DecideLocked(TaskRecord& task, const std::string& worker_id,
-                             const absl::Status& status);
+  FailedAttempt JudgeAttemptLocked(JobRecord& record, int task_index,
+                                   const std::string& worker_id,
+                                   const absl::Status& status);
   // The branches of OnTaskFinished, under mu_.
   void OnTaskSucceededLocked(JobRecord& record, int task_index,
                              const std::string& worker_id);

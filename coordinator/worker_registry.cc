@@ -29,9 +29,7 @@ bool IsDialableAddress(const std::string& address) {
 }
 
 WorkerRegistry::WorkerRegistry(Options options)
-    : options_(std::move(options)),
-      instance_(options_.instance.empty() ? RandomInstance()
-                                          : options_.instance) {}
+    : options_(std::move(options)), instance_(RandomInstance()) {}
 
 absl::StatusOr<WorkerRegistry::Registered> WorkerRegistry::Register(
     const pnn::v1::WorkerInfo& info, absl::Time now) {

@@ -33,9 +33,6 @@ class WorkerRegistry {
     // doubling with every further failure up to max_backoff.
     absl::Duration initial_backoff = absl::Seconds(2);
     absl::Duration max_backoff = absl::Seconds(60);
-    // Ids are "worker-<instance>-<n>"; empty: a random instance, so ids of
-    // two coordinator runs never collide.
-    std::string instance;
   };
   // The task a worker runs.
   struct Assignment {
@@ -73,6 +70,8 @@ class WorkerRegistry {
     int busy = 0;
   };
 
+  // Ids are "worker-<instance>-<n>" with a random instance per registry, so
+  // the ids of two coordinator runs never collide.
   explicit WorkerRegistry(Options options);
 
   // INVALID_ARGUMENT for a malformed address; ALREADY_EXISTS while another
