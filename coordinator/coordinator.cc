@@ -20,6 +20,7 @@
 #include "coordinator/assembler.h"
 #include "coordinator/job_store.h"
 #include "coordinator/metrics.h"
+#include "coordinator/placement.h"
 #include "coordinator/retry_policy.h"
 #include "coordinator/task_driver.h"
 #include "rpc/rpc_util.h"
@@ -120,12 +121,6 @@ std::string TaskName(const pnn::v1::TaskStatus& status, int segments) {
                          status.first_layer(), status.last_layer());
 }
 
-bool DeviceMatches(const std::string& wanted, const std::string& offered) {
-  const bool wants_cuda = wanted.rfind("cuda", 0) == 0;
-  const bool offers_cuda = offered.rfind("cuda", 0) == 0;
-  if (!wants_cuda) return !offers_cuda;
-  return wanted == "cuda" ? offers_cuda : wanted == offered;
-}
 
 }  // namespace
 
@@ -726,26 +721,18 @@ bool Coordinator::StartPipelineLocked(JobRecord& record, bool* started) {
   // many workers or not at all.
   const std::string& device = record.tasks[stages[0]].task.device();
   const absl::Time now = absl::Now();
-  const absl::Time heard_since = now - 2 * options_.heartbeat_interval;
+  const std::vector<WorkerRegistry::Worker> available =
+      workers_->Available(now);
+  size_t matching = 0;
+  for (const WorkerRegistry::Worker& worker : workers_->All()) {
+    matching += DeviceMatches(device, worker.info.device());
+  }
+  const PipelinePlacement placement =
+      PlacePipeline(device, stages.size(), available, matching,
+                    now - 2 * options_.heartbeat_interval);
+  if (placement.workers.empty()) return !placement.gang_waits;
   std::vector<WorkerRegistry::Worker> idle;
-  for (WorkerRegistry::Worker& worker : workers_->Available(now)) {
-    // Only workers heard from lately: one that is going away (it stopped
-    // heartbeating) would cost the whole pipeline a restart.
-    if (DeviceMatches(device, worker.info.device()) &&
-        worker.last_heartbeat >= heard_since) {
-      idle.push_back(std::move(worker));
-    }
-  }
-  if (idle.size() < stages.size()) {
-    // Wait for the gang, unless too few matching workers are registered
-    // for it ever to start.
-    size_t matching = 0;
-    for (const WorkerRegistry::Worker& worker : workers_->All()) {
-      matching += DeviceMatches(device, worker.info.device());
-    }
-    return matching < stages.size();
-  }
-  idle.resize(stages.size());
+  for (size_t w : placement.workers) idle.push_back(available[w]);
   for (size_t i = 0; i < stages.size(); ++i) {
     if (!workers_->Claim(idle[i].id, {record.job.job_id(),
                                       static_cast<int>(stages[i])})) {
@@ -781,26 +768,24 @@ bool Coordinator::StartPipelineLocked(JobRecord& record, bool* started) {
 }
 
 bool Coordinator::DispatchQueuedLocked(JobRecord& record) {
-  bool changed = false;
-  std::vector<WorkerRegistry::Worker> idle = workers_->Available(absl::Now());
-  for (size_t index = 0; index < record.tasks.size() && !idle.empty();
-       ++index) {
-    TaskRecord& task = record.tasks[index];
-    if (task.status.state() != pnn::v1::TASK_STATE_QUEUED ||
-        task.task.has_pipeline()) {
-      continue;
+  std::vector<QueuedTask> queued;
+  for (size_t index = 0; index < record.tasks.size(); ++index) {
+    const TaskRecord& task = record.tasks[index];
+    if (task.status.state() == pnn::v1::TASK_STATE_QUEUED &&
+        !task.task.has_pipeline()) {
+      queued.push_back({index, task.task.device()});
     }
-    auto worker = std::find_if(
-        idle.begin(), idle.end(), [&task](const WorkerRegistry::Worker& w) {
-          return DeviceMatches(task.task.device(), w.info.device());
-        });
-    if (worker == idle.end()) continue;
-    if (workers_->Claim(worker->id,
+  }
+  if (queued.empty()) return false;
+  const std::vector<WorkerRegistry::Worker> available =
+      workers_->Available(absl::Now());
+  bool changed = false;
+  for (const auto& [index, w] : PlaceTasks(queued, available)) {
+    if (workers_->Claim(available[w].id,
                         {record.job.job_id(), static_cast<int>(index)})) {
-      DispatchTaskLocked(record, index, *worker);
+      DispatchTaskLocked(record, index, available[w]);
       changed = true;
     }
-    idle.erase(worker);
   }
   return changed;
 }

@@ -1,0 +1,52 @@
+// Where queued work goes: pure functions of the queued tasks and the
+// workers that may take them (WorkerRegistry::Available), tested without
+// gRPC (tests/placement_test.cc). The coordinator claims what they choose.
+#ifndef PNN_COORDINATOR_PLACEMENT_H_
+#define PNN_COORDINATOR_PLACEMENT_H_
+
+#include <cstddef>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/time/time.h"
+#include "coordinator/worker_registry.h"
+
+namespace pnn {
+
+// Whether a worker offering `offered` can run a task asking for `wanted`:
+// "cpu" only on CPU workers, "cuda" on any CUDA worker, "cuda:N" only there.
+bool DeviceMatches(const std::string& wanted, const std::string& offered);
+
+// A queued task: its position in the job and the device it asks for.
+struct QueuedTask {
+  size_t index = 0;
+  std::string device;
+};
+
+// Each queued task (in order) on the first available worker whose device
+// matches, each worker at most once: (task index, position in `available`).
+std::vector<std::pair<size_t, size_t>> PlaceTasks(
+    const std::vector<QueuedTask>& queued,
+    const std::vector<WorkerRegistry::Worker>& available);
+
+// A model-parallel run's stages start together on as many workers, or not
+// at all.
+struct PipelinePlacement {
+  // Positions in `available`, one per stage in order; empty: not now.
+  std::vector<size_t> workers;
+  // Not now, and enough matching workers are registered for it ever to
+  // start: later jobs wait too (else small jobs could starve it).
+  bool gang_waits = false;
+};
+// Only workers heard from since `heard_since` are used: one that is going
+// away would cost the whole pipeline a restart. `matching_registered`:
+// registered workers of the device, busy or not.
+PipelinePlacement PlacePipeline(
+    const std::string& device, size_t stages,
+    const std::vector<WorkerRegistry::Worker>& available,
+    size_t matching_registered, absl::Time heard_since);
+
+}  // namespace pnn
+
+#endif  // PNN_COORDINATOR_PLACEMENT_H_
