@@ -11,7 +11,6 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "absl/strings/str_join.h"
 #include "common/dataset.h"
 #include "common/dataset_cache.h"
 #include "common/job_spec.h"
@@ -627,7 +626,7 @@ void Coordinator::CleanUpFinishedJobs(std::unique_lock<std::mutex>& lock) {
       jobs_.erase(finished[i].second);
     }
   }
-  if ((clean.empty() && expired.empty()) || store_ == nullptr) return;
+  if (clean.empty() && expired.empty()) return;
   lock.unlock();
   for (const std::string& id : clean) {
     if (absl::Status deleted = store_->DeleteTaskData(id); !deleted.ok()) {

@@ -1,6 +1,9 @@
 // The coordinator's logic, independent of the gRPC server that exposes it:
 // the job table and state machine, the scheduling of segment tasks on
-// registered workers, worker liveness, assembly and the test pass.
+// registered workers, worker liveness, assembly and the test pass. It wires
+// together the components beside it (worker_registry.h, placement.h,
+// retry_policy.h, task_driver.h, assembler.h, job_store.h, job_events.h;
+// docs/DESIGN.md, "The coordinator's components").
 //
 // Thread safety: every public method may be called from any thread. The
 // coordinator owns its threads: one scheduler thread, one thread per task
@@ -27,12 +30,12 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
-#include "pnn/v1/coordinator.pb.h"
-#include "pnn/v1/worker.pb.h"
 #include "coordinator/assembler.h"
 #include "coordinator/job_events.h"
 #include "coordinator/retry_policy.h"
 #include "coordinator/worker_registry.h"
+#include "pnn/v1/coordinator.pb.h"
+#include "pnn/v1/worker.pb.h"
 #include "rpc/tls.h"
 
 namespace grpc {
@@ -44,9 +47,8 @@ class Registry;
 
 namespace pnn {
 
-class Assembler;
-class TaskDriver;
 class DatasetCache;
+class TaskDriver;
 class JobStore;
 struct Dataset;
 struct DatasetShape;
@@ -140,7 +142,6 @@ class Coordinator {
   }
 
  private:
-
   struct TaskRecord {
     pnn::v1::SegmentTask task;
     // Evaluation points (spec.evaluations_per_epoch), kept in memory until
