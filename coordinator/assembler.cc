@@ -226,6 +226,20 @@ absl::StatusOr<AssemblyResult> Assembler::Assemble(
   return result;
 }
 
+absl::Status Assembler::CheckWeights(const pnn::v1::SegmentTask& task,
+                                     const pnn::v1::SegmentWeights& weights) {
+  absl::StatusOr<MlpSegment> model =
+      ModelFromWeights(weights, task.activation());
+  if (!model.ok()) return model.status();
+  if ((*model)->first_layer() != task.first_layer() ||
+      (*model)->last_layer() != task.last_layer() ||
+      (*model)->widths() !=
+          std::vector<int>(task.widths().begin(), task.widths().end())) {
+    return absl::InvalidArgumentError("wrong layers or shapes");
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<pnn::v1::TestResult> Assembler::TestBaseline(
     const pnn::v1::JobSpec& spec, const pnn::v1::SegmentWeights& weights) {
   PNN_ASSIGN_OR_RETURN(

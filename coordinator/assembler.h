@@ -73,6 +73,10 @@ class Assembler {
   // evaluation points).
   absl::StatusOr<AssemblyResult> Assemble(
       const AssemblyInput& input, const std::function<bool()>& should_stop);
+  // OK when `weights` (from a worker) are what `task` asked for: layers
+  // and shapes; else why not. Checked before anything else uses them.
+  static absl::Status CheckWeights(const pnn::v1::SegmentTask& task,
+                                   const pnn::v1::SegmentWeights& weights);
   // Test result of the conventional baseline's weights.
   absl::StatusOr<pnn::v1::TestResult> TestBaseline(
       const pnn::v1::JobSpec& spec, const pnn::v1::SegmentWeights& weights);

@@ -1,9 +1,12 @@
-// The coordinator's logic, independent of the gRPC server that exposes it:
-// the job table and state machine, the scheduling of segment tasks on
-// registered workers, worker liveness, assembly and the test pass. It wires
-// together the components beside it (worker_registry.h, placement.h,
-// retry_policy.h, task_driver.h, assembler.h, job_store.h, job_events.h;
-// docs/DESIGN.md, "The coordinator's components").
+// The coordinator's logic, independent of the gRPC server that exposes it.
+// It wires together the components beside it: the job table and its state
+// machine (job_table.h), the worker registry and liveness
+// (worker_registry.h), placement (placement.h), the retry policy
+// (retry_policy.h), the TrainSegment driver (task_driver.h), the assembler
+// (assembler.h), the store and its writer thread (job_store.h,
+// store_writer.h) and the watch fan-out (job_events.h); docs/DESIGN.md, "The
+// coordinator's components". What remains here is the scheduler loop, the
+// streams' threads and the assembly thread.
 //
 // Thread safety: every public method may be called from any thread. The
 // coordinator owns its threads: one scheduler thread, one thread per task
@@ -32,7 +35,7 @@
 #include "absl/time/time.h"
 #include "coordinator/assembler.h"
 #include "coordinator/job_events.h"
-#include "coordinator/retry_policy.h"
+#include "coordinator/job_table.h"
 #include "coordinator/worker_registry.h"
 #include "pnn/v1/coordinator.pb.h"
 #include "pnn/v1/worker.pb.h"
@@ -48,13 +51,14 @@ class Registry;
 namespace pnn {
 
 class DatasetCache;
-class TaskDriver;
 class JobStore;
+class StoreWriter;
+class TaskDriver;
 struct Dataset;
 struct DatasetShape;
 struct CoordinatorMetrics;
 
-class Coordinator {
+class Coordinator : private JobTable::Listener {
  public:
   struct Options {
     // Model artifacts are written under <state_dir>/models.
@@ -96,7 +100,7 @@ class Coordinator {
   };
 
   explicit Coordinator(Options options);
-  ~Coordinator();  // calls Shutdown()
+  ~Coordinator() override;  // calls Shutdown()
   Coordinator(const Coordinator&) = delete;
   Coordinator& operator=(const Coordinator&) = delete;
 
@@ -142,71 +146,43 @@ class Coordinator {
   }
 
  private:
-  struct TaskRecord {
-    pnn::v1::SegmentTask task;
-    // Evaluation points (spec.evaluations_per_epoch), kept in memory until
-    // the job is assembled.
-    std::vector<CheckpointRecord> checkpoints;
-    // The latest resumable state while the task is unfinished: a retry
-    // continues from it.
-    std::optional<pnn::v1::TrainingState> resume_state;
-    pnn::v1::TaskStatus status;
-    pnn::v1::SegmentWeights weights;  // once SUCCEEDED
-    std::shared_ptr<grpc::ClientContext> context;  // while RUNNING
-    std::string loss_reason;  // set when the worker was declared lost
-    bool is_baseline = false;
-  };
-  struct JobRecord {
-    int64_t sequence = 0;  // submission order
-    pnn::v1::Job job;
-    std::vector<TaskRecord> tasks;  // segments by index, then the baseline
-    bool assembled = false;
-    bool baseline_evaluated = false;
-    bool cancel_requested = false;
-    std::vector<std::shared_ptr<JobEventQueue>> watchers;
-  };
-  enum class AssemblyWork { kAssemble, kEvaluateBaseline };
-
   // The data set's shape, after the coordinator's own copy has been fully
   // loaded and validated (the test pass will need it).
   absl::StatusOr<DatasetShape> CheckDataForSubmit(const pnn::v1::JobSpec& spec);
-  // The new job's record: its tasks (and the baseline's), queued.
-  static absl::StatusOr<JobRecord> PlanJob(
-      const pnn::v1::SubmitJobRequest& request, const pnn::v1::JobSpec& spec,
-      const DatasetShape& shape);
+  absl::Status RestoreJobs();
   void SchedulerLoop();
   void AssemblyLoop();
+
+  // JobTable::Listener: queues the store write and the watchers' event;
+  // counts finished jobs. Under mu_.
+  void OnJobChanged(const JobRecord& record, const std::string& message,
+                    bool store) override;
+  void OnJobFinished(const JobRecord& record) override;
+
   // Scheduler steps, under mu_.
   void DetectLostWorkersLocked(absl::Time now);
   void DispatchLocked();
   // Starts a model-parallel job's stages together when enough workers are
   // idle; false while the job waits for its gang (later jobs wait too).
-  bool StartPipelineLocked(JobRecord& record, bool* started);
-  // Places the job's queued partitioned tasks on idle workers.
-  bool DispatchQueuedLocked(JobRecord& record);
+  bool StartPipelineLocked(JobRecord& record);
+  // Places the job's queued plain tasks on idle workers.
+  void DispatchQueuedLocked(JobRecord& record);
   // Starts task `index` on `worker` (claimed already), on its own thread.
   void DispatchTaskLocked(JobRecord& record, size_t index,
                           const WorkerRegistry::Worker& worker);
-  void SayWhyWorkWaitsLocked(const std::vector<JobRecord*>& jobs);
-  static int SegmentCount(const JobRecord& record) {
-    return record.tasks.front().task.segment_count();
-  }
   void ReapDispatchThreadsLocked();
+  void UpdateGaugesLocked(absl::Time now);
+  // Store and file clean-up of finished jobs, and retention: picks the
+  // work under mu_ (the lock is held on entry and on return) and does the
+  // deleting with it released.
+  void CleanUpFinishedJobs(std::unique_lock<std::mutex>& lock);
+
   // Drives one task's TrainSegment stream on its own thread.
   void RunTask(std::string job_id, int task_index, std::string worker_id,
                std::string address, pnn::v1::TrainSegmentRequest request,
                std::shared_ptr<grpc::ClientContext> context, int64_t thread_id);
   void OnTaskUpdate(const std::string& job_id, int task_index,
                     const pnn::v1::TrainSegmentUpdate& update, int64_t bytes);
-  // Applies the update to the job table; true when it carries a resumable
-  // state to store.
-  bool OnTaskUpdateLocked(const std::string& job_id, int task_index,
-                          const pnn::v1::TrainSegmentUpdate& update,
-                          int64_t bytes);
-  // Keeps a checkpoint: the resumable state (true: to be stored) and the
-  // evaluation point.
-  bool KeepCheckpointLocked(JobRecord& record, TaskRecord& task,
-                            const pnn::v1::Checkpoint& checkpoint);
   // Checks a worker's weights against the task and stores them; DATA_LOSS
   // for malformed weights. Called without mu_.
   absl::Status CheckAndStoreWeights(const std::string& job_id, int task_index,
@@ -217,56 +193,18 @@ class Coordinator {
   void OnTaskFinished(const std::string& job_id, int task_index,
                       const std::string& worker_id, absl::Status status,
                       pnn::v1::SegmentWeights weights);
-  // A failed attempt: the task's name and where it ran (for messages), and
-  // what the retry policy decided.
-  struct FailedAttempt {
-    std::string name;
-    std::string where;
-    RetryDecision decision;
-  };
-  // Applies the retry policy to a failed attempt: sets the task's error and
-  // backs the worker off if the policy says so.
-  FailedAttempt JudgeAttemptLocked(JobRecord& record, int task_index,
+  // Applies the retry policy to a failed attempt, and backs the worker off
+  // if the policy says so.
+  FailedAttempt JudgeAttemptLocked(const TaskRecord& task,
                                    const std::string& worker_id,
                                    const absl::Status& status);
-  // The branches of OnTaskFinished, under mu_.
-  void OnTaskSucceededLocked(JobRecord& record, int task_index,
-                             const std::string& worker_id);
-  void OnStageFailedLocked(JobRecord& record, int task_index,
-                           const std::string& worker_id,
-                           const absl::Status& status);
-  void OnTaskFailedLocked(JobRecord& record, int task_index,
-                          const std::string& worker_id,
-                          const absl::Status& status);
-  // Marks the task that `assignment` names as lost for `reason` and
-  // cancels its stream; the stream's end retries it.
+  // Marks the task as lost for `reason` and cancels its stream; the
+  // stream's end retries it.
   void LoseTaskLocked(const std::string& job_id, int task_index,
                       const std::string& reason);
+  void QueueAssemblyLocked(DueWork work);
   void Assemble(const std::string& job_id);
   void EvaluateBaseline(const std::string& job_id);
-
-  // Under mu_: state changes and their events.
-  void FailJobLocked(JobRecord& record, const std::string& reason);
-  void CancelRunningTasksLocked(JobRecord& record);
-  void MaybeSucceedLocked(JobRecord& record);
-  // Counts a job that just reached a final state.
-  void RecordFinalLocked(const JobRecord& record);
-  void UpdateGaugesLocked(absl::Time now);
-  // Store and file clean-up of finished jobs, and retention: picks the
-  // work under mu_ (the lock is held on entry and on return) and does the
-  // deleting with it released.
-  void CleanUpFinishedJobs(std::unique_lock<std::mutex>& lock);
-  void RefreshJobLocked(JobRecord& record);
-  // Writes the job's record to the store. Errors are logged too: callers
-  // other than Submit go on (the job would not survive a restart).
-  absl::Status PersistLocked(const JobRecord& record);
-  absl::Status RestoreJobs();
-  // An unfinished job restored from the store: tasks that were running (or
-  // finished without stored weights) are queued again, without counting
-  // the attempt; assembly is queued if every segment is done.
-  void RequeueAfterRestartLocked(JobRecord& record);
-  void PublishLocked(JobRecord& record, const std::string& message);
-  pnn::v1::Job SnapshotLocked(const JobRecord& record) const;
   bool ShouldStopAssembly(const std::string& job_id);
 
   const Options options_;
@@ -274,19 +212,22 @@ class Coordinator {
   std::unique_ptr<Assembler> assembler_;
   std::unique_ptr<CoordinatorMetrics> metrics_;  // null without a registry
   std::unique_ptr<JobStore> store_;
+  std::unique_ptr<StoreWriter> writer_;  // writes job records to store_
   std::shared_ptr<TaskDriver> task_driver_;  // set by Start()
+  std::unique_ptr<WorkerRegistry> workers_;  // has its own lock
+  JobWatchers watchers_;                     // has its own lock
 
+  // Guards the job table and everything below. Held only for in-memory
+  // work: the store, libtorch and RPCs are used with it released.
   mutable std::mutex mu_;
+  JobTable table_{this};
   std::condition_variable scheduler_wake_;
   std::condition_variable assembly_wake_;
   bool shutting_down_ = false;
   bool started_ = false;
-  int64_t next_job_sequence_ = 1;
-  int64_t next_event_sequence_ = 1;
+  int submits_being_stored_ = 0;  // count against max_active_jobs
   int64_t next_thread_id_ = 1;
-  std::map<std::string, JobRecord> jobs_;
-  std::unique_ptr<WorkerRegistry> workers_;  // has its own lock
-  std::deque<std::pair<std::string, AssemblyWork>> assembly_queue_;
+  std::deque<DueWork> assembly_queue_;
   // Jobs that reached a final state whose stored task data is still to go.
   std::vector<std::string> finished_to_clean_;
   std::map<int64_t, std::thread> dispatch_threads_;
