@@ -226,6 +226,31 @@ absl::StatusOr<AssemblyResult> Assembler::Assemble(
   return result;
 }
 
+absl::StatusOr<DatasetShape> Assembler::CheckData(
+    const pnn::v1::JobSpec& spec) {
+  auto directory = ResolveDatasetDirectory(options_.data_dir, spec.dataset(),
+                                           /*allow_absolute=*/false);
+  if (!directory.ok()) return directory.status();
+  auto shape = ReadDatasetShape(*directory, spec.dataset());
+  if (!shape.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "dataset: ", shape.status().message(),
+        " (dataset.path is relative to the coordinator's --data_dir)"));
+  }
+  PNN_RETURN_IF_ERROR(
+      ValidateAgainstData(spec, shape->input_width(), shape->num_classes));
+  // The coordinator tests the joined model on its own copy of the data:
+  // load (and fully validate) it now, before any worker trains, rather
+  // than find a truncated file after training. Cached for the assembly.
+  if (auto data = datasets_->Get(*directory, spec.dataset()); !data.ok()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "dataset: the coordinator cannot load its copy of the data set (",
+        data.status().message(),
+        "); fix the files under its --data_dir before submitting"));
+  }
+  return shape;
+}
+
 absl::Status Assembler::CheckWeights(const pnn::v1::SegmentTask& task,
                                      const pnn::v1::SegmentWeights& weights) {
   absl::StatusOr<MlpSegment> model =

@@ -24,6 +24,7 @@
 namespace pnn {
 
 class DatasetCache;
+struct DatasetShape;
 
 // A task's weights at one evaluation point of the job.
 struct CheckpointRecord {
@@ -73,6 +74,11 @@ class Assembler {
   // evaluation points).
   absl::StatusOr<AssemblyResult> Assemble(
       const AssemblyInput& input, const std::function<bool()>& should_stop);
+  // Checks a submitted job's data set against its spec, and loads (and
+  // fully validates) the coordinator's own copy of it now, before any
+  // worker trains: the test pass will need it. INVALID_ARGUMENT or
+  // FAILED_PRECONDITION saying what to fix.
+  absl::StatusOr<DatasetShape> CheckData(const pnn::v1::JobSpec& spec);
   // OK when `weights` (from a worker) are what `task` asked for: layers
   // and shapes; else why not. Checked before anything else uses them.
   static absl::Status CheckWeights(const pnn::v1::SegmentTask& task,

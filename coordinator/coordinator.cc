@@ -14,7 +14,6 @@
 #include "common/status_macros.h"
 #include "coordinator/job_store.h"
 #include "coordinator/metrics.h"
-#include "coordinator/placement.h"
 #include "coordinator/proto_time.h"
 #include "coordinator/store_writer.h"
 #include "coordinator/task_driver.h"
@@ -66,15 +65,14 @@ void LogError(const absl::Status& status) {
 
 Coordinator::Coordinator(Options options)
     : options_(std::move(options)),
-      datasets_(std::make_unique<DatasetCache>(2)) {
-  assembler_ = std::make_unique<Assembler>(
-      Assembler::Options{options_.state_dir, options_.data_dir,
-                         options_.threads, options_.device},
-      datasets_.get());
-  WorkerRegistry::Options registry;
-  registry.heartbeat_interval = options_.heartbeat_interval;
-  registry.worker_timeout = options_.worker_timeout;
-  workers_ = std::make_unique<WorkerRegistry>(registry);
+      datasets_(std::make_unique<DatasetCache>(2)),
+      assembler_(std::make_unique<Assembler>(
+          Assembler::Options{options_.state_dir, options_.data_dir,
+                             options_.threads, options_.device},
+          datasets_.get())),
+      workers_(std::make_unique<WorkerRegistry>(WorkerRegistry::Options{
+          options_.heartbeat_interval, options_.worker_timeout})),
+      scheduler_(&table_, workers_.get(), options_.heartbeat_interval) {
   if (options_.metrics_registry != nullptr) {
     metrics_ = std::make_unique<CoordinatorMetrics>(*options_.metrics_registry);
   }
@@ -149,31 +147,6 @@ absl::Status Coordinator::RestoreJobs() {
 // ---------------------------------------------------------------------------
 // Job API
 
-absl::StatusOr<DatasetShape> Coordinator::CheckDataForSubmit(
-    const pnn::v1::JobSpec& spec) {
-  auto directory = ResolveDatasetDirectory(options_.data_dir, spec.dataset(),
-                                           /*allow_absolute=*/false);
-  if (!directory.ok()) return directory.status();
-  auto shape = ReadDatasetShape(*directory, spec.dataset());
-  if (!shape.ok()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "dataset: ", shape.status().message(),
-        " (dataset.path is relative to the coordinator's --data_dir)"));
-  }
-  PNN_RETURN_IF_ERROR(
-      ValidateAgainstData(spec, shape->input_width(), shape->num_classes));
-  // The coordinator tests the joined model on its own copy of the data:
-  // load (and fully validate) it now, before any worker trains, rather
-  // than find a truncated file after training. Cached for the assembly.
-  if (auto data = datasets_->Get(*directory, spec.dataset()); !data.ok()) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "dataset: the coordinator cannot load its copy of the data set (",
-        data.status().message(),
-        "); fix the files under its --data_dir before submitting"));
-  }
-  return shape;
-}
-
 absl::StatusOr<Job> Coordinator::Submit(
     const pnn::v1::SubmitJobRequest& request) {
   PNN_ASSIGN_OR_RETURN(pnn::v1::JobSpec spec, ResolveJobSpec(request.spec()));
@@ -183,7 +156,7 @@ absl::StatusOr<Job> Coordinator::Submit(
         "conventional_baseline: the job trains the network conventionally "
         "already; leave the baseline off");
   }
-  PNN_ASSIGN_OR_RETURN(const DatasetShape shape, CheckDataForSubmit(spec));
+  PNN_ASSIGN_OR_RETURN(const DatasetShape shape, assembler_->CheckData(spec));
   PNN_ASSIGN_OR_RETURN(
       JobRecord record,
       JobTable::Plan(request, spec, shape.input_width(), shape.num_classes));
@@ -245,7 +218,13 @@ absl::StatusOr<Job> Coordinator::CancelJob(const std::string& job_id) {
     std::lock_guard<std::mutex> lock(mu_);
     JobRecord* record = table_.Find(job_id);
     if (record == nullptr) return NoSuchJob(job_id);
-    table_.Cancel(*record);
+    if (IsFinal(record->job.state())) {
+      // Written again, so that the answer says whether the final state is
+      // stored (an earlier write of it may have failed).
+      writer_->Save(JobTable::ToStored(*record));
+    } else {
+      table_.Cancel(*record);
+    }
     snapshot = JobTable::Snapshot(*record);
   }
   scheduler_wake_.notify_all();
@@ -426,84 +405,12 @@ void Coordinator::DetectLostWorkersLocked(absl::Time now) {
 }
 
 void Coordinator::DispatchLocked() {
-  // Jobs in submission order; within a job, segments before the baseline.
-  for (JobRecord* record : table_.Unfinished()) {
-    // A model-parallel job that waits for its gang keeps later jobs off
-    // the idle workers (else small jobs could starve it).
-    if (!StartPipelineLocked(*record)) break;
-    DispatchQueuedLocked(*record);
-  }
-  const WorkerRegistry::Counts counts = workers_->Count(absl::Now());
-  table_.SayWhyWorkWaits(counts.registered, counts.idle);
-}
-
-bool Coordinator::StartPipelineLocked(JobRecord& record) {
-  const std::vector<size_t> stages = table_.PipelineStagesToStart(record);
-  if (stages.empty()) return true;
-  // Every batch crosses every stage, so the stages start together on as
-  // many workers or not at all.
-  const std::string& device = record.tasks[stages[0]].task.device();
   const absl::Time now = absl::Now();
-  const std::vector<WorkerRegistry::Worker> available =
-      workers_->Available(now);
-  size_t matching = 0;
-  for (const WorkerRegistry::Worker& worker : workers_->All()) {
-    matching += DeviceMatches(device, worker.info.device());
+  for (const Scheduler::Start& start : scheduler_.Pass(now)) {
+    DispatchTaskLocked(*start.record, start.task_index, start.worker);
   }
-  const PipelinePlacement placement =
-      PlacePipeline(device, stages.size(), available, matching,
-                    now - 2 * options_.heartbeat_interval);
-  if (placement.workers.empty()) return !placement.gang_waits;
-  std::vector<WorkerRegistry::Worker> chosen;
-  std::vector<std::string> addresses;
-  for (size_t w : placement.workers) {
-    chosen.push_back(available[w]);
-    addresses.push_back(available[w].info.address());
-  }
-  for (size_t i = 0; i < stages.size(); ++i) {
-    if (!workers_->Claim(chosen[i].id,
-                         {record.id(), static_cast<int>(stages[i])})) {
-      // Gone in the meantime: give back what was claimed, try next pass.
-      for (size_t j = 0; j < i; ++j) {
-        workers_->Release(chosen[j].id,
-                          {record.id(), static_cast<int>(stages[j])});
-      }
-      return true;
-    }
-  }
-  // A fresh session per run (unique even when a busy worker's refusal did
-  // not count as an attempt): calls from an earlier run's stages are
-  // refused by this run's workers.
-  int attempt = 0;
-  for (size_t index : stages) {
-    attempt = std::max(attempt, record.tasks[index].status.attempts());
-  }
-  table_.PreparePipeline(record, stages, addresses,
-                         absl::StrCat(record.id(), "-run", attempt + 1, "-",
-                                      next_thread_id_));
-  for (size_t i = 0; i < stages.size(); ++i) {
-    DispatchTaskLocked(record, stages[i], chosen[i]);
-  }
-  return true;
-}
-
-void Coordinator::DispatchQueuedLocked(JobRecord& record) {
-  std::vector<QueuedTask> queued;
-  for (size_t index = 0; index < record.tasks.size(); ++index) {
-    const TaskRecord& task = record.tasks[index];
-    if (task.status.state() == pnn::v1::TASK_STATE_QUEUED && !task.is_stage()) {
-      queued.push_back({index, task.task.device()});
-    }
-  }
-  if (queued.empty()) return;
-  const std::vector<WorkerRegistry::Worker> available =
-      workers_->Available(absl::Now());
-  for (const auto& [index, w] : PlaceTasks(queued, available)) {
-    if (workers_->Claim(available[w].id,
-                        {record.id(), static_cast<int>(index)})) {
-      DispatchTaskLocked(record, index, available[w]);
-    }
-  }
+  const WorkerRegistry::Counts counts = workers_->Count(now);
+  table_.SayWhyWorkWaits(counts.registered, counts.idle);
 }
 
 void Coordinator::DispatchTaskLocked(JobRecord& record, size_t index,

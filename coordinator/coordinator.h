@@ -1,7 +1,8 @@
 // The coordinator's logic, independent of the gRPC server that exposes it.
 // It wires together the components beside it: the job table and its state
 // machine (job_table.h), the worker registry and liveness
-// (worker_registry.h), placement (placement.h), the retry policy
+// (worker_registry.h), the scheduler and placement (scheduler.h,
+// placement.h), the retry policy
 // (retry_policy.h), the TrainSegment driver (task_driver.h), the assembler
 // (assembler.h), the store and its writer thread (job_store.h,
 // store_writer.h) and the watch fan-out (job_events.h); docs/DESIGN.md, "The
@@ -36,6 +37,7 @@
 #include "coordinator/assembler.h"
 #include "coordinator/job_events.h"
 #include "coordinator/job_table.h"
+#include "coordinator/scheduler.h"
 #include "coordinator/worker_registry.h"
 #include "pnn/v1/coordinator.pb.h"
 #include "pnn/v1/worker.pb.h"
@@ -54,7 +56,6 @@ class DatasetCache;
 class JobStore;
 class StoreWriter;
 class TaskDriver;
-struct Dataset;
 struct DatasetShape;
 struct CoordinatorMetrics;
 
@@ -146,9 +147,6 @@ class Coordinator : private JobTable::Listener {
   }
 
  private:
-  // The data set's shape, after the coordinator's own copy has been fully
-  // loaded and validated (the test pass will need it).
-  absl::StatusOr<DatasetShape> CheckDataForSubmit(const pnn::v1::JobSpec& spec);
   absl::Status RestoreJobs();
   void SchedulerLoop();
   void AssemblyLoop();
@@ -161,12 +159,8 @@ class Coordinator : private JobTable::Listener {
 
   // Scheduler steps, under mu_.
   void DetectLostWorkersLocked(absl::Time now);
+  // Starts what the scheduler chose, and says why the rest waits.
   void DispatchLocked();
-  // Starts a model-parallel job's stages together when enough workers are
-  // idle; false while the job waits for its gang (later jobs wait too).
-  bool StartPipelineLocked(JobRecord& record);
-  // Places the job's queued plain tasks on idle workers.
-  void DispatchQueuedLocked(JobRecord& record);
   // Starts task `index` on `worker` (claimed already), on its own thread.
   void DispatchTaskLocked(JobRecord& record, size_t index,
                           const WorkerRegistry::Worker& worker);
@@ -221,6 +215,7 @@ class Coordinator : private JobTable::Listener {
   // work: the store, libtorch and RPCs are used with it released.
   mutable std::mutex mu_;
   JobTable table_{this};
+  Scheduler scheduler_;
   std::condition_variable scheduler_wake_;
   std::condition_variable assembly_wake_;
   bool shutting_down_ = false;

@@ -5,6 +5,7 @@
 #include <prometheus/registry.h>
 #include <sqlite3.h>
 
+#include <atomic>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
@@ -386,6 +387,48 @@ TEST_F(CoordinatorTest, SubmitFailsWhenTheJobCannotBeStored) {
   ASSERT_TRUE(accepted.ok()) << accepted.status();
   Restart();
   EXPECT_TRUE(coordinator_->GetJob(accepted->job_id()).ok());
+}
+
+TEST_F(CoordinatorTest, CancelIsConfirmedOnlyOnceStoredAndNeverBlocksReads) {
+  // Fault: CancelJob answered OK when the store could not be written (the
+  // job ran again after a restart), and job-record writes ran under the
+  // lock that GetJob needs.
+  auto job = coordinator_->Submit(Request());
+  ASSERT_TRUE(job.ok()) << job.status();
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open((state_.path() + "/jobs.db").c_str(), &db),
+            SQLITE_OK);
+  ASSERT_EQ(sqlite3_exec(db, "BEGIN EXCLUSIVE", nullptr, nullptr, nullptr),
+            SQLITE_OK);
+  std::atomic<bool> cancel_returned{false};
+  absl::StatusOr<pnn::v1::Job> cancelled;
+  std::thread cancel([&] {
+    cancelled = coordinator_->CancelJob(job->job_id());
+    cancel_returned = true;
+  });
+  // The cancellation shows at once, while its write waits for the lock
+  // (the store's busy timeout is seconds): reads do not wait for it.
+  absl::StatusOr<pnn::v1::Job> seen;
+  do {
+    seen = coordinator_->GetJob(job->job_id());
+    ASSERT_TRUE(seen.ok());
+  } while (seen->state() != pnn::v1::JOB_STATE_CANCELLED);
+  EXPECT_TRUE(coordinator_->ListJobs({}).ok());
+  EXPECT_FALSE(cancel_returned);
+  cancel.join();
+  sqlite3_exec(db, "ROLLBACK", nullptr, nullptr, nullptr);
+  sqlite3_close(db);
+  ASSERT_FALSE(cancelled.ok());
+  EXPECT_EQ(cancelled.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(std::string(cancelled.status().message()),
+              HasSubstr("could not be stored"));
+  // Cancelled again with the store writable: confirmed, and it survives.
+  auto again = coordinator_->CancelJob(job->job_id());
+  ASSERT_TRUE(again.ok()) << again.status();
+  Restart();
+  auto restored = coordinator_->GetJob(job->job_id());
+  ASSERT_TRUE(restored.ok());
+  EXPECT_EQ(restored->state(), pnn::v1::JOB_STATE_CANCELLED);
 }
 
 TEST_F(CoordinatorTest, ACorruptRecordFailsOnlyItsJob) {

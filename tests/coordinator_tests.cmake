@@ -4,6 +4,8 @@ pnn_test(worker_registry_test pnn::coordinator)
 pnn_test(retry_policy_test pnn::coordinator)
 pnn_test(placement_test pnn::coordinator)
 pnn_test(job_store_test pnn::coordinator)
+pnn_test(job_table_test pnn::coordinator)
+pnn_test(store_writer_test pnn::coordinator)
 pnn_test(cluster_test pnn::coordinator pnn::worker)
 # Model-parallel jobs: stages on several workers, StageForward between them.
 pnn_test(pipeline_cluster_test pnn::coordinator pnn::worker)
