@@ -88,32 +88,57 @@ absl::StatusOr<RunReport> RunConventional(const pnn::v1::JobSpec& spec,
   return report;
 }
 
-absl::StatusOr<RunReport> RunPartitioned(const pnn::v1::JobSpec& spec,
-                                         const Dataset& data,
-                                         const ComparisonOptions& options) {
-  RunReport report;
-  report.set_mode("partitioned");
-  // In one process the segments train one after another; the job's
-  // parallelism (a cluster setting) does not apply here.
+// What partitioned training leaves for the evaluation: every segment's
+// weights after each of its epochs, and its final weights.
+struct TrainedSegments {
+  // snapshots[s][e]: weights of segment s after epoch e + 1.
+  std::vector<std::vector<pnn::v1::SegmentWeights>> snapshots;
+  std::vector<pnn::v1::SegmentWeights> finished;  // by segment index
+};
+
+void AddSegmentReport(const pnn::v1::SegmentTask& task,
+                      const pnn::v1::SegmentResult& result,
+                      RunReport* report) {
+  auto* segment = report->add_segments();
+  segment->set_segment_index(task.segment_index());
+  segment->set_first_layer(task.first_layer());
+  segment->set_last_layer(task.last_layer());
+  *segment->mutable_widths() = task.widths();
+  *segment->mutable_epochs() = result.epochs();
+  *segment->mutable_cost() = result.cost();
+  report->set_wall_seconds(report->wall_seconds() +
+                           result.cost().wall_seconds());
+  report->set_parallel_wall_seconds(std::max(report->parallel_wall_seconds(),
+                                             result.cost().wall_seconds()));
+}
+
+// Trains the spec's segments one after another, as partitioned training
+// (whatever the job's parallelism: a cluster setting that does not apply
+// in one process).
+absl::StatusOr<TrainedSegments> TrainSegments(const pnn::v1::JobSpec& spec,
+                                              const Dataset& data,
+                                              const ComparisonOptions& options,
+                                              RunReport* report) {
   pnn::v1::JobSpec partitioned = spec;
   partitioned.set_parallelism(pnn::v1::PARALLELISM_PARTITIONED);
   PNN_ASSIGN_OR_RETURN(std::vector<pnn::v1::SegmentTask> tasks,
                        PlanSegmentTasks(partitioned, data.input_width(),
                                         data.num_classes, "local"));
   const int segment_count = static_cast<int>(tasks.size());
-  // snapshots[s][e]: weights of segment s after epoch e + 1.
-  std::vector<std::vector<pnn::v1::SegmentWeights>> snapshots(tasks.size());
-  std::vector<pnn::v1::SegmentWeights> finished;
+  TrainedSegments trained;
+  trained.snapshots.resize(tasks.size());
   for (pnn::v1::SegmentTask& task : tasks) {
     const int index = task.segment_index();
-    if (NeedsUpstream(task)) PNN_RETURN_IF_ERROR(AttachUpstream(finished, &task));
+    if (NeedsUpstream(task)) {
+      PNN_RETURN_IF_ERROR(AttachUpstream(trained.finished, &task));
+    }
     const std::string label =
         absl::StrCat("segment ", index + 1, "/", segment_count);
     TrainOptions train =
         MakeTrainOptions(spec, options, label, task.training().epochs());
     train.on_epoch = [&, index, label](const pnn::v1::EpochMetrics& metrics,
                                        const MlpSegment& model) {
-      snapshots[index].push_back(ExportWeights(model, index));
+      trained.snapshots[index].push_back(ExportWeights(model, index));
       Report(options,
              absl::StrFormat("[%s] epoch %d/%d  loss %.4f  %.0f samples/s  "
                              "%.1f s",
@@ -124,28 +149,24 @@ absl::StatusOr<RunReport> RunPartitioned(const pnn::v1::JobSpec& spec,
     };
     PNN_ASSIGN_OR_RETURN(pnn::v1::SegmentResult result,
                          TrainSegment(task, data, train));
-    auto* segment = report.add_segments();
-    segment->set_segment_index(index);
-    segment->set_first_layer(task.first_layer());
-    segment->set_last_layer(task.last_layer());
-    *segment->mutable_widths() = task.widths();
-    *segment->mutable_epochs() = result.epochs();
-    *segment->mutable_cost() = result.cost();
-    report.set_wall_seconds(report.wall_seconds() + result.cost().wall_seconds());
-    report.set_parallel_wall_seconds(std::max(report.parallel_wall_seconds(),
-                                              result.cost().wall_seconds()));
-    finished.push_back(result.weights());
+    AddSegmentReport(task, result, report);
+    trained.finished.push_back(result.weights());
   }
+  return trained;
+}
 
-  // Test accuracy of the joined network after every epoch (a segment that
-  // trains fewer epochs contributes its final weights).
+// Test accuracy of the joined network after every epoch (a segment that
+// trains fewer epochs contributes its final weights).
+absl::Status EvaluateEpochs(const TrainedSegments& trained,
+                            const pnn::v1::JobSpec& spec, const Dataset& data,
+                            RunReport* report) {
   size_t max_epochs = 0;
-  for (const auto& per_segment : snapshots) {
+  for (const auto& per_segment : trained.snapshots) {
     max_epochs = std::max(max_epochs, per_segment.size());
   }
   for (size_t epoch = 0; epoch < max_epochs; ++epoch) {
     std::vector<pnn::v1::SegmentWeights> joint;
-    for (const auto& per_segment : snapshots) {
+    for (const auto& per_segment : trained.snapshots) {
       joint.push_back(per_segment[std::min(epoch, per_segment.size() - 1)]);
     }
     PNN_ASSIGN_OR_RETURN(MlpSegment joined,
@@ -153,14 +174,49 @@ absl::StatusOr<RunReport> RunPartitioned(const pnn::v1::JobSpec& spec,
     PNN_ASSIGN_OR_RETURN(pnn::v1::TestResult test,
                          Evaluate(joined, data.test, data.num_classes,
                                   spec.device()));
-    EpochEvaluation* evaluation = report.add_epochs();
+    EpochEvaluation* evaluation = report->add_epochs();
     evaluation->set_epoch(static_cast<int>(epoch + 1));
     evaluation->set_test_accuracy(test.accuracy());
     evaluation->set_test_loss(test.loss());
   }
+  return absl::OkStatus();
+}
 
+// The recovery epochs of the joined network, in place; returns its test
+// result afterwards.
+absl::StatusOr<pnn::v1::TestResult> Recover(
+    const pnn::v1::JobSpec& spec, const pnn::v1::TrainingConfig& recovery,
+    const Dataset& data, const ComparisonOptions& options, MlpSegment& joined,
+    RunReport* report) {
+  TrainOptions train =
+      MakeTrainOptions(spec, options, "recovery", recovery.epochs());
+  PNN_ASSIGN_OR_RETURN(
+      NetworkTrainingResult recovered,
+      TrainNetwork(joined, data.train, recovery, spec.seed(), train));
+  report->set_recovery_epochs(recovery.epochs());
+  report->set_recovery_seconds(recovered.cost.wall_seconds());
+  PNN_ASSIGN_OR_RETURN(pnn::v1::TestResult test,
+                       Evaluate(joined, data.test, data.num_classes,
+                                spec.device()));
+  Report(options,
+         absl::StrFormat("[partitioned] after %d recovery epochs: test "
+                         "accuracy %.2f%%",
+                         recovery.epochs(), 100 * test.accuracy()),
+         false);
+  return test;
+}
+
+absl::StatusOr<RunReport> RunPartitioned(const pnn::v1::JobSpec& spec,
+                                         const Dataset& data,
+                                         const ComparisonOptions& options) {
+  RunReport report;
+  report.set_mode("partitioned");
+  PNN_ASSIGN_OR_RETURN(const TrainedSegments trained,
+                       TrainSegments(spec, data, options, &report));
+  PNN_RETURN_IF_ERROR(EvaluateEpochs(trained, spec, data, &report));
   PNN_ASSIGN_OR_RETURN(MlpSegment joined,
-                       AssembleNetwork(finished, spec.model().activation()));
+                       AssembleNetwork(trained.finished,
+                                       spec.model().activation()));
   PNN_ASSIGN_OR_RETURN(pnn::v1::TestResult test,
                        Evaluate(joined, data.test, data.num_classes,
                                 spec.device()));
@@ -171,20 +227,8 @@ absl::StatusOr<RunReport> RunPartitioned(const pnn::v1::JobSpec& spec,
          false);
   const pnn::v1::TrainingConfig recovery = RecoveryTrainingConfig(spec);
   if (recovery.epochs() > 0) {
-    TrainOptions train =
-        MakeTrainOptions(spec, options, "recovery", recovery.epochs());
-    PNN_ASSIGN_OR_RETURN(
-        NetworkTrainingResult recovered,
-        TrainNetwork(joined, data.train, recovery, spec.seed(), train));
-    report.set_recovery_epochs(recovery.epochs());
-    report.set_recovery_seconds(recovered.cost.wall_seconds());
-    PNN_ASSIGN_OR_RETURN(test, Evaluate(joined, data.test, data.num_classes,
-                                        spec.device()));
-    Report(options,
-           absl::StrFormat("[partitioned] after %d recovery epochs: test "
-                           "accuracy %.2f%%",
-                           recovery.epochs(), 100 * test.accuracy()),
-           false);
+    PNN_ASSIGN_OR_RETURN(test, Recover(spec, recovery, data, options, joined,
+                                       &report));
   }
   report.set_test_accuracy(test.accuracy());
   *report.mutable_test() = test;

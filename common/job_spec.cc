@@ -1,11 +1,13 @@
 #include "common/job_spec.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
 #include "google/protobuf/util/json_util.h"
 
 namespace pnn {
@@ -83,17 +85,10 @@ absl::Status ValidateDevice(absl::string_view device) {
                                         device, "\""));
 }
 
-}  // namespace
-
-absl::StatusOr<JobSpec> ResolveJobSpec(const JobSpec& spec,
-                                       const SpecLimits& limits) {
-  if (spec.name().size() > static_cast<size_t>(limits.max_name_bytes)) {
-    // Names are kept with the job and sent in every listing.
-    return Invalid("name", absl::StrCat("at most ", limits.max_name_bytes,
-                                        " bytes, got ", spec.name().size()));
-  }
-  JobSpec out = spec;
-  auto* model = out.mutable_model();
+// ResolveJobSpec, by section: the documented defaults first, then one
+// validator per part of the spec, in the order the spec reads.
+void ApplyDefaults(JobSpec* spec) {
+  auto* model = spec->mutable_model();
   if (model->hidden_widths().empty()) {
     for (int i = 0; i < kDefaultHiddenLayers; ++i) {
       model->add_hidden_widths(kDefaultHiddenWidth);
@@ -106,7 +101,7 @@ absl::StatusOr<JobSpec> ResolveJobSpec(const JobSpec& spec,
     model->add_cut_after_layers(
         std::min(kDefaultCutAfterLayer, model->hidden_widths_size()));
   }
-  auto* sil = out.mutable_sil();
+  auto* sil = spec->mutable_sil();
   if (sil->distribution() == pnn::v1::SIL_DISTRIBUTION_UNSPECIFIED) {
     sil->set_distribution(pnn::v1::SIL_DISTRIBUTION_UNIFORM);
   }
@@ -120,33 +115,36 @@ absl::StatusOr<JobSpec> ResolveJobSpec(const JobSpec& spec,
   defaults.set_batch_size(kDefaultBatchSize);
   defaults.set_learning_rate(kDefaultLearningRate);
   defaults.set_optimizer(pnn::v1::OPTIMIZER_ADAM);
-  Inherit(defaults, out.mutable_training());
-  auto* dataset = out.mutable_dataset();
+  Inherit(defaults, spec->mutable_training());
+  auto* dataset = spec->mutable_dataset();
   if (dataset->path().empty()) dataset->set_path(kDefaultDatasetPath);
-  if (!out.has_seed()) out.set_seed(kDefaultSeed);
-  if (out.device().empty()) out.set_device("cpu");
-  if (out.parallelism() == pnn::v1::PARALLELISM_UNSPECIFIED) {
-    out.set_parallelism(pnn::v1::PARALLELISM_PARTITIONED);
+  if (!spec->has_seed()) spec->set_seed(kDefaultSeed);
+  if (spec->device().empty()) spec->set_device("cpu");
+  if (spec->parallelism() == pnn::v1::PARALLELISM_UNSPECIFIED) {
+    spec->set_parallelism(pnn::v1::PARALLELISM_PARTITIONED);
   }
-  if (!out.has_resume_checkpoints()) out.set_resume_checkpoints(true);
+  if (!spec->has_resume_checkpoints()) spec->set_resume_checkpoints(true);
+}
 
-  // Shapes.
-  const int layers = model->hidden_widths_size() + 1;
+// The network's shape: layer count, widths, activation, cut points.
+absl::Status ValidateModel(const pnn::v1::ModelSpec& model,
+                           const SpecLimits& limits) {
+  const int layers = model.hidden_widths_size() + 1;
   if (layers > limits.max_layers) {
     return Invalid("model.hidden_widths",
                    absl::StrCat("at most ", limits.max_layers - 1,
                                 " hidden layers, got ",
-                                model->hidden_widths_size()));
+                                model.hidden_widths_size()));
   }
-  for (int i = 0; i < model->hidden_widths_size(); ++i) {
-    const int width = model->hidden_widths(i);
+  for (int i = 0; i < model.hidden_widths_size(); ++i) {
+    const int width = model.hidden_widths(i);
     if (width < 1 || width > limits.max_width) {
       return Invalid(absl::StrCat("model.hidden_widths[", i, "]"),
                      absl::StrCat("must be between 1 and ", limits.max_width,
                                   ", got ", width));
     }
   }
-  if (!pnn::v1::Activation_IsValid(model->activation())) {
+  if (!pnn::v1::Activation_IsValid(model.activation())) {
     return Invalid("model.activation", "unknown activation");
   }
   if (layers < 2) {
@@ -155,8 +153,8 @@ absl::StatusOr<JobSpec> ResolveJobSpec(const JobSpec& spec,
                    "(two linear layers)");
   }
   int previous_cut = 0;
-  for (int i = 0; i < model->cut_after_layers_size(); ++i) {
-    const int cut = model->cut_after_layers(i);
+  for (int i = 0; i < model.cut_after_layers_size(); ++i) {
+    const int cut = model.cut_after_layers(i);
     if (cut <= previous_cut || cut >= layers) {
       return Invalid(
           absl::StrCat("model.cut_after_layers[", i, "]"),
@@ -167,101 +165,118 @@ absl::StatusOr<JobSpec> ResolveJobSpec(const JobSpec& spec,
     }
     previous_cut = cut;
   }
+  return absl::OkStatus();
+}
 
-  // SIL.
-  if (!pnn::v1::SilDistribution_IsValid(sil->distribution())) {
+absl::Status ValidateSil(const pnn::v1::SilSpec& sil, const SpecLimits& limits) {
+  if (!pnn::v1::SilDistribution_IsValid(sil.distribution())) {
     return Invalid("sil.distribution", "unknown distribution");
   }
-  if (!std::isfinite(sil->kappa()) || sil->kappa() <= 0 ||
-      sil->kappa() > limits.max_kappa) {
+  if (!std::isfinite(sil.kappa()) || sil.kappa() <= 0 ||
+      sil.kappa() > limits.max_kappa) {
     return Invalid("sil.kappa", absl::StrCat("must be in (0, ", limits.max_kappa,
-                                             "], got ", sil->kappa()));
+                                             "], got ", sil.kappa()));
   }
-  if (!std::isfinite(sil->input_noise_std()) || sil->input_noise_std() < 0) {
+  if (!std::isfinite(sil.input_noise_std()) || sil.input_noise_std() < 0) {
     return Invalid("sil.input_noise_std",
-                   absl::StrCat("must be >= 0, got ", sil->input_noise_std()));
+                   absl::StrCat("must be >= 0, got ", sil.input_noise_std()));
   }
-  if (!pnn::v1::InputMode_IsValid(sil->input_mode())) {
+  if (!pnn::v1::InputMode_IsValid(sil.input_mode())) {
     return Invalid("sil.input_mode", "unknown input mode");
   }
+  return absl::OkStatus();
+}
 
-  // Training.
-  if (absl::Status status =
-          ValidateTraining(out.training(), "training", false, limits);
-      !status.ok()) {
-    return status;
-  }
-  const int segments = model->cut_after_layers_size() + 1;
-  if (out.segment_training_size() > segments) {
+// The job's training, the per-segment overrides and the recovery epochs;
+// the overrides and the recovery inherit what they leave unset.
+absl::Status ResolveTrainingSections(JobSpec* spec, const SpecLimits& limits) {
+  PNN_RETURN_IF_ERROR(
+      ValidateTraining(spec->training(), "training", false, limits));
+  const int segments = spec->model().cut_after_layers_size() + 1;
+  if (spec->segment_training_size() > segments) {
     return Invalid("segment_training",
-                   absl::StrCat("has ", out.segment_training_size(),
+                   absl::StrCat("has ", spec->segment_training_size(),
                                 " entries but the cut points make ", segments,
                                 " segments"));
   }
-  for (int i = 0; i < out.segment_training_size(); ++i) {
-    Inherit(out.training(), out.mutable_segment_training(i));
-    if (absl::Status status =
-            ValidateTraining(out.segment_training(i),
-                             absl::StrCat("segment_training[", i, "]"), false,
-                             limits);
-        !status.ok()) {
-      return status;
-    }
+  for (int i = 0; i < spec->segment_training_size(); ++i) {
+    Inherit(spec->training(), spec->mutable_segment_training(i));
+    PNN_RETURN_IF_ERROR(ValidateTraining(
+        spec->segment_training(i), absl::StrCat("segment_training[", i, "]"),
+        false, limits));
   }
-  {
-    const int recovery_epochs = out.recovery().epochs();
-    Inherit(out.training(), out.mutable_recovery());
-    out.mutable_recovery()->set_epochs(recovery_epochs);
-    if (absl::Status status =
-            ValidateTraining(out.recovery(), "recovery", true, limits);
-        !status.ok()) {
-      return status;
-    }
-  }
+  const int recovery_epochs = spec->recovery().epochs();
+  Inherit(spec->training(), spec->mutable_recovery());
+  spec->mutable_recovery()->set_epochs(recovery_epochs);
+  return ValidateTraining(spec->recovery(), "recovery", true, limits);
+}
 
-  // Data set.
-  if (!pnn::v1::ImageOrientation_IsValid(dataset->orientation())) {
+absl::Status ValidateDataset(const pnn::v1::DatasetSpec& dataset) {
+  if (!pnn::v1::ImageOrientation_IsValid(dataset.orientation())) {
     return Invalid("dataset.orientation", "unknown orientation");
   }
-  for (char c : dataset->emnist_split()) {
+  for (char c : dataset.emnist_split()) {
     // The split becomes part of file names: no separators, no "..".
     if (!absl::ascii_isalnum(static_cast<unsigned char>(c)) && c != '_' &&
         c != '-') {
       return Invalid("dataset.emnist_split",
                      absl::StrCat("must be a split name such as \"balanced\" "
                                   "(letters, digits, '_', '-'), got \"",
-                                  dataset->emnist_split(), "\""));
+                                  dataset.emnist_split(), "\""));
     }
   }
-  if (dataset->train_limit() < 0) {
+  if (dataset.train_limit() < 0) {
     return Invalid("dataset.train_limit",
                    absl::StrCat("must be >= 0 (0: all), got ",
-                                dataset->train_limit()));
+                                dataset.train_limit()));
   }
-  if (dataset->test_limit() < 0) {
+  if (dataset.test_limit() < 0) {
     return Invalid("dataset.test_limit",
                    absl::StrCat("must be >= 0 (0: all), got ",
-                                dataset->test_limit()));
+                                dataset.test_limit()));
   }
-  if (absl::Status status = ValidateDevice(out.device()); !status.ok()) {
-    return status;
-  }
-  if (!pnn::v1::Parallelism_IsValid(out.parallelism())) {
+  return absl::OkStatus();
+}
+
+// How the job runs: device, parallelism (and what it rules out) and
+// evaluation points.
+absl::Status ValidateExecution(const JobSpec& spec) {
+  PNN_RETURN_IF_ERROR(ValidateDevice(spec.device()));
+  if (!pnn::v1::Parallelism_IsValid(spec.parallelism())) {
     return Invalid("parallelism", "unknown parallelism");
   }
-  if (out.parallelism() != pnn::v1::PARALLELISM_PARTITIONED &&
-      out.recovery().epochs() > 0) {
+  if (spec.parallelism() != pnn::v1::PARALLELISM_PARTITIONED &&
+      spec.recovery().epochs() > 0) {
     return Invalid("recovery.epochs",
                    "recovery epochs fine-tune a network joined from "
                    "independently trained segments; a model-parallel or "
                    "conventional job trains end to end already (set 0)");
   }
-  if (out.evaluations_per_epoch() < 0 ||
-      out.evaluations_per_epoch() > kMaxEvaluationsPerEpoch) {
+  if (spec.evaluations_per_epoch() < 0 ||
+      spec.evaluations_per_epoch() > kMaxEvaluationsPerEpoch) {
     return Invalid("evaluations_per_epoch",
                    absl::StrCat("must be in [0, ", kMaxEvaluationsPerEpoch,
-                                "], got ", out.evaluations_per_epoch()));
+                                "], got ", spec.evaluations_per_epoch()));
   }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<JobSpec> ResolveJobSpec(const JobSpec& spec,
+                                       const SpecLimits& limits) {
+  if (spec.name().size() > static_cast<size_t>(limits.max_name_bytes)) {
+    // Names are kept with the job and sent in every listing.
+    return Invalid("name", absl::StrCat("at most ", limits.max_name_bytes,
+                                        " bytes, got ", spec.name().size()));
+  }
+  JobSpec out = spec;
+  ApplyDefaults(&out);
+  PNN_RETURN_IF_ERROR(ValidateModel(out.model(), limits));
+  PNN_RETURN_IF_ERROR(ValidateSil(out.sil(), limits));
+  PNN_RETURN_IF_ERROR(ResolveTrainingSections(&out, limits));
+  PNN_RETURN_IF_ERROR(ValidateDataset(out.dataset()));
+  PNN_RETURN_IF_ERROR(ValidateExecution(out));
   return out;
 }
 

@@ -9,6 +9,76 @@
 #include "common/tensor_codec.h"
 
 namespace pnn {
+namespace {
+
+// The fields every task of a job shares.
+pnn::v1::SegmentTask NewTask(const pnn::v1::JobSpec& resolved,
+                             int num_classes, const std::string& job_id) {
+  pnn::v1::SegmentTask task;
+  task.set_job_id(job_id);
+  task.set_activation(resolved.model().activation());
+  *task.mutable_dataset() = resolved.dataset();
+  task.set_seed(resolved.seed());
+  task.set_num_classes(num_classes);
+  task.set_device(resolved.device());
+  task.set_checkpoints_per_epoch(resolved.evaluations_per_epoch());
+  return task;
+}
+
+// The unsplit network is one segment that reads the data and learns the
+// classes: the same task type, no SIL.
+pnn::v1::SegmentTask ConventionalTask(const pnn::v1::JobSpec& resolved,
+                                      const std::vector<int>& widths,
+                                      int num_classes,
+                                      const std::string& job_id) {
+  pnn::v1::SegmentTask task = NewTask(resolved, num_classes, job_id);
+  task.set_segment_index(0);
+  task.set_segment_count(1);
+  task.set_first_layer(1);
+  task.set_last_layer(static_cast<int>(widths.size()) - 1);
+  for (int width : widths) task.add_widths(width);
+  *task.mutable_training() = resolved.training();
+  task.set_resume_checkpoints(resolved.resume_checkpoints());
+  return task;
+}
+
+// One segment of a cut network: a pipeline stage (model-parallel), or a
+// segment that learns from the SIL tables `sil` (one per cut) alone.
+pnn::v1::SegmentTask PartTask(const pnn::v1::JobSpec& resolved,
+                              const SegmentLayout& segment, int segment_count,
+                              const std::vector<at::Tensor>& sil,
+                              int num_classes, const std::string& job_id) {
+  pnn::v1::SegmentTask task = NewTask(resolved, num_classes, job_id);
+  task.set_segment_index(segment.index);
+  task.set_segment_count(segment_count);
+  task.set_first_layer(segment.first_layer);
+  task.set_last_layer(segment.last_layer);
+  for (int width : segment.widths) task.add_widths(width);
+  if (resolved.parallelism() == pnn::v1::PARALLELISM_MODEL_PARALLEL) {
+    // End to end: every stage trains with the job's training config, and
+    // its neighbours are filled in when all stages are placed. A stage
+    // cannot resume alone: the pipeline restarts as a whole.
+    *task.mutable_training() = resolved.training();
+    task.mutable_pipeline();
+    return task;
+  }
+  *task.mutable_training() = SegmentTrainingConfig(resolved, segment.index);
+  task.set_resume_checkpoints(resolved.resume_checkpoints());
+  task.set_input_noise_std(resolved.sil().input_noise_std());
+  const bool sequential =
+      resolved.sil().input_mode() == pnn::v1::INPUT_MODE_PREVIOUS_OUTPUTS;
+  if (segment.index > 0 && !sequential) {
+    *task.mutable_input_sil() = TensorToProto(
+        absl::StrCat("sil", segment.index), sil[segment.index - 1]);
+  }
+  if (segment.index + 1 < segment_count) {
+    *task.mutable_target_sil() = TensorToProto(
+        absl::StrCat("sil", segment.index + 1), sil[segment.index]);
+  }
+  return task;
+}
+
+}  // namespace
 
 absl::StatusOr<std::vector<pnn::v1::SegmentTask>> PlanSegmentTasks(
     const pnn::v1::JobSpec& resolved, int input_width, int num_classes,
@@ -29,67 +99,15 @@ absl::StatusOr<std::vector<pnn::v1::SegmentTask>> PlanSegmentTasks(
     return absl::InternalError(
         absl::StrCat("drawing SIL tables: ", error.what()));
   }
-  const pnn::v1::Parallelism parallelism = resolved.parallelism();
-  const bool sequential =
-      resolved.sil().input_mode() == pnn::v1::INPUT_MODE_PREVIOUS_OUTPUTS;
   std::vector<pnn::v1::SegmentTask> tasks;
-  if (parallelism == pnn::v1::PARALLELISM_CONVENTIONAL) {
-    // The unsplit network is one segment that reads the data and learns the
-    // classes: the same task type, no SIL.
-    pnn::v1::SegmentTask task;
-    task.set_job_id(job_id);
-    task.set_segment_index(0);
-    task.set_segment_count(1);
-    task.set_first_layer(1);
-    task.set_last_layer(static_cast<int>(widths.size()) - 1);
-    for (int width : widths) task.add_widths(width);
-    task.set_activation(resolved.model().activation());
-    *task.mutable_training() = resolved.training();
-    *task.mutable_dataset() = resolved.dataset();
-    task.set_seed(resolved.seed());
-    task.set_num_classes(num_classes);
-    task.set_device(resolved.device());
-    task.set_checkpoints_per_epoch(resolved.evaluations_per_epoch());
-    task.set_resume_checkpoints(resolved.resume_checkpoints());
-    tasks.push_back(std::move(task));
+  if (resolved.parallelism() == pnn::v1::PARALLELISM_CONVENTIONAL) {
+    tasks.push_back(ConventionalTask(resolved, widths, num_classes, job_id));
     return tasks;
   }
-  const bool pipeline = parallelism == pnn::v1::PARALLELISM_MODEL_PARALLEL;
   for (const SegmentLayout& segment : layout) {
-    pnn::v1::SegmentTask task;
-    task.set_job_id(job_id);
-    task.set_segment_index(segment.index);
-    task.set_segment_count(static_cast<int>(layout.size()));
-    task.set_first_layer(segment.first_layer);
-    task.set_last_layer(segment.last_layer);
-    for (int width : segment.widths) task.add_widths(width);
-    task.set_activation(resolved.model().activation());
-    *task.mutable_training() = SegmentTrainingConfig(resolved, segment.index);
-    *task.mutable_dataset() = resolved.dataset();
-    task.set_seed(resolved.seed());
-    task.set_num_classes(num_classes);
-    task.set_device(resolved.device());
-    task.set_checkpoints_per_epoch(resolved.evaluations_per_epoch());
-    if (pipeline) {
-      // End to end: every stage trains with the job's training config, and
-      // its neighbours are filled in when all stages are placed. A stage
-      // cannot resume alone: the pipeline restarts as a whole.
-      *task.mutable_training() = resolved.training();
-      task.mutable_pipeline();
-      tasks.push_back(std::move(task));
-      continue;
-    }
-    task.set_resume_checkpoints(resolved.resume_checkpoints());
-    task.set_input_noise_std(resolved.sil().input_noise_std());
-    if (segment.index > 0 && !sequential) {
-      *task.mutable_input_sil() = TensorToProto(
-          absl::StrCat("sil", segment.index), sil[segment.index - 1]);
-    }
-    if (segment.index + 1 < static_cast<int>(layout.size())) {
-      *task.mutable_target_sil() = TensorToProto(
-          absl::StrCat("sil", segment.index + 1), sil[segment.index]);
-    }
-    tasks.push_back(std::move(task));
+    tasks.push_back(PartTask(resolved, segment,
+                             static_cast<int>(layout.size()), sil,
+                             num_classes, job_id));
   }
   return tasks;
 }

@@ -2,9 +2,6 @@
 
 #include <ATen/ATen.h>
 
-#include <algorithm>
-#include <chrono>
-#include <cmath>
 #include <utility>
 #include <vector>
 
@@ -13,6 +10,7 @@
 #include "common/model.h"
 #include "common/status_macros.h"
 #include "common/training_internal.h"
+#include "common/training_progress.h"
 
 namespace pnn {
 namespace {
@@ -20,13 +18,8 @@ namespace {
 using internal::Guarded;
 using internal::MakeOptimizer;
 
-using Clock = std::chrono::steady_clock;
 using pnn::v1::SegmentTask;
 using pnn::v1::TrainingConfig;
-
-double SecondsBetween(Clock::time_point from, Clock::time_point to) {
-  return std::chrono::duration<double>(to - from).count();
-}
 
 absl::Status ValidateStageTask(const SegmentTask& task) {
   if (!task.has_pipeline()) {
@@ -86,6 +79,10 @@ absl::Status ValidateStageTask(const SegmentTask& task) {
 }  // namespace
 
 struct PipelineStageTrainer::State {
+  explicit State(const TrainOptions& train_options)
+      : options(train_options),
+        progress(options.on_batches, options.batch_report_interval) {}
+
   SegmentTask task;
   TrainOptions options;
   c10::Device device{c10::kCPU};
@@ -102,28 +99,13 @@ struct PipelineStageTrainer::State {
   int64_t next_batch = 1;
   int64_t batches_per_epoch = 0;
 
-  bool started = false;
-  Clock::time_point start;
-  Clock::time_point epoch_start;
-  Clock::time_point last_batch_end;
-  double cpu_start = 0;
-  double cpu_at_last_batch = 0;
-  PeakRssMeter memory;
-  double loss_sum = 0;  // in the current epoch
-  int64_t seen = 0;     // samples in the current epoch
-  int64_t samples_total = 0;
-  std::vector<pnn::v1::EpochMetrics> epochs;
+  // Progress, epochs, checkpoints' times and the measured cost: the same
+  // bookkeeping as TrainSegment's loop. Starts with the first batch.
+  internal::TrainingProgress progress;
 
   void EmitCheckpoint(int64_t batch) {
     if (!options.on_checkpoint) return;
-    pnn::v1::Checkpoint checkpoint;
-    checkpoint.set_epoch(epoch);
-    checkpoint.set_batches_done(batch);
-    checkpoint.set_epochs_done((epoch - 1) +
-                               static_cast<double>(batch) /
-                                   static_cast<double>(batches_per_epoch));
-    checkpoint.set_elapsed_seconds(SecondsBetween(start, Clock::now()));
-    checkpoint.set_cpu_seconds(ProcessCpuSeconds() - cpu_start);
+    pnn::v1::Checkpoint checkpoint = progress.NewCheckpoint(epoch, batch);
     *checkpoint.mutable_weights() = ExportWeights(model, task.segment_index());
     options.on_checkpoint(std::move(checkpoint));
   }
@@ -155,85 +137,49 @@ struct PipelineStageTrainer::State {
     return absl::OkStatus();
   }
 
-  absl::StatusOr<RemoteLoss> StepUnguarded(const at::Tensor& input,
-                                           const at::Tensor& labels,
-                                           const BatchPosition& position,
-                                           const DownstreamLoss& downstream) {
-    const int64_t rows = input.size(0);
-    const Clock::time_point now = Clock::now();
-    if (!started) {
-      started = true;
-      batches_per_epoch = position.batches_per_epoch;
-      memory.Start();
-      cpu_start = ProcessCpuSeconds();
-      start = now;
-    }
-    if (position.batch == 1) {
-      epoch_start = now;
-      loss_sum = 0;
-      seen = 0;
-    }
-    optimizer->zero_grad();
-    // A leaf of its own: its gradient is what goes back upstream.
-    const at::Tensor stage_input =
-        input.to(device, at::kFloat).detach().requires_grad_(true);
-    const at::Tensor output = model->forward(stage_input);
-    double loss_value = 0;
+  // Backpropagates the batch's loss into the stage: the last stage's own
+  // cross-entropy, or the gradient the rest of the pipeline returns. A
+  // non-finite loss is not backpropagated. Returns the loss.
+  absl::StatusOr<double> Backward(const at::Tensor& output,
+                                  const at::Tensor& labels,
+                                  const BatchPosition& position,
+                                  const DownstreamLoss& downstream) {
+    constexpr absl::string_view kHint = "lower the learning rate";
     if (last) {
       const at::Tensor loss =
           at::cross_entropy_loss(output, labels.to(device, at::kLong));
-      loss_value = loss.item<double>();
-      if (std::isfinite(loss_value)) loss.backward();
-    } else {
-      PNN_ASSIGN_OR_RETURN(RemoteLoss remote,
-                           downstream(output.detach(), labels, position));
-      if (!remote.output_gradient.defined() ||
-          !remote.output_gradient.sizes().equals(output.sizes())) {
-        return absl::DataLossError(absl::StrCat(
-            "pipeline stage ", task.segment_index(),
-            ": the next stage returned a gradient of the wrong shape in "
-            "epoch ",
-            position.epoch, ", batch ", position.batch));
-      }
-      loss_value = remote.loss;
-      if (std::isfinite(loss_value)) {
-        output.backward(remote.output_gradient.to(device, at::kFloat));
-      }
+      const double loss_value = loss.item<double>();
+      PNN_RETURN_IF_ERROR(internal::CheckFiniteLoss(
+          loss_value, position.epoch, position.batch, kHint));
+      loss.backward();
+      return loss_value;
     }
-    if (!std::isfinite(loss_value)) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "training diverged: loss is ", loss_value, " in epoch ",
-          position.epoch, ", batch ", position.batch,
-          "; lower the learning rate"));
+    PNN_ASSIGN_OR_RETURN(RemoteLoss remote,
+                         downstream(output.detach(), labels, position));
+    if (!remote.output_gradient.defined() ||
+        !remote.output_gradient.sizes().equals(output.sizes())) {
+      return absl::DataLossError(absl::StrCat(
+          "pipeline stage ", task.segment_index(),
+          ": the next stage returned a gradient of the wrong shape in "
+          "epoch ",
+          position.epoch, ", batch ", position.batch));
     }
-    optimizer->step();
+    PNN_RETURN_IF_ERROR(internal::CheckFiniteLoss(
+        remote.loss, position.epoch, position.batch, kHint));
+    output.backward(remote.output_gradient.to(device, at::kFloat));
+    return remote.loss;
+  }
 
-    RemoteLoss result;
-    result.output_gradient = stage_input.grad();
-    result.loss = loss_value;
-
-    loss_sum += loss_value * static_cast<double>(rows);
-    seen += rows;
+  // After a batch's step: progress, and at the epoch's end its metrics;
+  // checkpoints where the first stage asks for them.
+  void EndBatch(const BatchPosition& position, int64_t rows, double loss) {
     const int64_t batch = position.batch;
-    if (options.on_batches && options.batch_report_interval > 0 &&
-        (batch % options.batch_report_interval == 0 ||
-         batch == batches_per_epoch)) {
-      options.on_batches(epoch, batch, batches_per_epoch,
-                         loss_sum / static_cast<double>(seen));
-    }
+    progress.AddBatch(epoch, batch, rows, loss);
     if (batch < batches_per_epoch) {
       if (position.checkpoint) EmitCheckpoint(batch);
       ++next_batch;
     } else {
-      pnn::v1::EpochMetrics metrics;
-      metrics.set_epoch(epoch);
-      metrics.set_train_loss(loss_sum / static_cast<double>(seen));
-      metrics.set_seconds(SecondsBetween(epoch_start, Clock::now()));
-      metrics.set_samples_per_second(static_cast<double>(seen) /
-                                     std::max(metrics.seconds(), 1e-9));
-      metrics.set_peak_rss_growth_bytes(memory.PeakGrowthBytes());
-      samples_total += seen;
-      epochs.push_back(metrics);
+      const pnn::v1::EpochMetrics metrics = progress.EndEpoch(epoch);
       if (options.on_epoch) options.on_epoch(metrics, model);
       // As in TrainSegment: the epoch's last evaluation point follows its
       // metrics.
@@ -241,8 +187,30 @@ struct PipelineStageTrainer::State {
       ++epoch;
       next_batch = 1;
     }
-    last_batch_end = Clock::now();
-    cpu_at_last_batch = ProcessCpuSeconds();
+    progress.MarkEnd();
+  }
+
+  absl::StatusOr<RemoteLoss> StepUnguarded(const at::Tensor& input,
+                                           const at::Tensor& labels,
+                                           const BatchPosition& position,
+                                           const DownstreamLoss& downstream) {
+    if (!progress.started()) {
+      batches_per_epoch = position.batches_per_epoch;
+      progress.Start(batches_per_epoch);
+    }
+    if (position.batch == 1) progress.BeginEpoch();
+    optimizer->zero_grad();
+    // A leaf of its own: its gradient is what goes back upstream.
+    const at::Tensor stage_input =
+        input.to(device, at::kFloat).detach().requires_grad_(true);
+    const at::Tensor output = model->forward(stage_input);
+    PNN_ASSIGN_OR_RETURN(const double loss,
+                         Backward(output, labels, position, downstream));
+    optimizer->step();
+    RemoteLoss result;
+    result.output_gradient = stage_input.grad();
+    result.loss = loss;
+    EndBatch(position, input.size(0), loss);
     return result;
   }
 };
@@ -266,9 +234,8 @@ PipelineStageTrainer::Create(const SegmentTask& task,
   return Guarded<std::unique_ptr<PipelineStageTrainer>>(
       "building pipeline stage",
       [&]() -> absl::StatusOr<std::unique_ptr<PipelineStageTrainer>> {
-        auto state = std::make_unique<State>();
+        auto state = std::make_unique<State>(options);
         state->task = task;
-        state->options = options;
         state->device = device;
         state->last = task.segment_index() + 1 == task.segment_count();
         const std::vector<int> widths(task.widths().begin(),
@@ -329,12 +296,12 @@ absl::StatusOr<pnn::v1::SegmentResult> PipelineStageTrainer::Finish() {
         "pipeline stage ", s.task.segment_index(), " has finished already"));
   }
   const int epochs = s.task.training().epochs();
-  if (static_cast<int>(s.epochs.size()) != epochs) {
+  if (static_cast<int>(s.progress.epochs().size()) != epochs) {
     return absl::FailedPreconditionError(absl::StrCat(
         "pipeline stage ", s.task.segment_index(),
-        " was told to finish after ", s.epochs.size(), " of ", epochs,
-        " epochs (epoch ", s.epoch,
-        ", batch ", s.next_batch, " was next)"));
+        " was told to finish after ", s.progress.epochs().size(), " of ",
+        epochs, " epochs (epoch ", s.epoch, ", batch ", s.next_batch,
+        " was next)"));
   }
   using Result = pnn::v1::SegmentResult;
   return Guarded<Result>(
@@ -343,18 +310,15 @@ absl::StatusOr<pnn::v1::SegmentResult> PipelineStageTrainer::Finish() {
         result.set_segment_index(s.task.segment_index());
         *result.mutable_weights() =
             ExportWeights(s.model, s.task.segment_index());
-        for (const auto& epoch : s.epochs) *result.add_epochs() = epoch;
+        for (const auto& epoch : s.progress.epochs()) {
+          *result.add_epochs() = epoch;
+        }
         const std::vector<int> widths(s.task.widths().begin(),
                                       s.task.widths().end());
         pnn::v1::TrainingCost* cost = result.mutable_cost();
         *cost = AnalyticTrainingCost(widths, /*leading_activation=*/true,
                                      s.task.training());
-        const double seconds = SecondsBetween(s.start, s.last_batch_end);
-        cost->set_wall_seconds(seconds);
-        cost->set_samples_per_second(static_cast<double>(s.samples_total) /
-                                     std::max(seconds, 1e-9));
-        cost->set_peak_rss_growth_bytes(s.memory.PeakGrowthBytes());
-        cost->set_cpu_seconds(s.cpu_at_last_batch - s.cpu_start);
+        s.progress.FillMeasuredCost(cost);
         // The activations arrive with each batch; no data set is held.
         cost->set_dataset_bytes(0);
         s.finished = true;
@@ -369,7 +333,7 @@ int PipelineStageTrainer::segment_index() const {
 bool PipelineStageTrainer::is_last() const { return state_->last; }
 
 int PipelineStageTrainer::epochs_done() const {
-  return static_cast<int>(state_->epochs.size());
+  return static_cast<int>(state_->progress.epochs().size());
 }
 
 }  // namespace pnn

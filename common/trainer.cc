@@ -8,7 +8,6 @@
 #include <dlfcn.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 #include <memory>
 #include <sstream>
@@ -22,6 +21,7 @@
 #include "common/status_macros.h"
 #include "common/tensor_codec.h"
 #include "common/training_internal.h"
+#include "common/training_progress.h"
 
 namespace pnn {
 namespace {
@@ -32,7 +32,6 @@ using internal::MakeOptimizer;
 using pnn::v1::EpochMetrics;
 using pnn::v1::SegmentTask;
 using pnn::v1::TrainingConfig;
-using Clock = std::chrono::steady_clock;
 
 // Independent random streams derived from the job seed.
 constexpr uint64_t kShuffleStream = 0x7368756666ULL;
@@ -43,19 +42,6 @@ enum class LossKind { kMse, kCrossEntropy };
 // Builds (input, target) on the CPU for the sample indices of one batch.
 using BatchFn =
     std::function<std::pair<at::Tensor, at::Tensor>(const at::Tensor&)>;
-
-struct LoopResult {
-  std::vector<EpochMetrics> epochs;
-  double seconds = 0;
-  int64_t samples_seen = 0;  // in this run (not counting a resumed part)
-  int64_t peak_rss_growth_bytes = 0;
-  double cpu_seconds = 0;
-  double resumed_seconds = 0;  // training time before a resume
-};
-
-double SecondsSince(Clock::time_point start) {
-  return std::chrono::duration<double>(Clock::now() - start).count();
-}
 
 // Bytes of the optimizer's state (torch's archive format), and back.
 std::string SaveOptimizerState(torch::optim::Optimizer& optimizer) {
@@ -75,171 +61,194 @@ void LoadOptimizerState(const std::string& bytes,
   optimizer.load(archive);
 }
 
-// True when batch `batch` (1-based) of `batches` ends one of `per_epoch`
-// evenly spaced evaluation points; the last batch always does.
-bool IsCheckpointBatch(int64_t batch, int64_t batches, int per_epoch) {
-  if (per_epoch <= 0) return false;
-  return (batch * per_epoch) / batches > ((batch - 1) * per_epoch) / batches;
-}
+// The loop that TrainSegment and TrainNetwork share: shuffled batches,
+// a local loss (or the pipeline's remote one), one optimizer step per
+// batch. Progress, checkpoints' positions and times, the divergence check
+// and the measured cost are the TrainingProgress that the pipeline stages
+// share. One Run per instance.
+class TrainingLoop {
+ public:
+  TrainingLoop(MlpSegment& model, int segment_index, int64_t samples,
+               const BatchFn& make_batch, LossKind loss_kind,
+               const TrainingConfig& config, uint64_t seed,
+               c10::Device device, const TrainOptions& options)
+      : model_(model),
+        segment_index_(segment_index),
+        samples_(samples),
+        make_batch_(make_batch),
+        loss_kind_(loss_kind),
+        config_(config),
+        seed_(seed),
+        device_(device),
+        options_(options),
+        progress_(options.on_batches, options.batch_report_interval) {}
 
-absl::StatusOr<LoopResult> RunTrainingLoop(
-    MlpSegment& model, int segment_index, int64_t samples,
-    const BatchFn& make_batch, LossKind loss_kind, const TrainingConfig& config,
-    uint64_t seed, c10::Device device, const TrainOptions& options) {
-  if (samples < 1) {
+  // Trains every epoch not yet done and returns them all (a resumed run's
+  // earlier ones first); the measured cost goes into *cost.
+  absl::StatusOr<std::vector<EpochMetrics>> Run(pnn::v1::TrainingCost* cost);
+
+ private:
+  // Continues from `state`: weights, optimizer and shuffle order.
+  absl::Status Resume(const pnn::v1::TrainingState& state);
+  absl::Status RunEpoch(int epoch);
+  // One optimizer step on the samples `indices`; returns the batch's loss.
+  absl::StatusOr<double> TrainBatch(const at::Tensor& indices,
+                                    const BatchPosition& position);
+  // Backpropagates the batch's loss, local or the pipeline's; returns it.
+  absl::StatusOr<double> Backward(const at::Tensor& output,
+                                  const at::Tensor& target,
+                                  const BatchPosition& position);
+  void EmitCheckpoint(int epoch, int64_t batch, bool with_state);
+
+  MlpSegment& model_;
+  const int segment_index_;
+  const int64_t samples_;
+  const BatchFn make_batch_;
+  const LossKind loss_kind_;
+  const TrainingConfig& config_;
+  const uint64_t seed_;
+  const c10::Device device_;
+  const TrainOptions& options_;
+  std::unique_ptr<torch::optim::Optimizer> optimizer_;
+  at::Generator shuffle_generator_;
+  int64_t batch_size_ = 1;
+  int64_t batches_ = 1;
+  internal::TrainingProgress progress_;
+};
+
+absl::StatusOr<std::vector<EpochMetrics>> TrainingLoop::Run(
+    pnn::v1::TrainingCost* cost) {
+  if (samples_ < 1) {
     return absl::FailedPreconditionError("no training samples");
   }
-  model->to(device);
-  model->train();
-  auto optimizer = MakeOptimizer(model, config);
-  auto shuffle_generator = at::detail::createCPUGenerator(seed ^ kShuffleStream);
-  const int64_t batch_size = config.batch_size();
-  const int64_t batches = (samples + batch_size - 1) / batch_size;
-
-  LoopResult result;
+  model_->to(device_);
+  model_->train();
+  optimizer_ = MakeOptimizer(model_, config_);
+  shuffle_generator_ = at::detail::createCPUGenerator(seed_ ^ kShuffleStream);
+  batch_size_ = config_.batch_size();
+  batches_ = (samples_ + batch_size_ - 1) / batch_size_;
   int first_epoch = 1;
-  double resumed_seconds = 0;
-  if (options.resume != nullptr) {
-    const pnn::v1::TrainingState& state = *options.resume;
-    if (state.epochs_done() < 0 || state.epochs_done() > config.epochs()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "resume state: epochs_done ", state.epochs_done(),
-          " is outside [0, ", config.epochs(), "]"));
-    }
-    PNN_RETURN_IF_ERROR(ImportWeights(state.weights(), model));
-    if (!state.optimizer_state().empty()) {
-      LoadOptimizerState(state.optimizer_state(), *optimizer, device);
-    }
-    // The same shuffles as an uninterrupted run: replay the permutations of
-    // the epochs already trained.
-    for (int epoch = 1; epoch <= state.epochs_done(); ++epoch) {
-      (void)at::randperm(samples, shuffle_generator, at::kLong);
-    }
-    for (const auto& epoch : state.epochs()) result.epochs.push_back(epoch);
-    first_epoch = state.epochs_done() + 1;
-    resumed_seconds = state.seconds();
+  if (options_.resume != nullptr) {
+    PNN_RETURN_IF_ERROR(Resume(*options_.resume));
+    first_epoch = options_.resume->epochs_done() + 1;
   }
-
-  PeakRssMeter memory;
-  memory.Start();
-  const auto start = Clock::now();
-  const double cpu_start = ProcessCpuSeconds();
-  auto emit_checkpoint = [&](int epoch, int64_t batch, bool with_state) {
-    pnn::v1::Checkpoint checkpoint;
-    checkpoint.set_epoch(epoch);
-    checkpoint.set_batches_done(batch);
-    checkpoint.set_epochs_done((epoch - 1) + static_cast<double>(batch) /
-                                                 static_cast<double>(batches));
-    checkpoint.set_elapsed_seconds(resumed_seconds + SecondsSince(start));
-    checkpoint.set_cpu_seconds(ProcessCpuSeconds() - cpu_start);
-    if (with_state) {
-      pnn::v1::TrainingState* state = checkpoint.mutable_state();
-      state->set_epochs_done(epoch);
-      *state->mutable_weights() = ExportWeights(model, segment_index);
-      state->set_optimizer_state(SaveOptimizerState(*optimizer));
-      for (const auto& done : result.epochs) *state->add_epochs() = done;
-      state->set_seconds(checkpoint.elapsed_seconds());
-    } else {
-      *checkpoint.mutable_weights() = ExportWeights(model, segment_index);
-    }
-    options.on_checkpoint(std::move(checkpoint));
-  };
-  for (int epoch = first_epoch; epoch <= config.epochs(); ++epoch) {
-    const auto epoch_start = Clock::now();
-    const at::Tensor order = at::randperm(samples, shuffle_generator, at::kLong);
-    double loss_sum = 0;
-    int64_t seen = 0;
-    for (int64_t batch = 0; batch < batches; ++batch) {
-      if (options.should_stop && options.should_stop()) {
-        return absl::CancelledError(absl::StrCat(
-            "training cancelled in epoch ", epoch, ", batch ", batch + 1));
-      }
-      BatchPosition position;
-      position.epoch = epoch;
-      position.batch = batch + 1;
-      position.batches_per_epoch = batches;
-      position.checkpoint = options.on_checkpoint != nullptr &&
-                            IsCheckpointBatch(batch + 1, batches,
-                                              options.checkpoints_per_epoch);
-      const int64_t begin = batch * batch_size;
-      const at::Tensor indices =
-          order.slice(0, begin, std::min(samples, begin + batch_size));
-      auto [input, target] = make_batch(indices);
-      input = input.to(device);
-      target = target.to(device);
-      optimizer->zero_grad();
-      const at::Tensor output = model->forward(input);
-      double loss_value = 0;
-      if (options.remote_loss) {
-        PNN_ASSIGN_OR_RETURN(
-            RemoteLoss remote,
-            options.remote_loss(output.detach(), target, position));
-        if (!remote.output_gradient.defined() ||
-            !remote.output_gradient.sizes().equals(output.sizes())) {
-          return absl::DataLossError(absl::StrCat(
-              "the next pipeline stage returned a gradient of the wrong "
-              "shape in epoch ", epoch, ", batch ", batch + 1));
-        }
-        output.backward(remote.output_gradient.to(device));
-        loss_value = remote.loss;
-      } else {
-        const at::Tensor loss = loss_kind == LossKind::kMse
-                                    ? at::mse_loss(output, target)
-                                    : at::cross_entropy_loss(output, target);
-        loss.backward();
-        loss_value = loss.item<double>();
-      }
-      optimizer->step();
-      if (!std::isfinite(loss_value)) {
-        return absl::FailedPreconditionError(absl::StrCat(
-            "training diverged: loss is ", loss_value, " in epoch ", epoch,
-            ", batch ", batch + 1,
-            "; lower the learning rate or the SIL kappa"));
-      }
-      loss_sum += loss_value * static_cast<double>(indices.size(0));
-      seen += indices.size(0);
-      if (options.on_batches && options.batch_report_interval > 0 &&
-          ((batch + 1) % options.batch_report_interval == 0 ||
-           batch + 1 == batches)) {
-        options.on_batches(epoch, batch + 1, batches, loss_sum / seen);
-      }
-      // The epoch's last evaluation point waits for its metrics below, so
-      // that a resumable state includes them.
-      if (position.checkpoint && batch + 1 < batches) {
-        emit_checkpoint(epoch, batch + 1, /*with_state=*/false);
-      }
-    }
-    EpochMetrics metrics;
-    metrics.set_epoch(epoch);
-    metrics.set_train_loss(loss_sum / static_cast<double>(seen));
-    metrics.set_seconds(SecondsSince(epoch_start));
-    metrics.set_samples_per_second(static_cast<double>(seen) /
-                                   std::max(metrics.seconds(), 1e-9));
-    metrics.set_peak_rss_growth_bytes(memory.PeakGrowthBytes());
-    result.samples_seen += seen;
-    result.epochs.push_back(metrics);
-    if (options.on_epoch) options.on_epoch(metrics, model);
-    if (options.on_checkpoint &&
-        (options.resume_checkpoints || options.checkpoints_per_epoch > 0)) {
-      // One message serves both: the state's weights are the evaluation
-      // point's weights.
-      emit_checkpoint(epoch, batches, options.resume_checkpoints);
-    }
+  progress_.Start(batches_);
+  for (int epoch = first_epoch; epoch <= config_.epochs(); ++epoch) {
+    PNN_RETURN_IF_ERROR(RunEpoch(epoch));
   }
-  result.seconds = resumed_seconds + SecondsSince(start);
-  result.resumed_seconds = resumed_seconds;
-  result.cpu_seconds = ProcessCpuSeconds() - cpu_start;
-  result.peak_rss_growth_bytes = memory.PeakGrowthBytes();
-  return result;
+  progress_.MarkEnd();
+  progress_.FillMeasuredCost(cost);
+  return progress_.epochs();
 }
 
-void FillMeasuredCost(const LoopResult& loop, pnn::v1::TrainingCost* cost) {
-  cost->set_wall_seconds(loop.seconds);
-  cost->set_samples_per_second(
-      static_cast<double>(loop.samples_seen) /
-      std::max(loop.seconds - loop.resumed_seconds, 1e-9));
-  cost->set_peak_rss_growth_bytes(loop.peak_rss_growth_bytes);
-  cost->set_cpu_seconds(loop.cpu_seconds);
+absl::Status TrainingLoop::Resume(const pnn::v1::TrainingState& state) {
+  if (state.epochs_done() < 0 || state.epochs_done() > config_.epochs()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "resume state: epochs_done ", state.epochs_done(), " is outside [0, ",
+        config_.epochs(), "]"));
+  }
+  PNN_RETURN_IF_ERROR(ImportWeights(state.weights(), model_));
+  if (!state.optimizer_state().empty()) {
+    LoadOptimizerState(state.optimizer_state(), *optimizer_, device_);
+  }
+  // The same shuffles as an uninterrupted run: replay the permutations of
+  // the epochs already trained.
+  for (int epoch = 1; epoch <= state.epochs_done(); ++epoch) {
+    (void)at::randperm(samples_, shuffle_generator_, at::kLong);
+  }
+  progress_.Resume({state.epochs().begin(), state.epochs().end()},
+                   state.seconds());
+  return absl::OkStatus();
+}
+
+absl::Status TrainingLoop::RunEpoch(int epoch) {
+  progress_.BeginEpoch();
+  const at::Tensor order = at::randperm(samples_, shuffle_generator_, at::kLong);
+  for (int64_t batch = 1; batch <= batches_; ++batch) {
+    if (options_.should_stop && options_.should_stop()) {
+      return absl::CancelledError(absl::StrCat(
+          "training cancelled in epoch ", epoch, ", batch ", batch));
+    }
+    BatchPosition position;
+    position.epoch = epoch;
+    position.batch = batch;
+    position.batches_per_epoch = batches_;
+    position.checkpoint =
+        options_.on_checkpoint != nullptr &&
+        internal::IsCheckpointBatch(batch, batches_,
+                                    options_.checkpoints_per_epoch);
+    const int64_t begin = (batch - 1) * batch_size_;
+    const at::Tensor indices =
+        order.slice(0, begin, std::min(samples_, begin + batch_size_));
+    PNN_ASSIGN_OR_RETURN(const double loss, TrainBatch(indices, position));
+    progress_.AddBatch(epoch, batch, indices.size(0), loss);
+    // The epoch's last evaluation point waits for its metrics below, so
+    // that a resumable state includes them.
+    if (position.checkpoint && batch < batches_) {
+      EmitCheckpoint(epoch, batch, /*with_state=*/false);
+    }
+  }
+  const EpochMetrics metrics = progress_.EndEpoch(epoch);
+  if (options_.on_epoch) options_.on_epoch(metrics, model_);
+  if (options_.on_checkpoint &&
+      (options_.resume_checkpoints || options_.checkpoints_per_epoch > 0)) {
+    // One message serves both: the state's weights are the evaluation
+    // point's weights.
+    EmitCheckpoint(epoch, batches_, options_.resume_checkpoints);
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<double> TrainingLoop::TrainBatch(const at::Tensor& indices,
+                                                const BatchPosition& position) {
+  auto [input, target] = make_batch_(indices);
+  input = input.to(device_);
+  target = target.to(device_);
+  optimizer_->zero_grad();
+  const at::Tensor output = model_->forward(input);
+  PNN_ASSIGN_OR_RETURN(const double loss, Backward(output, target, position));
+  optimizer_->step();
+  PNN_RETURN_IF_ERROR(internal::CheckFiniteLoss(
+      loss, position.epoch, position.batch,
+      "lower the learning rate or the SIL kappa"));
+  return loss;
+}
+
+absl::StatusOr<double> TrainingLoop::Backward(const at::Tensor& output,
+                                              const at::Tensor& target,
+                                              const BatchPosition& position) {
+  if (!options_.remote_loss) {
+    const at::Tensor loss = loss_kind_ == LossKind::kMse
+                                ? at::mse_loss(output, target)
+                                : at::cross_entropy_loss(output, target);
+    loss.backward();
+    return loss.item<double>();
+  }
+  PNN_ASSIGN_OR_RETURN(RemoteLoss remote,
+                       options_.remote_loss(output.detach(), target, position));
+  if (!remote.output_gradient.defined() ||
+      !remote.output_gradient.sizes().equals(output.sizes())) {
+    return absl::DataLossError(absl::StrCat(
+        "the next pipeline stage returned a gradient of the wrong shape in "
+        "epoch ", position.epoch, ", batch ", position.batch));
+  }
+  output.backward(remote.output_gradient.to(device_));
+  return remote.loss;
+}
+
+void TrainingLoop::EmitCheckpoint(int epoch, int64_t batch, bool with_state) {
+  pnn::v1::Checkpoint checkpoint = progress_.NewCheckpoint(epoch, batch);
+  if (with_state) {
+    pnn::v1::TrainingState* state = checkpoint.mutable_state();
+    state->set_epochs_done(epoch);
+    *state->mutable_weights() = ExportWeights(model_, segment_index_);
+    state->set_optimizer_state(SaveOptimizerState(*optimizer_));
+    for (const auto& done : progress_.epochs()) *state->add_epochs() = done;
+    state->set_seconds(checkpoint.elapsed_seconds());
+  } else {
+    *checkpoint.mutable_weights() = ExportWeights(model_, segment_index_);
+  }
+  options_.on_checkpoint(std::move(checkpoint));
 }
 
 // at::set_num_threads sizes torch's own (OpenMP) pool but not OpenBLAS's,
@@ -267,6 +276,281 @@ absl::Status CheckSilTable(const pnn::v1::Tensor& table, const char* field,
         "] (classes x cut width), got ", table.shape_size(), " dimensions"));
   }
   return absl::OkStatus();
+}
+
+// ValidateSegmentTask, by section. Layers, widths and the segment's place
+// in the network.
+absl::Status ValidateLayout(const SegmentTask& task) {
+  const int layers = task.last_layer() - task.first_layer() + 1;
+  if (task.first_layer() < 1 || layers < 1 ||
+      task.widths_size() != layers + 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "segment task: layers ", task.first_layer(), "..", task.last_layer(),
+        " need ", layers + 1, " widths, got ", task.widths_size()));
+  }
+  for (int width : task.widths()) {
+    if (width < 1) {
+      return absl::InvalidArgumentError(
+          "segment task: every width must be positive");
+    }
+  }
+  if (task.segment_count() < 1 || task.segment_index() < 0 ||
+      task.segment_index() >= task.segment_count()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "segment task: segment_index ", task.segment_index(),
+        " is outside [0, segment_count = ", task.segment_count(), ")"));
+  }
+  return absl::OkStatus();
+}
+
+// The training settings, the class count, the input noise, the pipeline's
+// neighbours and the checkpoints.
+absl::Status ValidateSettings(const SegmentTask& task, const Dataset& data) {
+  const auto& training = task.training();
+  if (training.epochs() < 1 || training.batch_size() < 1 ||
+      !(training.learning_rate() > 0) ||
+      training.optimizer() == pnn::v1::OPTIMIZER_UNSPECIFIED) {
+    return absl::InvalidArgumentError(
+        "segment task: training must be resolved (epochs, batch_size, "
+        "learning_rate and optimizer set)");
+  }
+  if (task.num_classes() != data.num_classes) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "segment task expects ", task.num_classes(),
+        " classes but the data set in ", data.directory, " has ",
+        data.num_classes, "; do the coordinator and the worker see the same "
+                          "data set?"));
+  }
+  if (!(task.input_noise_std() >= 0) || !std::isfinite(task.input_noise_std())) {
+    return absl::InvalidArgumentError(
+        "segment task: input_noise_std must be a finite value >= 0");
+  }
+  const bool last = task.segment_index() + 1 == task.segment_count();
+  if (task.has_pipeline() &&
+      last != task.pipeline().downstream_address().empty()) {
+    return absl::InvalidArgumentError(
+        "segment task: every pipeline stage but the last needs "
+        "pipeline.downstream_address, and the last has none");
+  }
+  if (task.checkpoints_per_epoch() < 0) {
+    return absl::InvalidArgumentError(
+        "segment task: checkpoints_per_epoch must be >= 0");
+  }
+  return absl::OkStatus();
+}
+
+// What the segment reads: the images (the first segment), the previous
+// stage's output (a pipeline stage), a SIL table or the upstream segments.
+absl::Status ValidateInput(const SegmentTask& task, const Dataset& data) {
+  if (task.segment_index() == 0) {
+    if (task.input_case() != SegmentTask::INPUT_NOT_SET) {
+      return absl::InvalidArgumentError(
+          "segment task: the first segment reads the data set; it takes no "
+          "input_sil or upstream");
+    }
+    if (task.first_layer() != 1 || task.widths(0) != data.input_width()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "segment task: the first segment takes ", task.widths(0),
+          " inputs at layer ", task.first_layer(), " but the data set's images "
+          "have ", data.input_width(), " pixels"));
+    }
+  } else if (task.has_pipeline()) {
+    if (task.input_case() != SegmentTask::INPUT_NOT_SET) {
+      return absl::InvalidArgumentError(
+          "segment task: a pipeline stage takes its input from the previous "
+          "stage; it takes no input_sil or upstream");
+    }
+  } else if (task.input_case() == SegmentTask::kInputSil) {
+    PNN_RETURN_IF_ERROR(CheckSilTable(task.input_sil(), "input_sil",
+                                      task.num_classes(), task.widths(0)));
+  } else if (task.input_case() == SegmentTask::kUpstream) {
+    if (task.upstream().segments_size() != task.segment_index()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "segment task: upstream must hold the ", task.segment_index(),
+          " previous segments, got ", task.upstream().segments_size()));
+    }
+  } else {
+    return absl::InvalidArgumentError(
+        "segment task: a segment after a cut needs input_sil (or upstream "
+        "for the previous-outputs mode)");
+  }
+  return absl::OkStatus();
+}
+
+// What the segment learns: the classes (the last segment), the next
+// stage's gradient (a pipeline stage) or a target SIL table.
+absl::Status ValidateTarget(const SegmentTask& task) {
+  const int output_width = task.widths(task.widths_size() - 1);
+  if (task.segment_index() + 1 == task.segment_count()) {
+    if (task.has_target_sil()) {
+      return absl::InvalidArgumentError(
+          "segment task: the last segment learns the classes; it takes no "
+          "target_sil");
+    }
+    if (output_width != task.num_classes()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "segment task: the last segment must output ", task.num_classes(),
+          " class scores, its widths end with ", output_width));
+    }
+  } else if (task.has_pipeline()) {
+    if (task.has_target_sil()) {
+      return absl::InvalidArgumentError(
+          "segment task: a pipeline stage learns from the next stage's "
+          "gradient; it takes no target_sil");
+    }
+  } else {
+    if (!task.has_target_sil()) {
+      return absl::InvalidArgumentError(
+          "segment task: a segment that ends at a cut needs target_sil");
+    }
+    PNN_RETURN_IF_ERROR(CheckSilTable(task.target_sil(), "target_sil",
+                                      task.num_classes(), output_width));
+  }
+  return absl::OkStatus();
+}
+
+// TrainSegment's checks of how it is asked to train, beyond the task.
+absl::Status CheckSegmentRun(const SegmentTask& task,
+                             const TrainOptions& options) {
+  if (task.has_pipeline() &&
+      (task.segment_index() != 0 || !options.remote_loss)) {
+    return absl::InvalidArgumentError(
+        "segment task: TrainSegment trains only the first stage of a "
+        "pipeline, with TrainOptions::remote_loss set");
+  }
+  if (task.has_resume() && task.resume().weights().segment_index() !=
+                               task.segment_index()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "segment task: the resume state belongs to segment ",
+        task.resume().weights().segment_index(), ", not ",
+        task.segment_index()));
+  }
+  return absl::OkStatus();
+}
+
+// What a segment trains on besides the data set's labels and images; each
+// is undefined when the task has none.
+struct SegmentInputs {
+  at::Tensor input_sil;           // the input SIL table, by class
+  at::Tensor precomputed_inputs;  // the upstream segments' outputs
+  at::Tensor target_sil;          // the target SIL table, by class
+};
+
+// The outputs of the task's upstream segments on the training images. The
+// upstream segments are frozen: their outputs are computed once, not per
+// epoch.
+absl::StatusOr<at::Tensor> UpstreamOutputs(const SegmentTask& task,
+                                           const Dataset& data,
+                                           c10::Device device) {
+  std::vector<MlpSegment> upstream;
+  for (const auto& weights : task.upstream().segments()) {
+    PNN_ASSIGN_OR_RETURN(MlpSegment part,
+                         ModelFromWeights(weights, task.activation()));
+    upstream.push_back(part);
+  }
+  PNN_ASSIGN_OR_RETURN(MlpSegment chain, JoinSegments(upstream));
+  if (chain->last_layer() + 1 != task.first_layer() ||
+      chain->widths().back() != task.widths(0)) {
+    return absl::InvalidArgumentError(
+        "segment task: upstream segments do not end where this segment "
+        "starts");
+  }
+  chain->to(device);
+  chain->eval();
+  at::NoGradGuard no_grad;
+  std::vector<at::Tensor> chunks;
+  constexpr int64_t kChunk = 4096;
+  for (int64_t begin = 0; begin < data.train.size(); begin += kChunk) {
+    chunks.push_back(
+        chain->forward(data.train.images.slice(0, begin, begin + kChunk)
+                           .to(device))
+            .to(at::kCPU));
+  }
+  return at::cat(chunks);
+}
+
+absl::StatusOr<SegmentInputs> LoadSegmentInputs(const SegmentTask& task,
+                                                const Dataset& data,
+                                                c10::Device device) {
+  SegmentInputs inputs;
+  if (task.input_case() == SegmentTask::kInputSil) {
+    PNN_ASSIGN_OR_RETURN(inputs.input_sil, TensorFromProto(task.input_sil()));
+  } else if (task.input_case() == SegmentTask::kUpstream) {
+    PNN_ASSIGN_OR_RETURN(inputs.precomputed_inputs,
+                         UpstreamOutputs(task, data, device));
+  }
+  const bool last = task.segment_index() + 1 == task.segment_count();
+  if (!last && !task.has_pipeline()) {
+    PNN_ASSIGN_OR_RETURN(inputs.target_sil, TensorFromProto(task.target_sil()));
+  }
+  return inputs;
+}
+
+// The segment's batches: inputs from the input SIL table (+ Gaussian
+// noise), the upstream outputs or the images; targets the classes (the
+// last segment, or a pipeline's first stage, which hands them on to the
+// last stage) or the target SIL table.
+BatchFn SegmentBatches(const SegmentTask& task, const Dataset& data,
+                       const SegmentInputs& inputs) {
+  const at::Generator noise_generator = at::detail::createCPUGenerator(
+      task.seed() ^ (kNoiseStream * (task.segment_index() + 1)));
+  const double noise = task.input_noise_std();
+  const bool classes = task.segment_index() + 1 == task.segment_count() ||
+                       task.has_pipeline();
+  const at::Tensor labels = data.train.labels;
+  const at::Tensor images = data.train.images;
+  return [=](const at::Tensor& indices) {
+    const at::Tensor batch_labels = labels.index_select(0, indices);
+    at::Tensor input;
+    if (inputs.input_sil.defined()) {
+      input = inputs.input_sil.index_select(0, batch_labels);
+      if (noise > 0) {
+        input = input + at::empty(input.sizes(), at::kFloat)
+                            .normal_(0.0, noise, noise_generator);
+      }
+    } else if (inputs.precomputed_inputs.defined()) {
+      input = inputs.precomputed_inputs.index_select(0, indices);
+    } else {
+      input = images.index_select(0, indices);
+    }
+    at::Tensor target = classes
+                            ? batch_labels
+                            : inputs.target_sil.index_select(0, batch_labels);
+    return std::make_pair(input, target);
+  };
+}
+
+// TrainSegment once the task is checked: builds the segment, trains it and
+// reports its weights, epochs and cost.
+absl::StatusOr<pnn::v1::SegmentResult> TrainCheckedSegment(
+    const SegmentTask& task, const Dataset& data, c10::Device device,
+    const TrainOptions& options) {
+  const std::vector<int> widths(task.widths().begin(), task.widths().end());
+  MlpSegment model(task.first_layer(), widths, task.activation());
+  InitializeWeights(model, task.seed());
+  PNN_ASSIGN_OR_RETURN(const SegmentInputs inputs,
+                       LoadSegmentInputs(task, data, device));
+  const bool last = task.segment_index() + 1 == task.segment_count();
+  pnn::v1::SegmentResult result;
+  pnn::v1::TrainingCost* cost = result.mutable_cost();
+  *cost = AnalyticTrainingCost(
+      widths, /*leading_activation=*/task.first_layer() > 1, task.training());
+  TrainingLoop loop(model, task.segment_index(), data.train.size(),
+                    SegmentBatches(task, data, inputs),
+                    last ? LossKind::kCrossEntropy : LossKind::kMse,
+                    task.training(), task.seed(), device, options);
+  PNN_ASSIGN_OR_RETURN(const std::vector<EpochMetrics> epochs, loop.Run(cost));
+  result.set_segment_index(task.segment_index());
+  *result.mutable_weights() = ExportWeights(model, task.segment_index());
+  for (const auto& epoch : epochs) *result.add_epochs() = epoch;
+  // What this segment actually reads: labels only, unless it takes images.
+  const bool reads_images = task.input_case() != SegmentTask::kInputSil;
+  cost->set_dataset_bytes(
+      data.train.labels.nbytes() +
+      (reads_images ? data.train.images.nbytes() : 0) +
+      (inputs.precomputed_inputs.defined() ? inputs.precomputed_inputs.nbytes()
+                                           : 0));
+  return result;
 }
 
 }  // namespace
@@ -307,229 +591,24 @@ absl::StatusOr<c10::Device> ResolveDevice(const std::string& device) {
 }
 
 absl::Status ValidateSegmentTask(const SegmentTask& task, const Dataset& data) {
-  const int layers = task.last_layer() - task.first_layer() + 1;
-  if (task.first_layer() < 1 || layers < 1 ||
-      task.widths_size() != layers + 1) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "segment task: layers ", task.first_layer(), "..", task.last_layer(),
-        " need ", layers + 1, " widths, got ", task.widths_size()));
-  }
-  for (int width : task.widths()) {
-    if (width < 1) {
-      return absl::InvalidArgumentError(
-          "segment task: every width must be positive");
-    }
-  }
-  if (task.segment_count() < 1 || task.segment_index() < 0 ||
-      task.segment_index() >= task.segment_count()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "segment task: segment_index ", task.segment_index(),
-        " is outside [0, segment_count = ", task.segment_count(), ")"));
-  }
-  const auto& training = task.training();
-  if (training.epochs() < 1 || training.batch_size() < 1 ||
-      !(training.learning_rate() > 0) ||
-      training.optimizer() == pnn::v1::OPTIMIZER_UNSPECIFIED) {
-    return absl::InvalidArgumentError(
-        "segment task: training must be resolved (epochs, batch_size, "
-        "learning_rate and optimizer set)");
-  }
-  if (task.num_classes() != data.num_classes) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "segment task expects ", task.num_classes(),
-        " classes but the data set in ", data.directory, " has ",
-        data.num_classes, "; do the coordinator and the worker see the same "
-                          "data set?"));
-  }
-  if (!(task.input_noise_std() >= 0) || !std::isfinite(task.input_noise_std())) {
-    return absl::InvalidArgumentError(
-        "segment task: input_noise_std must be a finite value >= 0");
-  }
-  const bool first = task.segment_index() == 0;
-  const bool last = task.segment_index() + 1 == task.segment_count();
-  const bool pipeline = task.has_pipeline();
-  if (pipeline && last != task.pipeline().downstream_address().empty()) {
-    return absl::InvalidArgumentError(
-        "segment task: every pipeline stage but the last needs "
-        "pipeline.downstream_address, and the last has none");
-  }
-  if (task.checkpoints_per_epoch() < 0) {
-    return absl::InvalidArgumentError(
-        "segment task: checkpoints_per_epoch must be >= 0");
-  }
-  if (first) {
-    if (task.input_case() != SegmentTask::INPUT_NOT_SET) {
-      return absl::InvalidArgumentError(
-          "segment task: the first segment reads the data set; it takes no "
-          "input_sil or upstream");
-    }
-    if (task.first_layer() != 1 || task.widths(0) != data.input_width()) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "segment task: the first segment takes ", task.widths(0),
-          " inputs at layer ", task.first_layer(), " but the data set's images "
-          "have ", data.input_width(), " pixels"));
-    }
-  } else if (pipeline) {
-    if (task.input_case() != SegmentTask::INPUT_NOT_SET) {
-      return absl::InvalidArgumentError(
-          "segment task: a pipeline stage takes its input from the previous "
-          "stage; it takes no input_sil or upstream");
-    }
-  } else if (task.input_case() == SegmentTask::kInputSil) {
-    PNN_RETURN_IF_ERROR(CheckSilTable(task.input_sil(), "input_sil",
-                                      task.num_classes(), task.widths(0)));
-  } else if (task.input_case() == SegmentTask::kUpstream) {
-    if (task.upstream().segments_size() != task.segment_index()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "segment task: upstream must hold the ", task.segment_index(),
-          " previous segments, got ", task.upstream().segments_size()));
-    }
-  } else {
-    return absl::InvalidArgumentError(
-        "segment task: a segment after a cut needs input_sil (or upstream "
-        "for the previous-outputs mode)");
-  }
-  if (last) {
-    if (task.has_target_sil()) {
-      return absl::InvalidArgumentError(
-          "segment task: the last segment learns the classes; it takes no "
-          "target_sil");
-    }
-    if (task.widths(task.widths_size() - 1) != task.num_classes()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "segment task: the last segment must output ", task.num_classes(),
-          " class scores, its widths end with ",
-          task.widths(task.widths_size() - 1)));
-    }
-  } else if (pipeline) {
-    if (task.has_target_sil()) {
-      return absl::InvalidArgumentError(
-          "segment task: a pipeline stage learns from the next stage's "
-          "gradient; it takes no target_sil");
-    }
-  } else {
-    if (!task.has_target_sil()) {
-      return absl::InvalidArgumentError(
-          "segment task: a segment that ends at a cut needs target_sil");
-    }
-    PNN_RETURN_IF_ERROR(CheckSilTable(task.target_sil(), "target_sil",
-                                      task.num_classes(),
-                                      task.widths(task.widths_size() - 1)));
-  }
-  return absl::OkStatus();
+  PNN_RETURN_IF_ERROR(ValidateLayout(task));
+  PNN_RETURN_IF_ERROR(ValidateSettings(task, data));
+  PNN_RETURN_IF_ERROR(ValidateInput(task, data));
+  return ValidateTarget(task);
 }
 
 absl::StatusOr<pnn::v1::SegmentResult> TrainSegment(
     const SegmentTask& task, const Dataset& data, const TrainOptions& options) {
   PNN_RETURN_IF_ERROR(ValidateSegmentTask(task, data));
   PNN_RETURN_IF_ERROR(ApplyThreads(options));
-  if (task.has_pipeline() &&
-      (task.segment_index() != 0 || !options.remote_loss)) {
-    return absl::InvalidArgumentError(
-        "segment task: TrainSegment trains only the first stage of a "
-        "pipeline, with TrainOptions::remote_loss set");
-  }
-  if (task.has_resume() && task.resume().weights().segment_index() !=
-                               task.segment_index()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "segment task: the resume state belongs to segment ",
-        task.resume().weights().segment_index(), ", not ",
-        task.segment_index()));
-  }
+  PNN_RETURN_IF_ERROR(CheckSegmentRun(task, options));
   TrainOptions segment_options = options;
   segment_options.checkpoints_per_epoch = task.checkpoints_per_epoch();
   segment_options.resume_checkpoints = task.resume_checkpoints();
   segment_options.resume = task.has_resume() ? &task.resume() : nullptr;
   PNN_ASSIGN_OR_RETURN(const c10::Device device, ResolveDevice(task.device().empty() ? options.device : task.device()));
-  return Guarded<pnn::v1::SegmentResult>("training segment", [&]()
-      -> absl::StatusOr<pnn::v1::SegmentResult> {
-    const std::vector<int> widths(task.widths().begin(), task.widths().end());
-    MlpSegment model(task.first_layer(), widths, task.activation());
-    InitializeWeights(model, task.seed());
-
-    const at::Tensor labels = data.train.labels;
-    const bool last = task.segment_index() + 1 == task.segment_count();
-    at::Tensor input_sil;
-    at::Tensor precomputed_inputs;
-    at::Tensor target_sil;
-    if (task.input_case() == SegmentTask::kInputSil) {
-      PNN_ASSIGN_OR_RETURN(input_sil, TensorFromProto(task.input_sil()));
-    } else if (task.input_case() == SegmentTask::kUpstream) {
-      // The upstream segments are frozen: their outputs on the training
-      // set are computed once, not per epoch.
-      std::vector<MlpSegment> upstream;
-      for (const auto& weights : task.upstream().segments()) {
-        PNN_ASSIGN_OR_RETURN(MlpSegment part,
-                             ModelFromWeights(weights, task.activation()));
-        upstream.push_back(part);
-      }
-      PNN_ASSIGN_OR_RETURN(MlpSegment chain, JoinSegments(upstream));
-      if (chain->last_layer() + 1 != task.first_layer() ||
-          chain->widths().back() != task.widths(0)) {
-        return absl::InvalidArgumentError(
-            "segment task: upstream segments do not end where this segment "
-            "starts");
-      }
-      chain->to(device);
-      chain->eval();
-      at::NoGradGuard no_grad;
-      std::vector<at::Tensor> chunks;
-      constexpr int64_t kChunk = 4096;
-      for (int64_t begin = 0; begin < data.train.size(); begin += kChunk) {
-        chunks.push_back(
-            chain->forward(data.train.images.slice(0, begin, begin + kChunk)
-                               .to(device))
-                .to(at::kCPU));
-      }
-      precomputed_inputs = at::cat(chunks);
-    }
-    if (!last && !task.has_pipeline()) {
-      PNN_ASSIGN_OR_RETURN(target_sil, TensorFromProto(task.target_sil()));
-    }
-    auto noise_generator = at::detail::createCPUGenerator(
-        task.seed() ^ (kNoiseStream * (task.segment_index() + 1)));
-    const double noise = task.input_noise_std();
-
-    BatchFn make_batch = [&](const at::Tensor& indices) {
-      const at::Tensor batch_labels = labels.index_select(0, indices);
-      at::Tensor input;
-      if (input_sil.defined()) {
-        input = input_sil.index_select(0, batch_labels);
-        if (noise > 0) {
-          input = input + at::empty(input.sizes(), at::kFloat)
-                              .normal_(0.0, noise, noise_generator);
-        }
-      } else if (precomputed_inputs.defined()) {
-        input = precomputed_inputs.index_select(0, indices);
-      } else {
-        input = data.train.images.index_select(0, indices);
-      }
-      // A pipeline's first stage hands the classes on to the last stage.
-      at::Tensor target = last || task.has_pipeline()
-                              ? batch_labels
-                              : target_sil.index_select(0, batch_labels);
-      return std::make_pair(input, target);
-    };
-    PNN_ASSIGN_OR_RETURN(
-        LoopResult loop,
-        RunTrainingLoop(model, task.segment_index(), data.train.size(),
-                        make_batch,
-                        last ? LossKind::kCrossEntropy : LossKind::kMse,
-                        task.training(), task.seed(), device, segment_options));
-
-    pnn::v1::SegmentResult result;
-    result.set_segment_index(task.segment_index());
-    *result.mutable_weights() = ExportWeights(model, task.segment_index());
-    for (const auto& epoch : loop.epochs) *result.add_epochs() = epoch;
-    *result.mutable_cost() = AnalyticTrainingCost(
-        widths, /*leading_activation=*/task.first_layer() > 1, task.training());
-    FillMeasuredCost(loop, result.mutable_cost());
-    // What this segment actually reads: labels only, unless it takes images.
-    const bool reads_images = task.input_case() != SegmentTask::kInputSil;
-    result.mutable_cost()->set_dataset_bytes(
-        labels.nbytes() + (reads_images ? data.train.images.nbytes() : 0) +
-        (precomputed_inputs.defined() ? precomputed_inputs.nbytes() : 0));
-    return result;
+  return Guarded<pnn::v1::SegmentResult>("training segment", [&] {
+    return TrainCheckedSegment(task, data, device, segment_options);
   });
 }
 
@@ -549,16 +628,12 @@ absl::StatusOr<NetworkTrainingResult> TrainNetwork(
       return std::make_pair(train.images.index_select(0, indices),
                             train.labels.index_select(0, indices));
     };
-    PNN_ASSIGN_OR_RETURN(
-        LoopResult loop,
-        RunTrainingLoop(network, /*segment_index=*/0, train.size(),
-                        make_batch, LossKind::kCrossEntropy, config, seed,
-                        device, options));
     NetworkTrainingResult result;
-    result.epochs = loop.epochs;
     result.cost = AnalyticTrainingCost(network->widths(),
                                        network->first_layer() > 1, config);
-    FillMeasuredCost(loop, &result.cost);
+    TrainingLoop loop(network, /*segment_index=*/0, train.size(), make_batch,
+                      LossKind::kCrossEntropy, config, seed, device, options);
+    PNN_ASSIGN_OR_RETURN(result.epochs, loop.Run(&result.cost));
     result.cost.set_dataset_bytes(train.images.nbytes() + train.labels.nbytes());
     return result;
   });

@@ -112,94 +112,114 @@ grpc::Status CoordinatorRegistration::Invoke(Call&& call) {
   return status;
 }
 
-void CoordinatorRegistration::Loop() {
-  std::minstd_rand jitter(std::random_device{}());
-  int64_t retry_ms = options_.initial_retry_ms;
-  int64_t interval_ms = options_.default_heartbeat_interval_ms;
-  std::string id;
+struct CoordinatorRegistration::LoopState {
+  explicit LoopState(const RegistrationOptions& options)
+      : jitter(std::random_device{}()),
+        retry_ms(options.initial_retry_ms),
+        interval_ms(options.default_heartbeat_interval_ms) {}
+
+  std::minstd_rand jitter;
+  int64_t retry_ms;
+  int64_t interval_ms;
+  std::string id;  // empty while unregistered
   bool registered_before = false;
+  // Log the first failure of a streak, not every retry.
   bool reported_unreachable = false;
   bool reported_heartbeat_error = false;
+};
 
+void CoordinatorRegistration::Loop() {
+  LoopState state(options_);
   for (;;) {
-    if (id.empty()) {
-      pnn::v1::RegisterWorkerRequest request;
-      *request.mutable_worker() = options_.worker;
-      pnn::v1::RegisterWorkerResponse response;
-      const grpc::Status status = Invoke([&](grpc::ClientContext* context) {
-        return stub_->RegisterWorker(context, request, &response);
-      });
-      if (!SleepFor(0)) return;
-      if (!status.ok()) {
-        // Log the first failure of a streak, not every retry.
-        if (!reported_unreachable) {
-          LogLine(absl::StrCat("cannot register with coordinator ",
-                               options_.coordinator, " (", Describe(status),
-                               "); retrying with backoff up to ",
-                               options_.max_retry_ms, " ms"));
-          reported_unreachable = true;
-        }
-        // Up to 20% jitter, so workers of a restarted coordinator do not
-        // all come back in the same instant.
-        const int64_t wait =
-            retry_ms + static_cast<int64_t>(jitter() % (retry_ms / 5 + 1));
-        if (!SleepFor(wait)) return;
-        retry_ms = std::min<int64_t>(retry_ms * 2, options_.max_retry_ms);
-        continue;
-      }
-      id = response.worker_id();
-      interval_ms = response.heartbeat_interval_ms() > 0
-                        ? response.heartbeat_interval_ms()
-                        : options_.default_heartbeat_interval_ms;
-      retry_ms = options_.initial_retry_ms;
-      reported_unreachable = false;
-      reported_heartbeat_error = false;
-      {
-        std::lock_guard<std::mutex> lock(mutex_);
-        worker_id_ = id;
-        ++registrations_;
-      }
-      LogLine(absl::StrCat(registered_before ? "re-registered" : "registered",
-                           " with coordinator ", options_.coordinator,
-                           " as worker ", id, " (address ",
-                           options_.worker.address(), ", heartbeat every ",
-                           interval_ms, " ms)"));
-      registered_before = true;
+    if (state.id.empty()) {
+      if (!Register(state)) return;
+      if (state.id.empty()) continue;  // retry after the backoff
     }
-
-    if (!SleepFor(interval_ms)) return;
-    pnn::v1::HeartbeatRequest request;
-    request.set_worker_id(id);
-    request.set_busy(options_.busy ? options_.busy() : false);
-    pnn::v1::HeartbeatResponse response;
-    const grpc::Status status = Invoke([&](grpc::ClientContext* context) {
-      return stub_->Heartbeat(context, request, &response);
-    });
-    if (!SleepFor(0)) return;
-    if (status.error_code() == grpc::StatusCode::NOT_FOUND) {
-      LogLine(absl::StrCat("coordinator ", options_.coordinator,
-                           " does not know worker ", id,
-                           " (it restarted or declared this worker lost); "
-                           "registering again"));
-      id.clear();
-      std::lock_guard<std::mutex> lock(mutex_);
-      worker_id_.clear();
-      continue;
-    }
-    if (!status.ok()) {
-      // Keep the id: a coordinator that comes back with its state accepts
-      // it, one that lost it answers NOT_FOUND and we register again.
-      if (!reported_heartbeat_error) {
-        LogLine(absl::StrCat("heartbeat to coordinator ", options_.coordinator,
-                             " failed (", Describe(status), "); still trying"));
-        reported_heartbeat_error = true;
-      }
-    } else if (reported_heartbeat_error) {
-      LogLine(absl::StrCat("heartbeats to coordinator ", options_.coordinator,
-                           " succeed again"));
-      reported_heartbeat_error = false;
-    }
+    if (!Heartbeat(state)) return;
   }
+}
+
+bool CoordinatorRegistration::Register(LoopState& state) {
+  pnn::v1::RegisterWorkerRequest request;
+  *request.mutable_worker() = options_.worker;
+  pnn::v1::RegisterWorkerResponse response;
+  const grpc::Status status = Invoke([&](grpc::ClientContext* context) {
+    return stub_->RegisterWorker(context, request, &response);
+  });
+  if (!SleepFor(0)) return false;
+  if (!status.ok()) {
+    if (!state.reported_unreachable) {
+      LogLine(absl::StrCat("cannot register with coordinator ",
+                           options_.coordinator, " (", Describe(status),
+                           "); retrying with backoff up to ",
+                           options_.max_retry_ms, " ms"));
+      state.reported_unreachable = true;
+    }
+    // Up to 20% jitter, so workers of a restarted coordinator do not all
+    // come back in the same instant.
+    const int64_t wait =
+        state.retry_ms +
+        static_cast<int64_t>(state.jitter() % (state.retry_ms / 5 + 1));
+    if (!SleepFor(wait)) return false;
+    state.retry_ms =
+        std::min<int64_t>(state.retry_ms * 2, options_.max_retry_ms);
+    return true;
+  }
+  state.id = response.worker_id();
+  state.interval_ms = response.heartbeat_interval_ms() > 0
+                          ? response.heartbeat_interval_ms()
+                          : options_.default_heartbeat_interval_ms;
+  state.retry_ms = options_.initial_retry_ms;
+  state.reported_unreachable = false;
+  state.reported_heartbeat_error = false;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    worker_id_ = state.id;
+    ++registrations_;
+  }
+  LogLine(absl::StrCat(state.registered_before ? "re-registered" : "registered",
+                       " with coordinator ", options_.coordinator,
+                       " as worker ", state.id, " (address ",
+                       options_.worker.address(), ", heartbeat every ",
+                       state.interval_ms, " ms)"));
+  state.registered_before = true;
+  return true;
+}
+
+bool CoordinatorRegistration::Heartbeat(LoopState& state) {
+  if (!SleepFor(state.interval_ms)) return false;
+  pnn::v1::HeartbeatRequest request;
+  request.set_worker_id(state.id);
+  request.set_busy(options_.busy ? options_.busy() : false);
+  pnn::v1::HeartbeatResponse response;
+  const grpc::Status status = Invoke([&](grpc::ClientContext* context) {
+    return stub_->Heartbeat(context, request, &response);
+  });
+  if (!SleepFor(0)) return false;
+  if (status.error_code() == grpc::StatusCode::NOT_FOUND) {
+    LogLine(absl::StrCat("coordinator ", options_.coordinator,
+                         " does not know worker ", state.id,
+                         " (it restarted or declared this worker lost); "
+                         "registering again"));
+    state.id.clear();
+    std::lock_guard<std::mutex> lock(mutex_);
+    worker_id_.clear();
+    return true;
+  }
+  if (!status.ok()) {
+    // Keep the id: a coordinator that comes back with its state accepts
+    // it, one that lost it answers NOT_FOUND and we register again.
+    if (!state.reported_heartbeat_error) {
+      LogLine(absl::StrCat("heartbeat to coordinator ", options_.coordinator,
+                           " failed (", Describe(status), "); still trying"));
+      state.reported_heartbeat_error = true;
+    }
+  } else if (state.reported_heartbeat_error) {
+    LogLine(absl::StrCat("heartbeats to coordinator ", options_.coordinator,
+                         " succeed again"));
+    state.reported_heartbeat_error = false;
+  }
+  return true;
 }
 
 }  // namespace worker

@@ -60,7 +60,16 @@ class CoordinatorRegistration {
   int registrations() const;
 
  private:
+  // The registration thread's own state between calls.
+  struct LoopState;
+
   void Loop();
+  // One RegisterWorker call; on failure, the backoff wait after it. False
+  // when stopping.
+  bool Register(LoopState& state);
+  // One Heartbeat after the interval; a NOT_FOUND answer forgets the id,
+  // so that the next round registers again. False when stopping.
+  bool Heartbeat(LoopState& state);
   void Deregister();
   // Waits up to `ms` or until Stop(); false when stopping.
   bool SleepFor(int64_t ms);

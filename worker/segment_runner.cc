@@ -1,8 +1,5 @@
 #include "worker/segment_runner.h"
 
-#include <ATen/ATen.h>
-
-#include <algorithm>
 #include <chrono>
 #include <exception>
 #include <optional>
@@ -14,12 +11,12 @@
 #include "common/dataset.h"
 #include "common/dataset_cache.h"
 #include "common/job_spec.h"
-#include "common/pipeline.h"
 #include "common/status_macros.h"
-#include "common/tensor_codec.h"
 #include "common/trainer.h"
 #include "worker/log.h"
 #include "worker/metrics.h"
+#include "worker/pipeline_link.h"
+#include "worker/stage_runner.h"
 
 namespace pnn {
 namespace worker {
@@ -29,7 +26,6 @@ using pnn::v1::SegmentTask;
 using pnn::v1::StageForwardRequest;
 using pnn::v1::StageForwardResponse;
 using pnn::v1::TrainSegmentUpdate;
-using Clock = std::chrono::steady_clock;
 
 std::string Describe(const SegmentTask& task) {
   return absl::StrCat("job ", task.job_id(), " segment ", task.segment_index());
@@ -63,12 +59,6 @@ bool HasNextStage(const SegmentTask& task) {
 std::string StageKey(const std::string& job_id, const std::string& session,
                      int stage) {
   return absl::StrCat(job_id, "/", session, "/", stage);
-}
-
-std::string DescribeStage(const std::string& job_id,
-                          const std::string& session, int stage) {
-  return absl::StrCat("pipeline stage ", stage, " of job ", job_id,
-                      " (session ", session, ")");
 }
 
 // The callbacks that turn training events into TrainSegment updates (and
@@ -116,167 +106,6 @@ TrainOptions MakeTrainOptions(const SegmentRunnerOptions& options,
   };
   return train_options;
 }
-
-// A stage's connection to the next stage: one StageForward per batch,
-// retried while the next stage answers UNAVAILABLE (its task not started
-// yet), with the bytes that crossed counted. Training thread only.
-class PipelineLink {
- public:
-  PipelineLink(std::unique_ptr<DownstreamStage> stage, const SegmentTask& task,
-               int64_t retry_ms, std::function<bool()> should_stop,
-               WorkerMetrics* metrics)
-      : stage_(std::move(stage)),
-        job_id_(task.job_id()),
-        session_(task.pipeline().session_id()),
-        next_index_(task.segment_index() + 1),
-        address_(task.pipeline().downstream_address()),
-        retry_ms_(retry_ms),
-        should_stop_(std::move(should_stop)),
-        metrics_(metrics) {}
-
-  // The rest of the pipeline's loss gradient for this stage's `output`.
-  absl::StatusOr<RemoteLoss> Send(const at::Tensor& output,
-                                  const at::Tensor& labels,
-                                  const BatchPosition& position) {
-    StageForwardRequest request = NewRequest();
-    *request.mutable_activations() = TensorToProto("activations", output);
-    const at::Tensor classes = labels.to(at::kCPU, at::kLong).contiguous();
-    const int64_t* values = classes.data_ptr<int64_t>();
-    auto* field = request.mutable_labels();
-    field->Reserve(static_cast<int>(classes.numel()));
-    for (int64_t i = 0; i < classes.numel(); ++i) {
-      field->Add(static_cast<int32_t>(values[i]));
-    }
-    request.set_epoch(position.epoch);
-    request.set_batch(position.batch);
-    request.set_batches_per_epoch(position.batches_per_epoch);
-    request.set_checkpoint(position.checkpoint);
-    StageForwardResponse response;
-    PNN_RETURN_IF_ERROR(Call(request, &response));
-    auto gradient = TensorFromProto(response.input_gradient());
-    if (!gradient.ok()) {
-      return absl::DataLossError(absl::StrCat(
-          Describe(), " returned an unreadable gradient: ",
-          gradient.status().message()));
-    }
-    return RemoteLoss{*std::move(gradient), response.loss()};
-  }
-
-  // Tells the next stage that training is over; it answers once it (and
-  // every stage after it) has its result.
-  absl::Status Finish() {
-    StageForwardRequest request = NewRequest();
-    request.set_finish(true);
-    StageForwardResponse response;
-    return Call(request, &response);
-  }
-
-  int64_t bytes_sent() const { return bytes_sent_; }
-  int64_t bytes_received() const { return bytes_received_; }
-
- private:
-  StageForwardRequest NewRequest() const {
-    StageForwardRequest request;
-    request.set_job_id(job_id_);
-    request.set_session_id(session_);
-    request.set_stage_index(next_index_);
-    return request;
-  }
-
-  std::string Describe() const {
-    return absl::StrCat("the next pipeline stage (segment ", next_index_ + 1,
-                        " at ", address_, ")");
-  }
-
-  absl::Status Call(const StageForwardRequest& request,
-                    StageForwardResponse* response) {
-    const Clock::time_point start = Clock::now();
-    int64_t backoff_ms = 20;
-    for (;;) {
-      response->Clear();
-      absl::Status status = stage_->Forward(request, response, should_stop_);
-      if (status.ok()) {
-        const auto sent = static_cast<int64_t>(request.ByteSizeLong());
-        const auto received = static_cast<int64_t>(response->ByteSizeLong());
-        bytes_sent_ += sent;
-        bytes_received_ += received;
-        if (metrics_ != nullptr) {
-          metrics_->peer_sent_bytes.Increment(static_cast<double>(sent));
-          metrics_->peer_received_bytes.Increment(
-              static_cast<double>(received));
-        }
-        return absl::OkStatus();
-      }
-      if (should_stop_()) {
-        return absl::CancelledError(
-            absl::StrCat("stopped while waiting for ", Describe()));
-      }
-      if (status.code() == absl::StatusCode::kCancelled) {
-        // The next stage was stopped (its worker shut down, or the
-        // coordinator stopped it): ABORTED, so that nobody takes this
-        // stage's own worker for the one going away.
-        return absl::AbortedError(
-            absl::StrCat(Describe(), " was stopped: ", status.message()));
-      }
-      if (status.code() != absl::StatusCode::kUnavailable) {
-        return absl::Status(status.code(), absl::StrCat(Describe(), ": ",
-                                                        status.message()));
-      }
-      const auto waited = std::chrono::duration_cast<std::chrono::milliseconds>(
-                              Clock::now() - start)
-                              .count();
-      if (waited >= retry_ms_) {
-        // ABORTED, not UNAVAILABLE: this worker is fine, its neighbour is
-        // not, and the coordinator must not drop this worker for it.
-        return absl::AbortedError(absl::StrCat(
-            Describe(), " did not take the batch within ", retry_ms_ / 1000.0,
-            " s: ", status.message()));
-      }
-      // Sleep in short slices so that a stop is noticed at once.
-      const Clock::time_point wake =
-          Clock::now() + std::chrono::milliseconds(backoff_ms);
-      while (Clock::now() < wake && !should_stop_()) {
-        std::this_thread::sleep_for(std::chrono::milliseconds(10));
-      }
-      backoff_ms = std::min<int64_t>(backoff_ms * 2, 500);
-    }
-  }
-
-  const std::unique_ptr<DownstreamStage> stage_;
-  const std::string job_id_;
-  const std::string session_;
-  const int next_index_;
-  const std::string address_;
-  const int64_t retry_ms_;
-  const std::function<bool()> should_stop_;
-  WorkerMetrics* const metrics_;
-  int64_t bytes_sent_ = 0;
-  int64_t bytes_received_ = 0;
-};
-
-// One StageForward call taken off the queue; whatever happens, its caller
-// gets exactly one answer (a gRPC call left unanswered would also hold up
-// the server's shutdown).
-class PendingStageCall {
- public:
-  explicit PendingStageCall(StageBatchDone done) : done_(std::move(done)) {}
-  ~PendingStageCall() {
-    Complete(absl::InternalError("the pipeline stage ended unexpectedly"));
-  }
-  PendingStageCall(const PendingStageCall&) = delete;
-  PendingStageCall& operator=(const PendingStageCall&) = delete;
-
-  void Complete(const absl::Status& status) {
-    if (done_) {
-      StageBatchDone done = std::move(done_);
-      done_ = nullptr;
-      done(status);
-    }
-  }
-
- private:
-  StageBatchDone done_;
-};
 
 }  // namespace
 
@@ -544,31 +373,65 @@ void SegmentRunner::Loop() {
   }
 }
 
-absl::Status SegmentRunner::Run(Job& job, pnn::v1::SegmentResult* result) {
-  SegmentTask task = job.task;
-  SegmentObserver& observer = *job.observer;
-  auto stop_reason = [&job] {
-    return static_cast<StopReason>(job.stop.load());
-  };
-  auto should_stop = [&] {
-    return stop_reason() != StopReason::kNone || observer.Abandoned();
-  };
-  auto cancelled = [&](const absl::Status& status) {
-    switch (stop_reason()) {
-      case StopReason::kCancelSegment:
-        return absl::CancelledError(absl::StrCat(
-            "segment cancelled by CancelSegment (", status.message(), ")"));
-      case StopReason::kShutdown:
-        // UNAVAILABLE, not CANCELLED: the coordinator drops a worker that
-        // is unavailable instead of handing it the retry.
-        return absl::UnavailableError(
-            absl::StrCat("worker ", options_.worker_name, " is shutting down (",
-                         status.message(), ")"));
-      default:
-        return status;  // the client cancelled; nobody reads this
-    }
-  };
+// The queue of StageForward calls that SubmitStageBatch fills for `job`,
+// under the runner's lock.
+class SegmentRunner::JobIntake final : public StageIntake {
+ public:
+  JobIntake(SegmentRunner& runner, Job& job) : runner_(runner), job_(job) {}
 
+  std::optional<StageCall> Next(std::chrono::milliseconds timeout) override {
+    std::unique_lock<std::mutex> lock(runner_.mutex_);
+    runner_.stage_wake_.wait_for(lock, timeout, [this] {
+      return !job_.stage_calls.empty() ||
+             job_.stop.load() != static_cast<int>(StopReason::kNone);
+    });
+    if (job_.stage_calls.empty()) return std::nullopt;
+    StageCall call = std::move(job_.stage_calls.front());
+    job_.stage_calls.pop_front();
+    return call;
+  }
+
+  void Close(const absl::Status& status) override {
+    runner_.CloseStage(job_, status);
+  }
+
+ private:
+  SegmentRunner& runner_;
+  Job& job_;
+};
+
+bool SegmentRunner::ShouldStop(const Job& job) const {
+  return job.stop.load() != static_cast<int>(StopReason::kNone) ||
+         job.observer->Abandoned();
+}
+
+absl::Status SegmentRunner::StopStatus(const Job& job,
+                                       const absl::Status& status) const {
+  switch (static_cast<StopReason>(job.stop.load())) {
+    case StopReason::kCancelSegment:
+      return absl::CancelledError(absl::StrCat(
+          "segment cancelled by CancelSegment (", status.message(), ")"));
+    case StopReason::kShutdown:
+      // UNAVAILABLE, not CANCELLED: the coordinator drops a worker that
+      // is unavailable instead of handing it the retry.
+      return absl::UnavailableError(
+          absl::StrCat("worker ", options_.worker_name, " is shutting down (",
+                       status.message(), ")"));
+    default:
+      return status;  // the client cancelled; nobody reads this
+  }
+}
+
+absl::Status SegmentRunner::EndStatus(const Job& job,
+                                      const absl::Status& status) const {
+  if (status.code() == absl::StatusCode::kCancelled) {
+    return StopStatus(job, status);
+  }
+  return WithWorker(options_.worker_name, status);
+}
+
+absl::Status SegmentRunner::Run(Job& job, pnn::v1::SegmentResult* result) {
+  const SegmentTask& task = job.task;
   LogLine(absl::StrCat("training ", Describe(task), " (layers ",
                        task.first_layer(), "..", task.last_layer(), ") on ",
                        options_.device, " with ", options_.threads,
@@ -579,19 +442,29 @@ absl::Status SegmentRunner::Run(Job& job, pnn::v1::SegmentResult* result) {
     started->set_worker_name(options_.worker_name);
     started->set_device(options_.device);
     started->set_threads(options_.threads);
-    observer.OnUpdate(std::move(update));
+    job.observer->OnUpdate(std::move(update));
   }
   // Later pipeline stages get their inputs and labels from the previous
   // stage: no data set to load.
-  if (IsLaterStage(task)) return RunStage(job, should_stop, cancelled, result);
+  if (IsLaterStage(task)) return RunStage(job, result);
+  return RunSegment(job, result);
+}
 
+absl::Status SegmentRunner::RunSegment(Job& job,
+                                       pnn::v1::SegmentResult* result) {
+  SegmentTask task = job.task;
+  const std::function<bool()> should_stop = [this, &job] {
+    return ShouldStop(job);
+  };
   const pnn::v1::DatasetSpec dataset = EffectiveDataset(task);
   auto directory = ResolveDatasetDirectory(options_.data_dir, dataset,
                                            /*allow_absolute=*/false);
   if (!directory.ok()) {
     return WithWorker(options_.worker_name, directory.status());
   }
-  if (should_stop()) return cancelled(absl::CancelledError("before loading"));
+  if (should_stop()) {
+    return StopStatus(job, absl::CancelledError("before loading"));
+  }
   // A segment that trains on SIL reads only the labels.
   auto data = datasets_->Get(*directory, dataset,
                              task.input_case() == SegmentTask::kInputSil
@@ -610,19 +483,13 @@ absl::Status SegmentRunner::Run(Job& job, pnn::v1::SegmentResult* result) {
   }
 
   TrainOptions train_options =
-      MakeTrainOptions(options_, observer, should_stop);
+      MakeTrainOptions(options_, *job.observer, should_stop);
   // The first stage of a pipeline: every batch's output goes to the next
   // stage, whose answer is the gradient to backpropagate.
   std::unique_ptr<PipelineLink> link;
   if (HasNextStage(task)) {
-    link = std::make_unique<PipelineLink>(
-        options_.connect_downstream(task.pipeline().downstream_address()),
-        task, options_.downstream_retry_ms, should_stop, options_.metrics);
-    train_options.remote_loss = [&link](const at::Tensor& output,
-                                        const at::Tensor& labels,
-                                        const BatchPosition& position) {
-      return link->Send(output, labels, position);
-    };
+    link = PipelineLink::Connect(options_, task, should_stop);
+    train_options.remote_loss = link->AsRemoteLoss();
   } else if (task.has_pipeline()) {
     // A one-stage pipeline is the whole network on this worker.
     task.clear_pipeline();
@@ -631,21 +498,13 @@ absl::Status SegmentRunner::Run(Job& job, pnn::v1::SegmentResult* result) {
   // worker's own device is the one that counts (checked in TrySubmit).
   task.set_device(options_.device);
   auto trained = TrainSegment(task, **data, train_options);
-  if (!trained.ok()) {
-    if (trained.status().code() == absl::StatusCode::kCancelled) {
-      return cancelled(trained.status());
-    }
-    return WithWorker(options_.worker_name, trained.status());
-  }
+  if (!trained.ok()) return EndStatus(job, trained.status());
   *result = *std::move(trained);
   if (link != nullptr) {
     // The stages after this one return their results once they hear that
     // training is over.
     if (absl::Status finished = link->Finish(); !finished.ok()) {
-      if (finished.code() == absl::StatusCode::kCancelled) {
-        return cancelled(finished);
-      }
-      return WithWorker(options_.worker_name, finished);
+      return EndStatus(job, finished);
     }
     result->mutable_cost()->set_peer_bytes_sent(link->bytes_sent());
     result->mutable_cost()->set_peer_bytes_received(link->bytes_received());
@@ -653,128 +512,18 @@ absl::Status SegmentRunner::Run(Job& job, pnn::v1::SegmentResult* result) {
   return absl::OkStatus();
 }
 
-absl::Status SegmentRunner::RunStage(
-    Job& job, const std::function<bool()>& should_stop,
-    const std::function<absl::Status(const absl::Status&)>& stop_status,
-    pnn::v1::SegmentResult* result) {
-  SegmentTask task = job.task;
-  // The worker's own device counts (checked in TrySubmit).
-  task.set_device(options_.device);
-  const std::string name = DescribeStage(
-      task.job_id(), task.pipeline().session_id(), task.segment_index());
-  // Ends the task: closes the intake first, so that nothing new queues up
-  // behind a stage that is gone.
-  auto end = [&](const absl::Status& status) {
-    const absl::Status named =
-        status.code() == absl::StatusCode::kCancelled
-            ? stop_status(status)
-            : WithWorker(options_.worker_name, status);
-    CloseStage(job, named);
-    return named;
+absl::Status SegmentRunner::RunStage(Job& job,
+                                     pnn::v1::SegmentResult* result) {
+  const std::function<bool()> should_stop = [this, &job] {
+    return ShouldStop(job);
   };
-
-  auto trainer = PipelineStageTrainer::Create(
-      task, MakeTrainOptions(options_, *job.observer, should_stop));
-  if (!trainer.ok()) return end(trainer.status());
-  std::unique_ptr<PipelineLink> link;
-  DownstreamLoss downstream;
-  if (HasNextStage(task)) {
-    link = std::make_unique<PipelineLink>(
-        options_.connect_downstream(task.pipeline().downstream_address()),
-        task, options_.downstream_retry_ms, should_stop, options_.metrics);
-    downstream = [&link](const at::Tensor& output, const at::Tensor& labels,
-                         const BatchPosition& position) {
-      return link->Send(output, labels, position);
-    };
-  }
-  const auto idle_limit =
-      std::chrono::milliseconds(options_.stage_idle_timeout_ms);
-  Clock::time_point last_call = Clock::now();
-  for (;;) {
-    std::optional<StageCall> call;
-    {
-      std::unique_lock<std::mutex> lock(mutex_);
-      // Polls as well: Abandoned() (the coordinator went away) and the idle
-      // timeout notify nobody.
-      stage_wake_.wait_for(lock, std::chrono::milliseconds(100), [&] {
-        return !job.stage_calls.empty() ||
-               job.stop.load() != static_cast<int>(StopReason::kNone);
-      });
-      if (!job.stage_calls.empty()) {
-        call = std::move(job.stage_calls.front());
-        job.stage_calls.pop_front();
-      }
-    }
-    if (should_stop()) {
-      const absl::Status status =
-          end(absl::CancelledError(absl::StrCat(name, " stopped")));
-      if (call) call->done(status);
-      return status;
-    }
-    if (!call) {
-      if (Clock::now() - last_call > idle_limit) {
-        return end(absl::DeadlineExceededError(absl::StrCat(
-            name, " received no batch from the previous stage for ",
-            options_.stage_idle_timeout_ms / 1000.0,
-            " s; the previous stage is gone or stuck")));
-      }
-      continue;
-    }
-    PendingStageCall answer(std::move(call->done));
-    const StageForwardRequest& request = *call->request;
-    if (request.finish()) {
-      // The stages after this one first, so that every stage has its
-      // result before the first stage reports success.
-      const absl::Status forwarded =
-          link != nullptr ? link->Finish() : absl::OkStatus();
-      absl::StatusOr<pnn::v1::SegmentResult> finished =
-          forwarded.ok() ? (*trainer)->Finish()
-                         : absl::StatusOr<pnn::v1::SegmentResult>(forwarded);
-      if (!finished.ok()) {
-        const absl::Status status = end(finished.status());
-        answer.Complete(status);
-        return status;
-      }
-      *result = *std::move(finished);
-      if (link != nullptr) {
-        result->mutable_cost()->set_peer_bytes_sent(link->bytes_sent());
-        result->mutable_cost()->set_peer_bytes_received(
-            link->bytes_received());
-      }
-      CloseStage(job, absl::FailedPreconditionError(
-                          absl::StrCat(name, " has finished")));
-      answer.Complete(absl::OkStatus());
-      return absl::OkStatus();
-    }
-    BatchPosition position;
-    position.epoch = request.epoch();
-    position.batch = request.batch();
-    position.batches_per_epoch = request.batches_per_epoch();
-    position.checkpoint = request.checkpoint();
-    auto activations = TensorFromProto(request.activations());
-    if (!activations.ok()) {
-      const absl::Status status = end(absl::InvalidArgumentError(absl::StrCat(
-          name, ": unreadable activations: ", activations.status().message())));
-      answer.Complete(status);
-      return status;
-    }
-    at::Tensor labels = at::empty({request.labels_size()}, at::kLong);
-    int64_t* values = labels.data_ptr<int64_t>();
-    for (int i = 0; i < request.labels_size(); ++i) {
-      values[i] = request.labels(i);
-    }
-    auto step = (*trainer)->Step(*activations, labels, position, downstream);
-    if (!step.ok()) {
-      const absl::Status status = end(step.status());
-      answer.Complete(status);
-      return status;
-    }
-    *call->response->mutable_input_gradient() =
-        TensorToProto("input_gradient", step->output_gradient);
-    call->response->set_loss(step->loss);
-    answer.Complete(absl::OkStatus());
-    last_call = Clock::now();
-  }
+  JobIntake intake(*this, job);
+  StageRunner stage(options_, job.task, &intake, should_stop,
+                    [this, &job](const absl::Status& status) {
+                      return EndStatus(job, status);
+                    });
+  return stage.Run(MakeTrainOptions(options_, *job.observer, should_stop),
+                   result);
 }
 
 }  // namespace worker

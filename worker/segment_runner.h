@@ -5,11 +5,11 @@
 // Model-parallel tasks (task.pipeline set) are pipeline stages. The first
 // stage trains like any segment, but sends every batch's output to the next
 // stage (DownstreamStage, StageForward over gRPC) and backpropagates the
-// gradient it gets back. A later stage does not read the data: its training
-// thread serves the batches that the previous stage's StageForward calls
-// hand over (SubmitStageBatch) with a PipelineStageTrainer, and a middle
-// stage forwards its own output in turn. A request with `finish` ends the
-// stage's task with its result.
+// gradient it gets back. A later stage does not read the data: the
+// StageForward calls of the previous stage are handed over here
+// (SubmitStageBatch) and served on the training thread by a StageRunner
+// (worker/stage_runner.h). A request with `finish` ends the stage's task
+// with its result.
 //
 // Thread safety: every public method may be called from any thread; RPC
 // threads only hand work over (TrySubmit, Cancel, SubmitStageBatch) and
@@ -92,6 +92,14 @@ struct SegmentRunnerOptions {
 // with the response filled in, or the error to return to the caller.
 using StageBatchDone = std::function<void(const absl::Status&)>;
 
+// One StageForward call handed over with SubmitStageBatch, queued for the
+// training thread.
+struct StageCall {
+  const pnn::v1::StageForwardRequest* request;
+  pnn::v1::StageForwardResponse* response;
+  StageBatchDone done;
+};
+
 class SegmentRunner {
  public:
   // Starts the training thread.
@@ -143,11 +151,6 @@ class SegmentRunner {
 
  private:
   enum class StopReason : int { kNone = 0, kCancelSegment, kShutdown };
-  struct StageCall {
-    const pnn::v1::StageForwardRequest* request;
-    pnn::v1::StageForwardResponse* response;
-    StageBatchDone done;
-  };
   struct Job {
     pnn::v1::SegmentTask task;
     std::shared_ptr<SegmentObserver> observer;
@@ -159,18 +162,28 @@ class SegmentRunner {
     bool stage_closed = false;
   };
 
+  // A job's queue of StageForward calls, as its StageRunner sees it.
+  class JobIntake;
+
   void Loop();
   // Runs one job on the training thread and returns its final status; the
   // result, if any, is stored into *result.
   absl::Status Run(Job& job, pnn::v1::SegmentResult* result);
-  // Run() for a pipeline stage after the first: serves its StageForward
-  // calls until `finish`, an error, a stop or the idle timeout.
-  // `should_stop` and `stop_status` are Run()'s: whether to stop, and the
-  // status a stop ends the task with.
-  absl::Status RunStage(
-      Job& job, const std::function<bool()>& should_stop,
-      const std::function<absl::Status(const absl::Status&)>& stop_status,
-      pnn::v1::SegmentResult* result);
+  // Run() for a plain segment or a pipeline's first stage: loads the data
+  // set and trains with TrainSegment.
+  absl::Status RunSegment(Job& job, pnn::v1::SegmentResult* result);
+  // Run() for a pipeline stage after the first: a StageRunner serves its
+  // StageForward calls until `finish`, an error, a stop or the idle
+  // timeout.
+  absl::Status RunStage(Job& job, pnn::v1::SegmentResult* result);
+  // Whether `job` is to stop: Cancel, shutdown, or its client went away.
+  bool ShouldStop(const Job& job) const;
+  // The status a stopped job ends with, given the CANCELLED one that
+  // training stopped with: says who stopped it.
+  absl::Status StopStatus(const Job& job, const absl::Status& status) const;
+  // A job's error as its client hears it: a stop as StopStatus says, any
+  // other error with this worker's name.
+  absl::Status EndStatus(const Job& job, const absl::Status& status) const;
   // Ends a stage's intake: later SubmitStageBatch calls are refused, and
   // calls still waiting finish with `status`.
   void CloseStage(Job& job, const absl::Status& status);

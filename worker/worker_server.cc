@@ -42,6 +42,109 @@ std::string HostName() {
   return name;
 }
 
+// The options Start checks before it starts anything.
+absl::Status ValidateOptions(const WorkerOptions& options) {
+  if (options.listen_host.empty()) {
+    return absl::InvalidArgumentError("listen_host must not be empty");
+  }
+  if (options.port < 0 || options.port > 65535) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "port must be in [0, 65535] (0: any free port), got ", options.port));
+  }
+  if (!IsValidDeviceName(options.device)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("device must be \"cpu\", \"cuda\" or \"cuda:N\", got \"",
+                     options.device, "\""));
+  }
+  if (options.threads < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "threads must be >= 0 (0: one per core), got ", options.threads));
+  }
+  if (options.batch_report_interval < 1 || options.max_cached_datasets < 1) {
+    return absl::InvalidArgumentError(
+        "batch_report_interval and max_cached_datasets must be >= 1");
+  }
+  if (options.data_dir.empty()) {
+    return absl::InvalidArgumentError("data_dir must not be empty");
+  }
+  return absl::OkStatus();
+}
+
+// The training thread's options. Pipeline stages call the next stage's
+// worker with the same token and TLS identity this worker shows the
+// coordinator.
+absl::StatusOr<SegmentRunnerOptions> MakeRunnerOptions(
+    const WorkerOptions& options, WorkerMetrics* metrics) {
+  SegmentRunnerOptions runner_options;
+  runner_options.data_dir = options.data_dir;
+  runner_options.device = options.device;
+  runner_options.threads = options.threads;
+  runner_options.worker_name = options.name;
+  runner_options.batch_report_interval = options.batch_report_interval;
+  runner_options.max_cached_datasets = options.max_cached_datasets;
+  runner_options.metrics = metrics;
+  runner_options.downstream_retry_ms = options.downstream_retry_ms;
+  runner_options.stage_idle_timeout_ms = options.stage_idle_timeout_ms;
+  auto channel_credentials = MakeChannelCredentials(
+      {options.tls_cert, options.tls_key, options.tls_ca});
+  if (!channel_credentials.ok()) return channel_credentials.status();
+  StageClientOptions stage_client;
+  stage_client.auth_token = options.auth_token;
+  stage_client.credentials = *channel_credentials;
+  runner_options.connect_downstream =
+      [stage_client](const std::string& address) {
+        return ConnectStage(address, stage_client);
+      };
+  return runner_options;
+}
+
+// Builds and starts the gRPC server for `service` on the options' host and
+// port; *port is the port bound (0 when none was).
+absl::StatusOr<std::unique_ptr<grpc::Server>> StartGrpcServer(
+    const WorkerOptions& options,
+    const std::shared_ptr<grpc::ServerCredentials>& credentials,
+    WorkerService* service, int* port) {
+  // Both are process-wide switches read when a builder is made.
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  ConfigureServerBuilder(&builder);
+  // gRPC sets SO_REUSEPORT by default, which would let a second process
+  // "bind" a port that is in use; a clash must be an error instead.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+  const std::string requested = JoinHostPort(options.listen_host, options.port);
+  builder.AddListeningPort(requested, credentials, port);
+  builder.RegisterService(service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr || *port == 0) {
+    if (server != nullptr) server->Shutdown();
+    return absl::UnavailableError(absl::StrCat(
+        "cannot listen on ", requested,
+        " (is the port in use, or the host not an address of this machine?)"));
+  }
+  return server;
+}
+
+// Registration with the coordinator at options.coordinator, advertising
+// `address`; not started yet.
+std::unique_ptr<CoordinatorRegistration> MakeRegistration(
+    const WorkerOptions& options, const std::string& address,
+    SegmentRunner* runner) {
+  RegistrationOptions registration;
+  registration.coordinator = options.coordinator;
+  registration.worker.set_address(address);
+  registration.worker.set_device(options.device);
+  registration.worker.set_threads(options.threads);
+  registration.worker.set_name(options.name);
+  registration.busy = [runner] { return runner->busy(); };
+  registration.initial_retry_ms = options.registration_initial_retry_ms;
+  registration.max_retry_ms = options.registration_max_retry_ms;
+  registration.rpc_timeout_ms = options.coordinator_rpc_timeout_ms;
+  registration.auth_token = options.auth_token;
+  registration.tls = {options.tls_cert, options.tls_key, options.tls_ca};
+  return std::make_unique<CoordinatorRegistration>(std::move(registration));
+}
+
 }  // namespace
 
 std::string JoinHostPort(const std::string& host, int port) {
@@ -62,63 +165,20 @@ absl::StatusOr<int> WorkerServer::Start() {
     return absl::FailedPreconditionError(
         "WorkerServer::Start may be called once, before Shutdown");
   }
-  if (options_.listen_host.empty()) {
-    return absl::InvalidArgumentError("listen_host must not be empty");
-  }
-  if (options_.port < 0 || options_.port > 65535) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "port must be in [0, 65535] (0: any free port), got ", options_.port));
-  }
-  if (!IsValidDeviceName(options_.device)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("device must be \"cpu\", \"cuda\" or \"cuda:N\", got \"",
-                     options_.device, "\""));
-  }
-  if (options_.threads < 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "threads must be >= 0 (0: one per core), got ", options_.threads));
-  }
-  if (options_.batch_report_interval < 1 || options_.max_cached_datasets < 1) {
-    return absl::InvalidArgumentError(
-        "batch_report_interval and max_cached_datasets must be >= 1");
-  }
-  if (options_.data_dir.empty()) {
-    return absl::InvalidArgumentError("data_dir must not be empty");
+  if (absl::Status valid = ValidateOptions(options_); !valid.ok()) {
+    return valid;
   }
   if (options_.name.empty()) options_.name = HostName();
   if (options_.threads == 0) {
     options_.threads =
         std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
   }
-
-  SegmentRunnerOptions runner_options;
-  runner_options.data_dir = options_.data_dir;
-  runner_options.device = options_.device;
-  runner_options.threads = options_.threads;
-  runner_options.worker_name = options_.name;
-  runner_options.batch_report_interval = options_.batch_report_interval;
-  runner_options.max_cached_datasets = options_.max_cached_datasets;
   if (options_.metrics_registry != nullptr && metrics_ == nullptr) {
     metrics_ = std::make_unique<WorkerMetrics>(*options_.metrics_registry);
   }
-  runner_options.metrics = metrics_.get();
-  runner_options.downstream_retry_ms = options_.downstream_retry_ms;
-  runner_options.stage_idle_timeout_ms = options_.stage_idle_timeout_ms;
-  {
-    // Pipeline stages call the next stage's worker with the same token and
-    // TLS identity this worker shows the coordinator.
-    auto channel_credentials = MakeChannelCredentials(
-        {options_.tls_cert, options_.tls_key, options_.tls_ca});
-    if (!channel_credentials.ok()) return channel_credentials.status();
-    StageClientOptions stage_client;
-    stage_client.auth_token = options_.auth_token;
-    stage_client.credentials = *channel_credentials;
-    runner_options.connect_downstream =
-        [stage_client](const std::string& address) {
-          return ConnectStage(address, stage_client);
-        };
-  }
-  runner_ = std::make_unique<SegmentRunner>(std::move(runner_options));
+  auto runner_options = MakeRunnerOptions(options_, metrics_.get());
+  if (!runner_options.ok()) return runner_options.status();
+  runner_ = std::make_unique<SegmentRunner>(*std::move(runner_options));
   for (const std::string& path : options_.preload_datasets) {
     if (absl::Status loaded = runner_->Preload(path); !loaded.ok()) {
       runner_->Shutdown();
@@ -127,33 +187,17 @@ absl::StatusOr<int> WorkerServer::Start() {
   }
   service_ = std::make_unique<WorkerService>(runner_.get(), metrics_.get(),
                                              options_.auth_token);
-
-  // Both are process-wide switches read when a builder is made.
-  grpc::EnableDefaultHealthCheckService(true);
-  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
-  grpc::ServerBuilder builder;
-  ConfigureServerBuilder(&builder);
-  // gRPC sets SO_REUSEPORT by default, which would let a second process
-  // "bind" a port that is in use; a clash must be an error instead.
-  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
-  const std::string requested =
-      JoinHostPort(options_.listen_host, options_.port);
   auto credentials = MakeServerCredentials(
       {options_.tls_cert, options_.tls_key, options_.tls_ca},
       /*require_client_certificate=*/true);
   if (!credentials.ok()) return credentials.status();
-  builder.AddListeningPort(requested, *credentials,
-                           &port_);
-  builder.RegisterService(service_.get());
-  server_ = builder.BuildAndStart();
-  if (server_ == nullptr || port_ == 0) {
-    if (server_ != nullptr) server_->Shutdown();
-    server_.reset();
+  auto server =
+      StartGrpcServer(options_, *credentials, service_.get(), &port_);
+  if (!server.ok()) {
     runner_->Shutdown();
-    return absl::UnavailableError(absl::StrCat(
-        "cannot listen on ", requested,
-        " (is the port in use, or the host not an address of this machine?)"));
+    return server.status();
   }
+  server_ = *std::move(server);
   advertise_address_ = options_.advertise_address;
   if (advertise_address_.empty()) {
     advertise_address_ = JoinHostPort(IsWildcardHost(options_.listen_host)
@@ -161,23 +205,9 @@ absl::StatusOr<int> WorkerServer::Start() {
                                           : options_.listen_host,
                                       port_);
   }
-
   if (!options_.coordinator.empty()) {
-    RegistrationOptions registration;
-    registration.coordinator = options_.coordinator;
-    registration.worker.set_address(advertise_address_);
-    registration.worker.set_device(options_.device);
-    registration.worker.set_threads(options_.threads);
-    registration.worker.set_name(options_.name);
-    SegmentRunner* runner = runner_.get();
-    registration.busy = [runner] { return runner->busy(); };
-    registration.initial_retry_ms = options_.registration_initial_retry_ms;
-    registration.max_retry_ms = options_.registration_max_retry_ms;
-    registration.rpc_timeout_ms = options_.coordinator_rpc_timeout_ms;
-    registration.auth_token = options_.auth_token;
-    registration.tls = {options_.tls_cert, options_.tls_key, options_.tls_ca};
     registration_ =
-        std::make_unique<CoordinatorRegistration>(std::move(registration));
+        MakeRegistration(options_, advertise_address_, runner_.get());
     registration_->Start();
   }
   started_ = true;
