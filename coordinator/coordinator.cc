@@ -162,8 +162,10 @@ absl::StatusOr<Job> Coordinator::Submit(
       JobTable::Plan(request, spec, shape.input_width(), shape.num_classes));
   {
     std::lock_guard<std::mutex> lock(mu_);
-    if (shutting_down_) {
-      return absl::UnavailableError("the coordinator is shutting down");
+    if (shutting_down_ || !started_) {
+      return absl::UnavailableError(
+          shutting_down_ ? "the coordinator is shutting down"
+                         : "the coordinator has not started");
     }
     const int active = table_.CountUnfinished() + submits_being_stored_;
     if (active >= options_.max_active_jobs) {
@@ -229,7 +231,8 @@ absl::StatusOr<Job> Coordinator::CancelJob(const std::string& job_id) {
   }
   scheduler_wake_.notify_all();
   // OK means durable here too: the cancellation is written before it is
-  // confirmed (else a restart would resume the job).
+  // confirmed (else a restart would resume the job). `writer_` is set once
+  // Start() has succeeded; without it no job exists.
   if (absl::Status stored = writer_->Wait(job_id); !stored.ok()) {
     return absl::UnavailableError(absl::StrCat(
         "the job is cancelled, but that could not be stored (",
@@ -254,6 +257,15 @@ absl::Status Coordinator::Watch(const std::string& job_id,
 
 void Coordinator::Unwatch(const std::shared_ptr<JobEventQueue>& queue) {
   watchers_.Remove(queue);
+}
+
+absl::StatusOr<pnn::v1::GetJobLogResponse> Coordinator::GetJobLog(
+    const std::string& job_id) {
+  PNN_RETURN_IF_ERROR(CheckJobId(job_id));
+  std::lock_guard<std::mutex> lock(mu_);
+  const JobRecord* record = table_.Find(job_id);
+  if (record == nullptr) return NoSuchJob(job_id);
+  return JobTable::Log(*record);
 }
 
 absl::StatusOr<std::string> Coordinator::ModelPath(
@@ -343,6 +355,29 @@ void Coordinator::RecordUnauthenticated() {
 }
 
 int Coordinator::registered_workers() const { return workers_->size(); }
+
+pnn::v1::ListWorkersResponse Coordinator::ListWorkers() const {
+  const absl::Time now = absl::Now();
+  pnn::v1::ListWorkersResponse response;
+  for (const WorkerRegistry::Worker& worker : workers_->All()) {
+    pnn::v1::WorkerStatus* status = response.add_workers();
+    status->set_worker_id(worker.id);
+    *status->mutable_info() = worker.info;
+    *status->mutable_registered_time() = ToProtoTime(worker.registered);
+    *status->mutable_last_heartbeat_time() =
+        ToProtoTime(worker.last_heartbeat);
+    if (worker.assignment.has_value()) {
+      status->set_job_id(worker.assignment->job_id);
+      status->set_task_index(worker.assignment->task_index);
+    }
+    status->set_deregistered(worker.draining);
+    if (worker.unreachable_until > now) {
+      *status->mutable_backed_off_until() =
+          ToProtoTime(worker.unreachable_until);
+    }
+  }
+  return response;
+}
 
 // ---------------------------------------------------------------------------
 // Scheduling

@@ -124,6 +124,9 @@ class Coordinator : private JobTable::Listener {
   absl::Status Watch(const std::string& job_id,
                      std::shared_ptr<JobEventQueue> queue);
   void Unwatch(const std::shared_ptr<JobEventQueue>& queue);
+  // The job's history, oldest first.
+  absl::StatusOr<pnn::v1::GetJobLogResponse> GetJobLog(
+      const std::string& job_id);
   // Path of the job's model artifact in `format`; FAILED_PRECONDITION
   // while the job has no model.
   absl::StatusOr<std::string> ModelPath(const std::string& job_id,
@@ -138,6 +141,8 @@ class Coordinator : private JobTable::Listener {
   // lost (a busy one once its task's stream ends; the task is retried).
   absl::Status DeregisterWorker(const std::string& worker_id);
   int registered_workers() const;
+  // Never waits for the job table.
+  pnn::v1::ListWorkersResponse ListWorkers() const;
   // Counts a call refused for a missing or wrong token.
   void RecordUnauthenticated();
   const std::string& auth_token() const { return options_.auth_token; }

@@ -95,6 +95,8 @@ JobRecord RestoredRecord(const JobStore::Loaded& stored) {
   }
   record.job.clear_segments();
   record.job.clear_baseline();
+  record.log.assign(stored.job.log().begin(), stored.job.log().end());
+  record.dropped_log_entries = stored.job.dropped_log_entries();
   return record;
 }
 
@@ -365,7 +367,20 @@ pnn::v1::StoredJob JobTable::ToStored(const JobRecord& record) {
   stored.set_assembled(record.assembled);
   stored.set_baseline_evaluated(record.baseline_evaluated);
   stored.set_cancel_requested(record.cancel_requested);
+  for (const pnn::v1::JobLogEntry& entry : record.log) {
+    *stored.add_log() = entry;
+  }
+  stored.set_dropped_log_entries(record.dropped_log_entries);
   return stored;
+}
+
+pnn::v1::GetJobLogResponse JobTable::Log(const JobRecord& record) {
+  pnn::v1::GetJobLogResponse response;
+  for (const pnn::v1::JobLogEntry& entry : record.log) {
+    *response.add_entries() = entry;
+  }
+  response.set_dropped_entries(record.dropped_log_entries);
+  return response;
 }
 
 std::string JobTable::TaskName(const JobRecord& record, int task_index) {
@@ -402,6 +417,15 @@ void JobTable::Refresh(JobRecord& record) {
 
 void JobTable::Publish(JobRecord& record, const std::string& message) {
   Refresh(record);
+  if (!message.empty()) {
+    pnn::v1::JobLogEntry& entry = record.log.emplace_back();
+    *entry.mutable_time() = ProtoNow();
+    entry.set_message(message);
+    if (record.log.size() > kMaxLogEntries) {
+      record.log.pop_front();
+      ++record.dropped_log_entries;
+    }
+  }
   // Every event with a message is a change worth keeping; bare progress
   // updates are not written.
   listener_->OnJobChanged(record, message, !message.empty());

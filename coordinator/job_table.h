@@ -22,7 +22,9 @@
 #ifndef PNN_COORDINATOR_JOB_TABLE_H_
 #define PNN_COORDINATOR_JOB_TABLE_H_
 
+#include <cstddef>
 #include <cstdint>
+#include <deque>
 #include <map>
 #include <memory>
 #include <optional>
@@ -44,6 +46,8 @@ namespace pnn {
 
 // Segment index of the conventional baseline's task (the last task).
 inline constexpr int kBaselineIndex = -1;
+// Entries a job's log keeps (a few kilobytes, stored with its record).
+inline constexpr size_t kMaxLogEntries = 500;
 
 bool IsFinal(pnn::v1::JobState state);
 bool IsFinal(pnn::v1::TaskState state);
@@ -74,6 +78,9 @@ struct JobRecord {
   bool assembled = false;
   bool baseline_evaluated = false;
   bool cancel_requested = false;
+  // GetJobLog: every event with a message, the newest kMaxLogEntries.
+  std::deque<pnn::v1::JobLogEntry> log;
+  int64_t dropped_log_entries = 0;
 
   const std::string& id() const { return job.job_id(); }
   int segment_count() const { return tasks.front().task.segment_count(); }
@@ -151,6 +158,7 @@ class JobTable {
 
   static pnn::v1::Job Snapshot(const JobRecord& record);
   static pnn::v1::StoredJob ToStored(const JobRecord& record);
+  static pnn::v1::GetJobLogResponse Log(const JobRecord& record);
   static std::string TaskName(const JobRecord& record, int task_index);
 
   // --- Task transitions -------------------------------------------------

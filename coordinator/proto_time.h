@@ -12,12 +12,16 @@
 
 namespace pnn {
 
-inline google::protobuf::Timestamp ProtoNow() {
-  const int64_t nanos = absl::ToUnixNanos(absl::Now());
+inline google::protobuf::Timestamp ToProtoTime(absl::Time time) {
+  const int64_t nanos = absl::ToUnixNanos(time);
   google::protobuf::Timestamp timestamp;
   timestamp.set_seconds(nanos / 1000000000);
   timestamp.set_nanos(static_cast<int32_t>(nanos % 1000000000));
   return timestamp;
+}
+
+inline google::protobuf::Timestamp ProtoNow() {
+  return ToProtoTime(absl::Now());
 }
 
 inline double SecondsBetween(const google::protobuf::Timestamp& from,

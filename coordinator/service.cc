@@ -255,6 +255,28 @@ grpc::ServerUnaryReactor* CoordinatorService::CancelJob(
                      response);
 }
 
+grpc::ServerUnaryReactor* CoordinatorService::GetJobLog(
+    grpc::CallbackServerContext* context,
+    const pnn::v1::GetJobLogRequest* request,
+    pnn::v1::GetJobLogResponse* response) {
+  if (absl::Status allowed = Authenticate(context); !allowed.ok()) {
+    return Respond(context, allowed);
+  }
+  return RespondWith(context, coordinator_->GetJobLog(request->job_id()),
+                     response);
+}
+
+grpc::ServerUnaryReactor* CoordinatorService::ListWorkers(
+    grpc::CallbackServerContext* context,
+    const pnn::v1::ListWorkersRequest* /*request*/,
+    pnn::v1::ListWorkersResponse* response) {
+  if (absl::Status allowed = Authenticate(context); !allowed.ok()) {
+    return Respond(context, allowed);
+  }
+  *response = coordinator_->ListWorkers();
+  return Respond(context, absl::OkStatus());
+}
+
 grpc::ServerWriteReactor<pnn::v1::JobEvent>* CoordinatorService::WatchJob(
     grpc::CallbackServerContext* context,
     const pnn::v1::WatchJobRequest* request) {
@@ -334,6 +356,9 @@ absl::StatusOr<int> CoordinatorServer::Start() {
         "cannot listen on ", options_.listen_host, ":", options_.port,
         " (port in use or address not available)"));
   }
+  // Health checks may name the service, not only the whole server ("").
+  server_->GetHealthCheckService()->SetServingStatus(
+      pnn::v1::Coordinator::service_full_name(), true);
   return port_;
 }
 

@@ -41,6 +41,14 @@ class CoordinatorService final : public pnn::v1::Coordinator::CallbackService {
   grpc::ServerWriteReactor<pnn::v1::ModelChunk>* DownloadModel(
       grpc::CallbackServerContext* context,
       const pnn::v1::DownloadModelRequest* request) override;
+  grpc::ServerUnaryReactor* GetJobLog(
+      grpc::CallbackServerContext* context,
+      const pnn::v1::GetJobLogRequest* request,
+      pnn::v1::GetJobLogResponse* response) override;
+  grpc::ServerUnaryReactor* ListWorkers(
+      grpc::CallbackServerContext* context,
+      const pnn::v1::ListWorkersRequest* request,
+      pnn::v1::ListWorkersResponse* response) override;
   grpc::ServerUnaryReactor* RegisterWorker(
       grpc::CallbackServerContext* context,
       const pnn::v1::RegisterWorkerRequest* request,

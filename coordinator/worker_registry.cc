@@ -73,6 +73,7 @@ absl::StatusOr<WorkerRegistry::Registered> WorkerRegistry::Register(
   worker.id = absl::StrCat("worker-", instance_, "-", next_number_++);
   worker.info = info;
   if (worker.info.device().empty()) worker.info.set_device("cpu");
+  worker.registered = now;
   worker.last_heartbeat = now;
   auto backoff = backoffs_.find(info.address());
   if (backoff != backoffs_.end()) {

@@ -43,6 +43,7 @@ class WorkerRegistry {
   struct Worker {
     std::string id;
     pnn::v1::WorkerInfo info;
+    absl::Time registered;
     absl::Time last_heartbeat;
     std::optional<Assignment> assignment;  // set while busy
     absl::Time unreachable_until = absl::InfinitePast();

@@ -23,12 +23,14 @@
 #include "pnn/v1/worker.grpc.pb.h"
 #include "rpc/auth.h"
 #include "rpc/rpc_util.h"
+#include "tests/grpc_health.h"
 #include "tests/local_cluster.h"
 #include "worker/worker_server.h"
 
 namespace pnn {
 namespace {
 
+using ::testing::Contains;
 using ::testing::HasSubstr;
 using pnn::v1::Job;
 
@@ -137,6 +139,40 @@ TEST_F(ClusterTest, JobRunsOnTwoWorkersInParallelAndTheModelDownloads) {
   pnn::v1::SegmentWeights parsed;
   ASSERT_TRUE(parsed.ParseFromString(native));
   EXPECT_EQ(parsed.last_layer(), 3);
+}
+
+TEST_F(ClusterTest, WorkersAndAJobsLogAreVisibleAndHealthNamesTheService) {
+  cluster_.AddWorker();
+  cluster_.WaitForWorkers(1);
+  const std::string id = cluster_.Submit(cluster_.Request(1));
+  grpc::Status status;
+  cluster_.Watch(id, &status);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+
+  grpc::ClientContext log_context;
+  pnn::v1::GetJobLogRequest log_request;
+  log_request.set_job_id(id);
+  pnn::v1::GetJobLogResponse log;
+  status = cluster_.stub()->GetJobLog(&log_context, log_request, &log);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  std::vector<std::string> messages;
+  for (const auto& entry : log.entries()) messages.push_back(entry.message());
+  EXPECT_THAT(messages, Contains(HasSubstr("dispatched to worker-")));
+  EXPECT_THAT(messages, Contains(HasSubstr("epoch 1/1")));
+  EXPECT_EQ(messages.back(), "job succeeded");
+
+  grpc::ClientContext workers_context;
+  pnn::v1::ListWorkersResponse workers;
+  status = cluster_.stub()->ListWorkers(&workers_context, {}, &workers);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  ASSERT_EQ(workers.workers_size(), 1);
+  EXPECT_EQ(workers.workers(0).info().address(),
+            cluster_.Get(id).segments(0).worker_address());
+
+  auto health = CheckHealth(MakeChannel(cluster_.target()),
+                            "pnn.v1.Coordinator");
+  ASSERT_TRUE(health.ok()) << health.status();
+  EXPECT_EQ(*health, HealthServing());
 }
 
 TEST_F(ClusterTest, UnknownJobsAndMissingModelsAreClearErrors) {

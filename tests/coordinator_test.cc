@@ -431,6 +431,47 @@ TEST_F(CoordinatorTest, CancelIsConfirmedOnlyOnceStoredAndNeverBlocksReads) {
   EXPECT_EQ(restored->state(), pnn::v1::JOB_STATE_CANCELLED);
 }
 
+TEST_F(CoordinatorTest, AJobsLogKeepsItsEventsAcrossARestart) {
+  auto job = coordinator_->Submit(Request());
+  ASSERT_TRUE(job.ok()) << job.status();
+  ASSERT_TRUE(coordinator_->CancelJob(job->job_id()).ok());
+  auto log = coordinator_->GetJobLog(job->job_id());
+  ASSERT_TRUE(log.ok()) << log.status();
+  ASSERT_GE(log->entries_size(), 1);
+  EXPECT_EQ(log->entries(log->entries_size() - 1).message(), "job cancelled");
+  EXPECT_GT(log->entries(0).time().seconds(), 0);
+  EXPECT_EQ(log->dropped_entries(), 0);
+  Restart();
+  auto restored = coordinator_->GetJobLog(job->job_id());
+  ASSERT_TRUE(restored.ok());
+  EXPECT_EQ(restored->entries_size(), log->entries_size());
+  EXPECT_EQ(coordinator_->GetJobLog("job-000000000000").status().code(),
+            absl::StatusCode::kNotFound);
+}
+
+TEST_F(CoordinatorTest, ListWorkersShowsWhatEachOffersAndWhenItWasHeard) {
+  EXPECT_EQ(coordinator_->ListWorkers().workers_size(), 0);
+  pnn::v1::WorkerInfo info;
+  info.set_address("127.0.0.1:7");
+  info.set_threads(3);
+  info.set_name("host-a");
+  auto registered = coordinator_->RegisterWorker(info);
+  ASSERT_TRUE(registered.ok());
+  const pnn::v1::ListWorkersResponse listed = coordinator_->ListWorkers();
+  ASSERT_EQ(listed.workers_size(), 1);
+  const pnn::v1::WorkerStatus& worker = listed.workers(0);
+  EXPECT_EQ(worker.worker_id(), registered->worker_id());
+  EXPECT_EQ(worker.info().address(), "127.0.0.1:7");
+  EXPECT_EQ(worker.info().device(), "cpu");
+  EXPECT_EQ(worker.info().threads(), 3);
+  EXPECT_TRUE(worker.job_id().empty());  // idle
+  EXPECT_FALSE(worker.deregistered());
+  EXPECT_FALSE(worker.has_backed_off_until());
+  EXPECT_GT(worker.last_heartbeat_time().seconds(), 0);
+  EXPECT_GE(worker.last_heartbeat_time().seconds(),
+            worker.registered_time().seconds());
+}
+
 TEST_F(CoordinatorTest, ACorruptRecordFailsOnlyItsJob) {
   // Fault: one corrupt row kept the whole coordinator from starting.
   auto corrupt = coordinator_->Submit(Request());

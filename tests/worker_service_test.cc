@@ -19,6 +19,7 @@
 #include "gtest/gtest.h"
 #include "pnn/v1/worker.grpc.pb.h"
 #include "rpc/rpc_util.h"
+#include "tests/grpc_health.h"
 #include "tests/test_util.h"
 #include "worker/worker_server.h"
 
@@ -440,26 +441,15 @@ TEST_F(WorkerServiceTest, ShutdownStopsTheRunningSegmentAsUnavailable) {
 }
 
 TEST_F(WorkerServiceTest, ServesTheStandardHealthCheck) {
-  grpc::GenericStub generic(channel_);
-  grpc::ClientContext context;
-  SetDeadline(&context, 10);
-  // An empty grpc.health.v1.HealthCheckRequest asks about the whole server.
-  grpc::Slice empty_request(std::string{});
-  grpc::ByteBuffer request(&empty_request, 1);
-  grpc::ByteBuffer response;
-  std::promise<grpc::Status> done;
-  generic.UnaryCall(&context, "/grpc.health.v1.Health/Check",
-                    grpc::StubOptions(), &request, &response,
-                    [&done](grpc::Status status) { done.set_value(status); });
-  const grpc::Status status = done.get_future().get();
-  ASSERT_TRUE(status.ok()) << status.error_message();
-  std::vector<grpc::Slice> slices;
-  ASSERT_TRUE(response.Dump(&slices).ok());
-  std::string bytes;
-  for (const auto& slice : slices) {
-    bytes.append(reinterpret_cast<const char*>(slice.begin()), slice.size());
-  }
-  EXPECT_EQ(bytes, std::string("\x08\x01", 2));  // status: SERVING
+  const std::string& serving = HealthServing();
+  auto server = CheckHealth(channel_, "");  // the whole server
+  ASSERT_TRUE(server.ok()) << server.status();
+  EXPECT_EQ(*server, serving);
+  // By the service's name too (was NOT_FOUND).
+  auto named = CheckHealth(channel_, "pnn.v1.Worker");
+  ASSERT_TRUE(named.ok()) << named.status();
+  EXPECT_EQ(*named, serving);
+  EXPECT_FALSE(CheckHealth(channel_, "pnn.v1.Nothing").ok());
 }
 
 TEST_F(WorkerServiceTest, StartRejectsBadOptionsAndTakenPorts) {

@@ -122,6 +122,9 @@ absl::StatusOr<std::unique_ptr<grpc::Server>> StartGrpcServer(
         "cannot listen on ", requested,
         " (is the port in use, or the host not an address of this machine?)"));
   }
+  // Health checks may name the service, not only the whole server ("").
+  server->GetHealthCheckService()->SetServingStatus(
+      pnn::v1::Worker::service_full_name(), true);
   return server;
 }
 
