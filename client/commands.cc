@@ -24,42 +24,52 @@ namespace pnn::client {
 const char kUsage[] = R"(the command-line client of the pnn coordinator.
 
 Usage: pnnctl COMMAND [ARGS] [FLAGS]
+       pnnctl COMMAND --help     the flags of one command
 
 Commands:
   submit [JOB.json]  Submit a job and print its id. JOB.json is protobuf JSON
                      of a pnn.v1.JobSpec, or of a pnn.v1.SubmitJobRequest (a
                      top-level "spec" key). These flags override its fields,
                      or build a spec without a file:
-                       --epochs=N --train_limit=N --test_limit=N
-                       --hidden_widths=W,W,... --cut_after=L,L,... --kappa=K
-                       --seed=S --dataset=PATH --recovery_epochs=N
-                       --device=cpu|cuda|cuda:N --name=TEXT
+                       --epochs N --train-limit N --test-limit N
+                       --hidden-widths W,W,... --cut-after L,L,... --kappa K
+                       --seed S --dataset PATH --recovery-epochs N
+                       --device cpu|cuda|cuda:N --name TEXT
+                       --parallelism partitioned|model_parallel|conventional
+                       --evaluations-per-epoch N
                        --baseline (also train the unsplit network to compare)
                      --watch: then follow the job as `watch` does.
   get ID             Show a job: state, progress, or results once it ended.
                      Exit 0 whatever the job's state.
-  list               List jobs, newest first. --state=running,succeeded,...
-                     --page_size=N --page_token=TOKEN --all (every page)
+  list               List jobs, newest first. --state running,succeeded,...
+                     --page-size N --page-token TOKEN --all (every page)
   watch ID           Follow a job: a progress bar per segment (and for the
                      baseline) until it ends, then its result table.
   cancel ID          Cancel a job that has not ended.
   download ID        Save the trained model of a succeeded job.
                      -o FILE (default: the name the coordinator suggests)
-                     --format=safetensors|pnn (default safetensors)
+                     --format safetensors|pnn (default safetensors)
   health [SERVICE]   Standard gRPC health check (grpc.health.v1) of the
                      coordinator, or of one of its services.
-  help               This text.
+  help [COMMAND]     This text, or the flags of COMMAND.
 
-Global flags:
-  --coordinator=HOST:PORT  default: $PNN_COORDINATOR, else localhost:50051
-  --token_file=FILE        bearer token for a coordinator that requires one
+Output:
+  -o json            after any command but download: protobuf JSON with the
+                     .proto field names and every field; watch prints one
+                     JSON object per line (--output json before
+                     the command works for every command)
+
+Global flags (before or after the command):
+  --coordinator HOST:PORT  default: $PNN_COORDINATOR, else localhost:50051
+  --token-file FILE        bearer token for a coordinator that requires one
                            (default: $PNN_AUTH_TOKEN)
-  --tls_ca=FILE            connect with TLS, verifying the coordinator
-                           against this CA (PEM); --tls_cert/--tls_key add a
+  --tls-ca FILE            connect with TLS, verifying the coordinator
+                           against this CA (PEM); --tls-cert/--tls-key add a
                            client certificate
-  --output=table|json      json: protobuf JSON with the .proto field names and
-                           every field; watch prints one JobEvent per line
-  --timeout=DURATION       deadline of unary calls, e.g. 30s, 2m (default 30s)
+  --timeout DURATION       deadline of unary calls, e.g. 30s, 2m (default 30s)
+
+Flags are kebab-case; snake_case (--train_limit) is accepted too, and
+--flag=value works as well as --flag value.
 
 Exit status:
   0  success; watch and submit --watch: the job SUCCEEDED

@@ -52,6 +52,8 @@ std::string DescribeRpcError(const grpc::Status& status,
                           "; `pnnctl list` shows the jobs the coordinator "
                           "knows");
     case grpc::StatusCode::INVALID_ARGUMENT:
+      // Only SubmitJob validates a spec; other calls name their own field.
+      if (rpc != "SubmitJob") return detail;
       return absl::StrCat(detail,
                           "; fix the named field in the job spec or the flag "
                           "that sets it");

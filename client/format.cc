@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "client/exit_codes.h"
 
@@ -172,6 +173,166 @@ std::string FitWidth(std::string line, int width) {
     line.resize(std::max(width - 1, 0));
   }
   return line;
+}
+
+// The result table fits a 100-column terminal.
+constexpr int kResultWidth = 100;
+constexpr size_t kWorkerCellWidth = 20;
+
+// `text` cut into lines of at most `width` columns at spaces; the first
+// line starts with `first`, the others with `next`. A word longer than a
+// line is cut.
+std::string Wrap(absl::string_view text, int width, absl::string_view first,
+                 absl::string_view next) {
+  std::string out;
+  std::string line(first);
+  bool empty = true;
+  for (absl::string_view word : absl::StrSplit(text, ' ', absl::SkipEmpty())) {
+    while (true) {
+      const size_t room = static_cast<size_t>(width) - line.size() -
+                          (empty ? 0 : 1);
+      if (word.size() <= room) {
+        absl::StrAppend(&line, empty ? "" : " ", word);
+        empty = false;
+        break;
+      }
+      if (!empty) {
+        absl::StrAppend(&out, line, "\n");
+        line = std::string(next);
+        empty = true;
+        continue;
+      }
+      absl::StrAppend(&out, line, word.substr(0, room), "\n");
+      word.remove_prefix(room);
+      line = std::string(next);
+    }
+  }
+  if (!empty) absl::StrAppend(&out, line, "\n");
+  return out;
+}
+
+// The worker column of the result table: id and address, else the id
+// alone, cut to kWorkerCellWidth.
+std::string WorkerCell(const TaskStatus& task) {
+  std::string name = WorkerName(task);
+  if (name.empty()) return "-";
+  if (name.size() > kWorkerCellWidth && !task.worker_id().empty()) {
+    name = task.worker_id();
+  }
+  if (name.size() > kWorkerCellWidth) {
+    name = absl::StrCat(name.substr(0, kWorkerCellWidth - 3), "...");
+  }
+  return name;
+}
+
+std::string AccuracyTable(const Job& job) {
+  Table accuracy({false, true, false});
+  if (job.has_test()) {
+    accuracy.Row({"test accuracy (final)", FormatPercent(job.test().accuracy()),
+                  TestDetail(job.test())});
+    accuracy.Row({"joined, before recovery",
+                  FormatPercent(job.joined_test_accuracy()), ""});
+  } else {
+    accuracy.Row({"test accuracy (final)", "-", "no test pass"});
+  }
+  if (job.spec().recovery().epochs() > 0) {
+    accuracy.Row({"recovery",
+                  absl::StrCat(job.spec().recovery().epochs(), " epoch(s)"),
+                  Seconds(job.recovery_seconds())});
+  }
+  if (job.conventional_baseline() || job.has_baseline()) {
+    if (job.has_baseline_test()) {
+      accuracy.Row({"baseline (conventional)",
+                    FormatPercent(job.baseline_test().accuracy()),
+                    TestDetail(job.baseline_test())});
+    } else {
+      accuracy.Row({"baseline (conventional)", "-", "no test pass"});
+    }
+  }
+  return accuracy.Render("  ");
+}
+
+// A task's error for the "errors:" block; "" if it has none.
+std::string TaskError(const TaskStatus& task) {
+  if (task.error().empty()) return "";
+  // The coordinator keeps a task's last error after a retry succeeds:
+  // worth showing (a flaky worker), but not as the task's failure.
+  std::string text;
+  if (task.state() == pnn::v1::TASK_STATE_SUCCEEDED) {
+    text = absl::StrCat(TaskLabel(task), ": succeeded after ",
+                        task.attempts(), " attempts; earlier error: ",
+                        task.error());
+  } else {
+    text = absl::StrCat(
+        TaskLabel(task), ": ", task.error(),
+        task.attempts() > 1
+            ? absl::StrCat(" (after ", task.attempts(), " attempts)")
+            : "");
+  }
+  return Wrap(text, kResultWidth, "  ", "    ");
+}
+
+// Two tables with a row per task: where and when it ran, then what it
+// cost. One table would be ~135 columns wide.
+std::string TaskTables(const Job& job, std::vector<std::string>* errors) {
+  const std::optional<absl::Time> origin = JobOrigin(job);
+  Table timing({false, false, false, false, true, true, true, true});
+  timing.Row({"task", "layers", "state", "worker", "start", "end", "wall",
+              "samples/s"});
+  Table cost({false, true, true, true, true});
+  cost.Row({"task", "sent", "received", "train mem", "analytic"});
+  for (const TaskStatus* task : JobTasks(job)) {
+    double wall = task->cost().wall_seconds();
+    if (wall <= 0 && task->has_start_time() && task->has_end_time()) {
+      wall = absl::ToDoubleSeconds(ToTime(task->end_time()) -
+                                   ToTime(task->start_time()));
+    }
+    const double rate = SamplesPerSecond(*task);
+    const int64_t rss = PeakRssGrowth(*task);
+    const int64_t analytic = AnalyticTrainingBytes(task->cost());
+    timing.Row(
+        {TaskLabel(*task), Layers(*task), TaskStateName(task->state()),
+         WorkerCell(*task),
+         RelativeTime(task->has_start_time() ? &task->start_time() : nullptr,
+                      origin),
+         RelativeTime(task->has_end_time() ? &task->end_time() : nullptr,
+                      origin),
+         wall > 0 ? Seconds(wall) : "-",
+         rate > 0 ? absl::StrFormat("%.0f", rate) : "-"});
+    cost.Row({TaskLabel(*task), FormatBytes(task->bytes_sent()),
+              FormatBytes(task->bytes_received()),
+              rss > 0 ? FormatBytes(rss) : "-",
+              analytic > 0 ? FormatBytes(analytic) : "-"});
+    if (std::string error = TaskError(*task); !error.empty()) {
+      errors->push_back(std::move(error));
+    }
+  }
+  return absl::StrCat(timing.Render("  "), "\n", cost.Render("  "));
+}
+
+// What the columns of the cost table mean, and the job's totals.
+std::string CostFooter(const Job& job) {
+  std::string out =
+      "\n  train mem: peak RSS growth measured on the worker; analytic: "
+      "parameters, gradients,\n  optimizer state and activations at the "
+      "batch size\n";
+  absl::StrAppend(
+      &out, "  bytes on the wire (job total): ", FormatBytes(job.bytes_sent()),
+      " sent, ", FormatBytes(job.bytes_received()), " received");
+  if (job.peer_bytes() > 0) {
+    absl::StrAppend(&out, ", ", FormatBytes(job.peer_bytes()),
+                    " between workers");
+  }
+  absl::StrAppend(&out, "\n");
+  if (job.checkpoint_bytes() > 0) {
+    absl::StrAppend(&out, "  checkpoints: ", FormatBytes(job.checkpoint_bytes()),
+                    "\n");
+  }
+  if (job.training_seconds() > 0) {
+    absl::StrAppend(&out, "  training wall time: ",
+                    Seconds(job.training_seconds()), "\n");
+  }
+  return out;
 }
 
 }  // namespace
@@ -359,103 +520,16 @@ std::string FormatResultTable(const Job& job) {
                                                   ToTime(job.start_time()))));
   }
   absl::StrAppend(&out, "\n");
-  if (!job.message().empty()) absl::StrAppend(&out, "  ", job.message(), "\n");
-  absl::StrAppend(&out, "\n");
-
-  Table accuracy({false, true, false});
-  if (job.has_test()) {
-    accuracy.Row({"test accuracy (final)", FormatPercent(job.test().accuracy()),
-                  TestDetail(job.test())});
-    accuracy.Row({"joined, before recovery",
-                  FormatPercent(job.joined_test_accuracy()), ""});
-  } else {
-    accuracy.Row({"test accuracy (final)", "-", "no test pass"});
+  if (!job.message().empty()) {
+    out += Wrap(job.message(), kResultWidth, "  ", "    ");
   }
-  if (job.spec().recovery().epochs() > 0) {
-    accuracy.Row({"recovery",
-                  absl::StrCat(job.spec().recovery().epochs(), " epoch(s)"),
-                  Seconds(job.recovery_seconds())});
-  }
-  if (job.conventional_baseline() || job.has_baseline()) {
-    if (job.has_baseline_test()) {
-      accuracy.Row({"baseline (conventional)",
-                    FormatPercent(job.baseline_test().accuracy()),
-                    TestDetail(job.baseline_test())});
-    } else {
-      accuracy.Row({"baseline (conventional)", "-", "no test pass"});
-    }
-  }
-  out += accuracy.Render("  ");
-  absl::StrAppend(&out, "\n");
-
-  const std::optional<absl::Time> origin = JobOrigin(job);
-  Table tasks({false, false, false, false, true, true, true, true, true, true,
-               true, true});
-  tasks.Row({"task", "layers", "state", "worker", "start", "end", "wall",
-             "samples/s", "sent", "received", "train mem", "analytic"});
+  absl::StrAppend(&out, "\n", AccuracyTable(job), "\n");
   std::vector<std::string> errors;
-  for (const TaskStatus* task : JobTasks(job)) {
-    double wall = task->cost().wall_seconds();
-    if (wall <= 0 && task->has_start_time() && task->has_end_time()) {
-      wall = absl::ToDoubleSeconds(ToTime(task->end_time()) -
-                                   ToTime(task->start_time()));
-    }
-    const double rate = SamplesPerSecond(*task);
-    const int64_t rss = PeakRssGrowth(*task);
-    const int64_t analytic = AnalyticTrainingBytes(task->cost());
-    tasks.Row(
-        {TaskLabel(*task), Layers(*task), TaskStateName(task->state()),
-         WorkerName(*task).empty() ? "-" : WorkerName(*task),
-         RelativeTime(task->has_start_time() ? &task->start_time() : nullptr,
-                      origin),
-         RelativeTime(task->has_end_time() ? &task->end_time() : nullptr,
-                      origin),
-         wall > 0 ? Seconds(wall) : "-",
-         rate > 0 ? absl::StrFormat("%.0f", rate) : "-",
-         FormatBytes(task->bytes_sent()), FormatBytes(task->bytes_received()),
-         rss > 0 ? FormatBytes(rss) : "-",
-         analytic > 0 ? FormatBytes(analytic) : "-"});
-    if (!task->error().empty()) {
-      // The coordinator keeps a task's last error after a retry succeeds:
-      // worth showing (a flaky worker), but not as the task's failure.
-      if (task->state() == pnn::v1::TASK_STATE_SUCCEEDED) {
-        errors.push_back(absl::StrCat(
-            "  ", TaskLabel(*task),
-            ": succeeded "
-            "after ",
-            task->attempts(), " attempts; earlier error: ", task->error()));
-      } else {
-        errors.push_back(absl::StrCat(
-            "  ", TaskLabel(*task), ": ", task->error(),
-            task->attempts() > 1
-                ? absl::StrCat(" (after ", task->attempts(), " attempts)")
-                : ""));
-      }
-    }
-  }
-  out += tasks.Render("  ");
+  out += TaskTables(job, &errors);
   if (!errors.empty()) {
-    absl::StrAppend(&out, "\nerrors:\n", absl::StrJoin(errors, "\n"), "\n");
+    absl::StrAppend(&out, "\nerrors:\n", absl::StrJoin(errors, ""));
   }
-  absl::StrAppend(&out,
-                  "\n  train mem: peak RSS growth measured on the "
-                  "worker; analytic: parameters, gradients, optimizer "
-                  "state and activations at the batch size\n");
-  absl::StrAppend(
-      &out, "  bytes on the wire (job total): ", FormatBytes(job.bytes_sent()),
-      " sent, ", FormatBytes(job.bytes_received()), " received");
-  if (job.peer_bytes() > 0) {
-    absl::StrAppend(&out, ", ", FormatBytes(job.peer_bytes()),
-                    " between workers");
-  }
-  if (job.checkpoint_bytes() > 0) {
-    absl::StrAppend(&out, "; checkpoints ", FormatBytes(job.checkpoint_bytes()));
-  }
-  absl::StrAppend(&out, "\n");
-  if (job.training_seconds() > 0) {
-    absl::StrAppend(&out, "  training wall time: ",
-                    Seconds(job.training_seconds()), "\n");
-  }
+  out += CostFooter(job);
   if (job.evaluations_size() > 0) {
     Table curve({true, true, true, true});
     curve.Row({"at", "epochs", "test accuracy", "CPU"});
@@ -542,8 +616,23 @@ ProgressDisplay::ProgressDisplay(std::ostream* out, bool redraw,
                                  FormatOptions options)
     : out_(out), redraw_(redraw), options_(std::move(options)) {}
 
+bool ProgressDisplay::IsNews(const JobEvent& event) {
+  std::string states = absl::StrCat(event.job().state());
+  for (const TaskStatus* task : JobTasks(event.job())) {
+    absl::StrAppend(&states, ",", task->state(), ":", task->epochs_size());
+  }
+  const std::string& message =
+      event.message().empty() ? event.job().message() : event.message();
+  const bool news =
+      states != last_states_ || (!message.empty() && message != last_message_);
+  last_states_ = std::move(states);
+  if (news) last_message_ = message;
+  return news;
+}
+
 void ProgressDisplay::Update(const JobEvent& event) {
   if (!redraw_) {
+    if (!IsNews(event)) return;
     *out_ << FormatEventLine(event, options_) << "\n";
     out_->flush();
     return;

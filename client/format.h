@@ -89,7 +89,9 @@ absl::Time ToTime(const google::protobuf::Timestamp& timestamp);
 
 // The live watch display. With `redraw` (stdout is a terminal) each update
 // replaces the previous block in place with ANSI cursor movement; without,
-// each update appends one FormatEventLine.
+// an update appends one FormatEventLine only when it says something new: a
+// state change (job or task), a finished epoch, or a message other than the
+// last one printed. Progress-only updates (hundreds per epoch) print nothing.
 class ProgressDisplay {
  public:
   ProgressDisplay(std::ostream* out, bool redraw, FormatOptions options);
@@ -97,10 +99,16 @@ class ProgressDisplay {
   void Update(const pnn::v1::JobEvent& event);
 
  private:
+  // True when `event` differs from the last line printed in more than
+  // progress; remembers it.
+  bool IsNews(const pnn::v1::JobEvent& event);
+
   std::ostream* out_;
   bool redraw_;
   FormatOptions options_;
   int lines_drawn_ = 0;
+  std::string last_states_;   // job and task states, epochs done
+  std::string last_message_;  // of the last line printed
 };
 
 }  // namespace pnn::client

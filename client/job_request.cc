@@ -12,6 +12,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 
 namespace pnn::client {
@@ -32,6 +33,59 @@ absl::Status ParseJson(absl::string_view json, google::protobuf::Message* out) {
     return absl::InvalidArgumentError(message.substr(0, message.find('\n')));
   }
   return absl::OkStatus();
+}
+
+std::string EnumNames(const google::protobuf::EnumDescriptor& type) {
+  std::vector<std::string> names;
+  for (int i = 0; i < type.value_count(); ++i) {
+    const std::string& name = type.value(i)->name();
+    if (!absl::EndsWith(name, "_UNSPECIFIED")) names.push_back(name);
+  }
+  return absl::StrJoin(names, ", ");
+}
+
+std::string FindBadEnum(const google::protobuf::Struct& object,
+                        const google::protobuf::Descriptor& type,
+                        const std::string& path);
+
+// The first enum value in `value` (the JSON of `field`) that names no value
+// of the field's enum, as "path: unknown value ...; expected one of ...";
+// "" if there is none.
+std::string FindBadEnumValue(const google::protobuf::Value& value,
+                             const google::protobuf::FieldDescriptor& field,
+                             const std::string& path) {
+  if (value.has_list_value() && field.is_repeated()) {
+    for (const auto& element : value.list_value().values()) {
+      std::string found = FindBadEnumValue(element, field, path);
+      if (!found.empty()) return found;
+    }
+    return "";
+  }
+  if (const auto* type = field.enum_type();
+      type != nullptr && value.has_string_value() &&
+      type->FindValueByName(value.string_value()) == nullptr) {
+    return absl::StrCat(path, ": unknown value \"", value.string_value(),
+                        "\"; expected one of ", EnumNames(*type));
+  }
+  if (const auto* type = field.message_type();
+      type != nullptr && value.has_struct_value()) {
+    return FindBadEnum(value.struct_value(), *type, path);
+  }
+  return "";
+}
+
+std::string FindBadEnum(const google::protobuf::Struct& object,
+                        const google::protobuf::Descriptor& type,
+                        const std::string& path) {
+  for (const auto& [key, value] : object.fields()) {
+    const google::protobuf::FieldDescriptor* field = type.FindFieldByName(key);
+    if (field == nullptr) field = type.FindFieldByCamelcaseName(key);
+    if (field == nullptr) continue;
+    std::string found = FindBadEnumValue(
+        value, *field, path.empty() ? key : absl::StrCat(path, ".", key));
+    if (!found.empty()) return found;
+  }
+  return "";
 }
 
 }  // namespace
@@ -55,7 +109,16 @@ absl::StatusOr<SubmitJobRequest> ParseSubmitRequestJson(
                      "pnn.v1.SubmitJobRequest"));
   }
   SubmitJobRequest request;
-  if (object.fields().count("spec") > 0) {
+  const bool is_request = object.fields().count("spec") > 0;
+  // The JSON parser's own message for a misspelt enum value does not say
+  // which values exist.
+  const google::protobuf::Descriptor& type =
+      is_request ? *SubmitJobRequest::descriptor()
+                 : *pnn::v1::JobSpec::descriptor();
+  if (std::string bad = FindBadEnum(object, type, ""); !bad.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(source, ": ", bad));
+  }
+  if (is_request) {
     if (absl::Status status = ParseJson(json, &request); !status.ok()) {
       return absl::InvalidArgumentError(absl::StrCat(
           source,
@@ -100,10 +163,10 @@ absl::StatusOr<std::vector<int32_t>> ParseIntList(absl::string_view text,
     if (!absl::SimpleAtoi(absl::StripAsciiWhitespace(part), &value) ||
         value <= 0) {
       return absl::InvalidArgumentError(
-          absl::StrCat("--", flag, "=", text,
+          absl::StrCat("--", flag, " ", text,
                        ": expected comma-separated positive integers, e.g. "
                        "--",
-                       flag, "=256,256"));
+                       flag, " 256,256"));
     }
     values.push_back(value);
   }
@@ -129,14 +192,14 @@ absl::Status ApplyOverrides(const SpecOverrides& overrides,
   }
   if (overrides.hidden_widths) {
     absl::StatusOr<std::vector<int32_t>> widths =
-        ParseIntList(*overrides.hidden_widths, "hidden_widths");
+        ParseIntList(*overrides.hidden_widths, "hidden-widths");
     if (!widths.ok()) return widths.status();
     spec->mutable_model()->mutable_hidden_widths()->Assign(widths->begin(),
                                                            widths->end());
   }
   if (overrides.cut_after) {
     absl::StatusOr<std::vector<int32_t>> cuts =
-        ParseIntList(*overrides.cut_after, "cut_after");
+        ParseIntList(*overrides.cut_after, "cut-after");
     if (!cuts.ok()) return cuts.status();
     spec->mutable_model()->mutable_cut_after_layers()->Assign(cuts->begin(),
                                                               cuts->end());

@@ -789,24 +789,143 @@ TEST(BinaryTest, UsageAndUsageErrors) {
   run = RunPnnctl("frobnicate");
   EXPECT_EQ(run.code, 1);
   EXPECT_THAT(run.err, HasSubstr("unknown command 'frobnicate'"));
+  run = RunPnnctl("lsit");
+  EXPECT_EQ(run.code, 1);
+  EXPECT_THAT(run.err, HasSubstr("did you mean 'list'?"));
   run = RunPnnctl("get");
   EXPECT_EQ(run.code, 1);
-  EXPECT_THAT(run.err, HasSubstr("usage: pnnctl get JOB_ID"));
+  EXPECT_THAT(run.err, HasSubstr("usage: pnnctl get ID"));
+  run = RunPnnctl("get x y");
+  EXPECT_EQ(run.code, 1);
+  EXPECT_THAT(run.err, HasSubstr("usage: pnnctl get ID"));
   run = RunPnnctl("get x --epochs 3");
   EXPECT_EQ(run.code, 1);
-  EXPECT_THAT(run.err, HasSubstr("--epochs applies to `pnnctl submit`"));
+  EXPECT_THAT(run.err, HasSubstr("--epochs applies to `pnnctl submit`, not "
+                                 "to `pnnctl get`"));
   run = RunPnnctl("list --state=done");
   EXPECT_EQ(run.code, 1);
   EXPECT_THAT(run.err, HasSubstr("unknown job state 'done'"));
   run = RunPnnctl("get x --output yaml");
   EXPECT_EQ(run.code, 1);
+  EXPECT_THAT(run.err, HasSubstr("--output yaml: expected table or json"));
   run = RunPnnctl("submit --no_such_flag");
   EXPECT_EQ(run.code, 1);
+  EXPECT_THAT(run.err, HasSubstr("unknown flag --no-such-flag"));
   run = RunPnnctl("submit /no/such/job.json");
   EXPECT_EQ(run.code, 1);
   EXPECT_THAT(run.err, HasSubstr("cannot read job file /no/such/job.json"));
   run = RunPnnctl("download x --format=onnx");
   EXPECT_EQ(run.code, 1);
+  EXPECT_THAT(run.err, HasSubstr("expected safetensors or pnn"));
+  run = RunPnnctl("list --timeout 30");
+  EXPECT_EQ(run.code, 1);
+  EXPECT_THAT(run.err, HasSubstr("--timeout 30: expected a duration"));
+}
+
+TEST(BinaryTest, HelpExits0WithTheCommandsAndTheirFlags) {
+  for (const char* args : {"--help", "-h", "help"}) {
+    const CliRun run = RunPnnctl(args);
+    EXPECT_EQ(run.code, 0) << args;
+    EXPECT_THAT(run.out, AllOf(HasSubstr("Usage: pnnctl COMMAND"),
+                               HasSubstr("submit [JOB.json]"),
+                               HasSubstr("--coordinator HOST:PORT")))
+        << args;
+  }
+  for (const char* args : {"submit --help", "help submit", "submit -h"}) {
+    const CliRun run = RunPnnctl(args);
+    EXPECT_EQ(run.code, 0) << args;
+    EXPECT_THAT(run.out,
+                AllOf(HasSubstr("pnnctl submit"), HasSubstr("--train-limit"),
+                      HasSubstr("epochs per segment"), HasSubstr("--watch")))
+        << args;
+  }
+  const CliRun run = RunPnnctl("download --help");
+  EXPECT_EQ(run.code, 0);
+  EXPECT_THAT(run.out, AllOf(HasSubstr("-o,--output"), HasSubstr("--format"),
+                             HasSubstr("output file")));
+}
+
+TEST(BinaryTest, MisspeltFlagSuggestsTheRightOne) {
+  CliRun run = RunPnnctl("submit --epoch 3");
+  EXPECT_EQ(run.code, 1);
+  EXPECT_THAT(run.err,
+              AllOf(HasSubstr("unknown flag --epoch for `pnnctl submit`; "
+                              "did you mean --epochs?"),
+                    HasSubstr("usage: pnnctl submit")));
+  run = RunPnnctl("list --page-sise=3");
+  EXPECT_EQ(run.code, 1);
+  EXPECT_THAT(run.err, HasSubstr("did you mean --page-size?"));
+  run = RunPnnctl("--coordinater=x list");
+  EXPECT_EQ(run.code, 1);
+  EXPECT_THAT(run.err, HasSubstr("did you mean --coordinator?"));
+}
+
+TEST(BinaryTest, ZeroOrNegativeCountsAreErrorsNamingTheFlag) {
+  CliRun run = RunPnnctl("submit --epochs 0");
+  EXPECT_EQ(run.code, 1);
+  EXPECT_THAT(run.err, HasSubstr("--epochs 0: must be at least 1"));
+  run = RunPnnctl("submit --epochs=-2");
+  EXPECT_EQ(run.code, 1);
+  EXPECT_THAT(run.err, HasSubstr("--epochs -2: must be at least 1"));
+  run = RunPnnctl("submit --train-limit=-1");
+  EXPECT_EQ(run.code, 1);
+  EXPECT_THAT(run.err, HasSubstr("--train-limit -1: must be 0 (all) or more"));
+  run = RunPnnctl("submit --kappa 0");
+  EXPECT_EQ(run.code, 1);
+  EXPECT_THAT(run.err, HasSubstr("--kappa 0: must be greater than 0"));
+  run = RunPnnctl("list --page-size 0");
+  EXPECT_EQ(run.code, 1);
+  EXPECT_THAT(run.err, HasSubstr("--page-size 0: must be at least 1"));
+  run = RunPnnctl("submit --epochs three");
+  EXPECT_EQ(run.code, 1);
+  EXPECT_THAT(run.err, HasSubstr("three"));
+}
+
+TEST_F(CommandsTest, BinaryTakesKebabAndSnakeCaseFlags) {
+  CliRun run = RunPnnctl(absl::StrCat(
+      "submit --coordinator ", target_,
+      " --train-limit 7 --test_limit=8 --hidden-widths 16 --cut_after 1 "
+      "--evaluations-per-epoch 2 --recovery_epochs 1 --no-baseline"));
+  EXPECT_EQ(run.code, 0) << run.err;
+  pnn::v1::SubmitJobRequest sent = coordinator_.last_submit();
+  EXPECT_EQ(sent.spec().dataset().train_limit(), 7);
+  EXPECT_EQ(sent.spec().dataset().test_limit(), 8);
+  EXPECT_EQ(sent.spec().model().hidden_widths(0), 16);
+  EXPECT_EQ(sent.spec().evaluations_per_epoch(), 2);
+  EXPECT_EQ(sent.spec().recovery().epochs(), 1);
+  EXPECT_FALSE(sent.conventional_baseline());
+  // Global flags before the command, snake_case too.
+  run = RunPnnctl(absl::StrCat("--coordinator=", target_,
+                               " --timeout=5s submit --train_limit 9"));
+  EXPECT_EQ(run.code, 0) << run.err;
+  EXPECT_EQ(coordinator_.last_submit().spec().dataset().train_limit(), 9);
+}
+
+TEST_F(CommandsTest, BinaryOutputFlagOfEachCommand) {
+  // -o json after get, as kubectl has it; --output before the command too.
+  for (const std::string& args :
+       {absl::StrCat("get job-ok -o json --coordinator ", target_),
+        absl::StrCat("get job-ok --output=json --coordinator ", target_),
+        absl::StrCat("--output json --coordinator ", target_, " get job-ok")}) {
+    const CliRun run = RunPnnctl(args);
+    EXPECT_EQ(run.code, 0) << args << run.err;
+    EXPECT_THAT(run.out, HasSubstr("\"state\": \"JOB_STATE_SUCCEEDED\""))
+        << args;
+  }
+  CliRun run =
+      RunPnnctl(absl::StrCat("list -o json --coordinator ", target_));
+  EXPECT_EQ(run.code, 0) << run.err;
+  EXPECT_THAT(run.out, HasSubstr("\"jobs\": ["));
+  // download's -o is the output file.
+  const std::string path = ::testing::TempDir() + "/client_cli_model.bin";
+  run = RunPnnctl(
+      absl::StrCat("download job-ok -o ", path, " --coordinator ", target_));
+  EXPECT_EQ(run.code, 0) << run.err;
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream bytes;
+  bytes << in.rdbuf();
+  EXPECT_EQ(bytes.str(), coordinator_.model());
+  std::remove(path.c_str());
 }
 
 TEST(BinaryTest, UnreachableCoordinatorExits2) {

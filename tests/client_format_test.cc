@@ -220,13 +220,46 @@ TEST(ProgressDisplayTest, AppendsOneLinePerEventWhenNotATerminal) {
   std::ostringstream out;
   ProgressDisplay display(&out, /*redraw=*/false, Utc());
   display.Update(RunningEvent());
-  display.Update(RunningEvent());
   EXPECT_EQ(out.str(),
-            "22:13:25 RUNNING segment 1 50%, segment 2 0%: segment 1 "
-            "finished epoch 2\n"
             "22:13:25 RUNNING segment 1 50%, segment 2 0%: segment 1 "
             "finished epoch 2\n");
   EXPECT_THAT(out.str(), Not(HasSubstr("\x1b")));
+}
+
+// Not a terminal: a line per state change, finished epoch or new message;
+// the progress updates between them (hundreds per epoch) print nothing.
+TEST(ProgressDisplayTest, NonTerminalSkipsProgressOnlyUpdates) {
+  std::ostringstream out;
+  ProgressDisplay display(&out, /*redraw=*/false, Utc());
+  pnn::v1::JobEvent event = RunningEvent();
+  display.Update(event);  // 1: first line
+  event.clear_message();
+  for (int batch = 1; batch <= 300; ++batch) {  // progress only
+    event.mutable_job()->mutable_segments(0)->set_progress(0.5 + batch / 1e3);
+    event.mutable_job()->mutable_segments(0)->set_current_loss(0.1 / batch);
+    display.Update(event);
+  }
+  // 2: segment 1 finishes epoch 3 (no message).
+  event.mutable_job()->mutable_segments(0)->add_epochs()->set_train_loss(0.1);
+  display.Update(event);
+  display.Update(event);  // same again: nothing
+  // 3: segment 2 starts.
+  event.mutable_job()->mutable_segments(1)->set_state(
+      pnn::v1::TASK_STATE_RUNNING);
+  display.Update(event);
+  // 4: a message, once.
+  event.set_message("segment 2 started on w-2");
+  display.Update(event);
+  display.Update(event);
+  // 5: the job ends.
+  event.clear_message();
+  event.mutable_job()->set_state(pnn::v1::JOB_STATE_SUCCEEDED);
+  display.Update(event);
+  const std::string text = out.str();
+  SCOPED_TRACE(text);
+  EXPECT_EQ(std::count(text.begin(), text.end(), '\n'), 5);
+  EXPECT_THAT(text, HasSubstr(": segment 2 started on w-2\n"));
+  EXPECT_THAT(text, HasSubstr("SUCCEEDED segment 1 80%"));
 }
 
 TEST(ProgressDisplayTest, RedrawsTheBlockInPlaceOnATerminal) {
@@ -268,21 +301,70 @@ TEST(ResultTableTest, AccuracyBaselineAndOneRowPerTask) {
   EXPECT_THAT(table, ContainsRegex("baseline \\(conventional\\) +87\\.54%"));
   EXPECT_THAT(table, Not(HasSubstr("\n  recovery ")));
   EXPECT_THAT(table, ContainsRegex("task +layers +state +worker +start +end "
-                                   "+wall +samples/s +sent +received +train "
-                                   "mem +analytic"));
+                                   "+wall +samples/s\n"));
+  EXPECT_THAT(table,
+              ContainsRegex("task +sent +received +train mem +analytic\n"));
   EXPECT_THAT(
       table, ContainsRegex("segment 1 +1-3 +SUCCEEDED +w-1 \\(10.0.0.2:7000\\) "
-                           "+\\+0\\.5 s +\\+19\\.6 s +19\\.1 s +15702 "
-                           "+1\\.2 KiB +3\\.0 MiB +5\\.0 MiB +5\\.0 MiB"));
+                           "+\\+0\\.5 s +\\+19\\.6 s +19\\.1 s +15702\n"));
+  EXPECT_THAT(table, ContainsRegex("segment 1 +1\\.2 KiB +3\\.0 MiB +5\\.0 MiB "
+                                   "+5\\.0 MiB\n"));
   EXPECT_THAT(table, ContainsRegex("segment 2 +4-6 +SUCCEEDED +w-2 +\\+0\\.6 s "
-                                   "+\\+10\\.9 s +10\\.3 s +29000 +900 B "
-                                   "+600\\.0 KiB +- +-"));
+                                   "+\\+10\\.9 s +10\\.3 s +29000\n"));
+  EXPECT_THAT(table, ContainsRegex("segment 2 +900 B +600\\.0 KiB +- +-\n"));
   EXPECT_THAT(table, ContainsRegex("baseline +1-6 +SUCCEEDED +w-3 +\\+0\\.7 s "
-                                   "+\\+35\\.8 s +35\\.1 s +- +0 B +0 B"));
+                                   "+\\+35\\.8 s +35\\.1 s +-\n"));
+  EXPECT_THAT(table, ContainsRegex("baseline +0 B +0 B +- +-\n"));
   EXPECT_THAT(table, HasSubstr("bytes on the wire (job total): 2.1 KiB sent, "
                                "3.6 MiB received"));
   EXPECT_THAT(table, HasSubstr("model: 1.8 MiB; pnnctl download job-42"));
   EXPECT_THAT(table, Not(HasSubstr("errors:")));
+}
+
+// A 100-column terminal shows the table unwrapped, even with three
+// segments, a baseline, long worker names, hours of training, GiB of
+// traffic and long messages.
+TEST(ResultTableTest, EveryLineFitsIn100Columns) {
+  pnn::v1::Job job = SucceededJob();
+  job.mutable_spec()->mutable_model()->add_cut_after_layers(5);
+  *job.mutable_end_time() = At(98765.4);
+  job.set_message(
+      "succeeded after a long run in which several workers were lost and "
+      "replaced, and the assembler joined every segment's last checkpoint");
+  pnn::v1::TaskStatus* third = job.add_segments();
+  *third = Task(2, 7, 10);
+  third->set_state(pnn::v1::TASK_STATE_FAILED);
+  third->set_attempts(12);
+  third->set_error(std::string(150, 'x') + " and then some more words");
+  for (pnn::v1::TaskStatus* task :
+       {job.mutable_segments(0), job.mutable_segments(1), third,
+        job.mutable_baseline()}) {
+    task->set_worker_id("worker-0123456789abcdef-gpu-node-17");
+    task->set_worker_address("gpu-node-17.cluster.example.com:50052");
+    *task->mutable_start_time() = At(12345.6);
+    *task->mutable_end_time() = At(98765.4);
+    task->mutable_cost()->set_wall_seconds(86419.8);
+    task->mutable_cost()->set_samples_per_second(1234567.8);
+    task->set_bytes_sent(int64_t{123} << 30);
+    task->set_bytes_received(int64_t{456} << 30);
+    task->mutable_cost()->set_peak_rss_growth_bytes(int64_t{12} << 30);
+    task->mutable_cost()->set_parameter_bytes(int64_t{34} << 30);
+  }
+  job.set_bytes_sent(int64_t{1234} << 30);
+  job.set_bytes_received(int64_t{5678} << 30);
+  job.set_peer_bytes(int64_t{910} << 30);
+  job.set_checkpoint_bytes(int64_t{111} << 30);
+  job.set_training_seconds(98765.4);
+  const std::string table = FormatResultTable(job);
+  SCOPED_TRACE(table);
+  std::istringstream lines(table);
+  int count = 0;
+  for (std::string line; std::getline(lines, line); ++count) {
+    EXPECT_LE(line.size(), 100u) << line;
+  }
+  EXPECT_GT(count, 20);
+  EXPECT_THAT(table, HasSubstr("segment 3"));
+  EXPECT_THAT(table, HasSubstr("worker-0123456789..."));
 }
 
 TEST(ResultTableTest, FailedJobShowsReasonAndTaskErrors) {
@@ -408,7 +490,14 @@ TEST(ExitCodeTest, RpcErrorsStartWithTheCodeNameAndSayWhatToDo) {
       DescribeRpcError(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
                                     "training.epochs: must be at most 10000"),
                        "h:1", "SubmitJob"),
-      StartsWith("INVALID_ARGUMENT: training.epochs: must be at most 10000"));
+      AllOf(StartsWith("INVALID_ARGUMENT: training.epochs: must be at most "
+                       "10000"),
+            HasSubstr("fix the named field in the job spec")));
+  // Other calls' INVALID_ARGUMENT is not about a spec.
+  EXPECT_EQ(DescribeRpcError(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                                          "page_size: at most 1000"),
+                             "h:1", "ListJobs"),
+            "INVALID_ARGUMENT: page_size: at most 1000");
   EXPECT_THAT(DescribeRpcError(
                   grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED, "late"),
                   "h:1", "ListJobs"),

@@ -12,9 +12,11 @@
 namespace pnn::client {
 namespace {
 
+using ::testing::AllOf;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 using ::testing::IsEmpty;
+using ::testing::Not;
 
 TEST(ParseSubmitRequestJsonTest, ReadsAJobSpec) {
   auto request = ParseSubmitRequestJson(
@@ -173,8 +175,34 @@ TEST(ApplyOverridesTest, MalformedListIsAnErrorNamingTheFlag) {
   pnn::v1::SubmitJobRequest request;
   absl::Status status = ApplyOverrides(overrides, &request);
   EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(status.message(), HasSubstr("--cut_after"));
+  EXPECT_THAT(status.message(), HasSubstr("--cut-after"));
   EXPECT_THAT(status.message(), HasSubstr("3,x"));
+}
+
+TEST(ParseSubmitRequestJsonTest, UnknownEnumNameListsTheValidNames) {
+  auto request = ParseSubmitRequestJson(
+      R"({"model": {"activation": "RELU"}})", "job.json");
+  ASSERT_FALSE(request.ok());
+  EXPECT_EQ(request.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(request.status().message(),
+              AllOf(HasSubstr("job.json: model.activation: unknown value "
+                              "\"RELU\"; expected one of ACTIVATION_RELU"),
+                    Not(HasSubstr("UNSPECIFIED"))));
+  // In a SubmitJobRequest, and in a repeated message field, too.
+  request = ParseSubmitRequestJson(
+      R"({"spec": {"segment_training": [{}, {"optimizer": "adam"}]}})",
+      "req.json");
+  ASSERT_FALSE(request.ok());
+  EXPECT_THAT(request.status().message(),
+              AllOf(HasSubstr("req.json: spec.segment_training.optimizer: "
+                              "unknown value \"adam\"; expected one of "),
+                    HasSubstr("OPTIMIZER_ADAM")));
+  // Valid names and numbers still parse.
+  EXPECT_TRUE(ParseSubmitRequestJson(
+                  R"({"model": {"activation": "ACTIVATION_RELU"}})", "f")
+                  .ok());
+  EXPECT_TRUE(
+      ParseSubmitRequestJson(R"({"model": {"activation": 1}})", "f").ok());
 }
 
 TEST(ParseIntListTest, RejectsEmptyZeroNegativeAndJunk) {

@@ -47,7 +47,7 @@ fi
   >/dev/null || fail "mutual TLS health check of the worker"
 
 job=$("$PNNCTL" --coordinator "$target" "${tls[@]}" submit --dataset fashion-mnist \
-  --train_limit 2000 --test_limit 500 --epochs 1) || fail "submit over TLS"
+  --train-limit 2000 --test-limit 500 --epochs 1) || fail "submit over TLS"
 "$PNNCTL" --coordinator "$target" "${tls[@]}" watch "$job" >"$work/watch.out" ||
   fail "the job did not succeed over TLS"
 echo "e2e TLS test passed"
