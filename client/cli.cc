@@ -14,6 +14,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_replace.h"
 #include "absl/time/time.h"
+#include "client/cluster_commands.h"
 #include "client/commands.h"
 #include "client/exit_codes.h"
 #include "client/job_request.h"
@@ -229,6 +230,14 @@ void Cli::AddListAndJobCommands() {
 }
 
 void Cli::AddOtherCommands() {
+  AddCommand("workers",
+             "List the workers the coordinator knows: state, job, last "
+             "heartbeat.");
+  CLI::App* logs = AddCommand(
+      "logs", "Print a job's log (time and message per line), oldest first.");
+  logs->add_option("ID", flags_.job_id, "job id")->required();
+  logs->add_flag("-f,--follow", flags_.follow,
+                 "then print the job's events as they come until it ends");
   AddCommand("health",
              "Standard gRPC health check of the coordinator or of one of "
              "its services.")
@@ -536,6 +545,10 @@ int Cli::Dispatch(const std::string& command) {
   }
   if (command == "health") {
     return RunHealth(options, flags_.service, out_, err_);
+  }
+  if (command == "workers") return RunWorkers(options, out_, err_);
+  if (command == "logs") {
+    return RunLogs(options, flags_.job_id, flags_.follow, out_, err_);
   }
   return UsageError(absl::StrCat("unknown command '", command, "'"), "");
 }

@@ -116,8 +116,8 @@ std::string WorkerState(const pnn::v1::WorkerStatus& worker, absl::Time now,
   if (worker.deregistered()) {
     return worker.job_id().empty()
                ? "draining"
-               : absl::StrCat("draining (", worker.job_id(), " task ",
-                              worker.task_index(), ")");
+               : absl::StrCat("draining ", worker.job_id(), " task ",
+                              worker.task_index());
   }
   if (!worker.job_id().empty()) {
     return absl::StrCat("busy ", worker.job_id(), " task ",
@@ -150,6 +150,20 @@ std::string FormatWorkerList(const std::vector<pnn::v1::WorkerStatus>& workers,
   for (const auto& row : rows) {
     for (size_t c = 0; c < row.size(); ++c) {
       widths[c] = std::max(widths[c], row[c].size());
+    }
+  }
+  // 100 columns at most: the name (for people; the id identifies) gives
+  // way first, cut with a trailing '~'.
+  constexpr size_t kMaxWidth = 100;
+  constexpr size_t kName = 1;
+  size_t total = 2 * (widths.size() - 1);
+  for (size_t width : widths) total += width;
+  if (total > kMaxWidth) {
+    widths[kName] -= std::min(widths[kName] - 4, total - kMaxWidth);
+    for (auto& row : rows) {
+      if (row[kName].size() > widths[kName]) {
+        row[kName] = row[kName].substr(0, widths[kName] - 1) + "~";
+      }
     }
   }
   std::string out;

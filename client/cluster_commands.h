@@ -18,8 +18,8 @@
 
 namespace pnn::client {
 
-// "idle", "busy JOB task N", "draining" (deregistered) or "backed off until
-// HH:MM:SS" (while `now` is before backed_off_until).
+// "idle", "busy JOB task N", "draining [JOB task N]" (deregistered) or
+// "backed off until HH:MM:SS" (while `now` is before backed_off_until).
 std::string WorkerState(const pnn::v1::WorkerStatus& worker, absl::Time now,
                         const FormatOptions& options);
 
@@ -27,7 +27,7 @@ std::string WorkerState(const pnn::v1::WorkerStatus& worker, absl::Time now,
 std::string Ago(const google::protobuf::Timestamp& time, absl::Time now);
 
 // A table, one row per worker: id, name, address, device, threads, state,
-// last heartbeat.
+// last heartbeat; at most 100 columns (a long name is cut, with '~').
 std::string FormatWorkerList(const std::vector<pnn::v1::WorkerStatus>& workers,
                              absl::Time now, const FormatOptions& options);
 

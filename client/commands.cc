@@ -45,18 +45,22 @@ Commands:
                      --page-size N --page-token TOKEN --all (every page)
   watch ID           Follow a job: a progress bar per segment (and for the
                      baseline) until it ends, then its result table.
+  logs ID            The job's log, oldest first; -f: then follow its
+                     events until it ends.
   cancel ID          Cancel a job that has not ended.
   download ID        Save the trained model of a succeeded job.
                      -o FILE (default: the name the coordinator suggests)
                      --format safetensors|pnn (default safetensors)
+  workers            The workers the coordinator knows: idle, busy (job and
+                     task), draining or backed off; last heartbeat.
   health [SERVICE]   Standard gRPC health check (grpc.health.v1) of the
                      coordinator, or of one of its services.
   help [COMMAND]     This text, or the flags of COMMAND.
 
 Output:
   -o json            after any command but download: protobuf JSON with the
-                     .proto field names and every field; watch prints one
-                     JSON object per line (--output json before
+                     .proto field names and every field; watch and logs -f
+                     print one JSON object per line (--output json before
                      the command works for every command)
 
 Global flags (before or after the command):

@@ -5,6 +5,7 @@
 #include <sstream>
 #include <string>
 
+#include "client/cluster_commands.h"
 #include "client/exit_codes.h"
 #include "client/format.h"
 #include "gmock/gmock.h"
@@ -509,6 +510,55 @@ TEST(ExitCodeTest, RpcErrorsStartWithTheCodeNameAndSayWhatToDo) {
             "FAILED_PRECONDITION: running");
   EXPECT_EQ(StatusCodeName(grpc::StatusCode::PERMISSION_DENIED),
             "PERMISSION_DENIED");
+}
+
+TEST(WorkerListTest, StatesAgesAndTheTableFitIn100Columns) {
+  const absl::Time now = absl::FromUnixSeconds(1700000000);
+  auto at = [](absl::Time time) {
+    return TimeUtil::NanosecondsToTimestamp(absl::ToUnixNanos(time));
+  };
+  pnn::v1::WorkerStatus idle;
+  idle.set_worker_id("worker-3fa2c1-1");
+  idle.mutable_info()->set_name("a-rather-long-host-name.example.internal");
+  idle.mutable_info()->set_address("10.0.0.17:50052");
+  idle.mutable_info()->set_device("cpu");
+  idle.mutable_info()->set_threads(2);
+  *idle.mutable_last_heartbeat_time() = at(now - absl::Milliseconds(400));
+  pnn::v1::WorkerStatus busy = idle;
+  busy.set_job_id("job-0123456789ab");
+  busy.set_task_index(1);
+  *busy.mutable_last_heartbeat_time() = at(now - absl::Seconds(185));
+  pnn::v1::WorkerStatus backed_off = idle;
+  *backed_off.mutable_backed_off_until() = at(now + absl::Seconds(30));
+  pnn::v1::WorkerStatus draining = busy;
+  draining.set_deregistered(true);
+
+  EXPECT_EQ(WorkerState(idle, now, Utc()), "idle");
+  EXPECT_EQ(WorkerState(busy, now, Utc()), "busy job-0123456789ab task 1");
+  EXPECT_EQ(WorkerState(backed_off, now, Utc()), "backed off until 22:13:50");
+  // Once the back-off has passed, the worker is idle again.
+  EXPECT_EQ(WorkerState(backed_off, now + absl::Minutes(1), Utc()), "idle");
+  EXPECT_THAT(WorkerState(draining, now, Utc()), StartsWith("draining"));
+  EXPECT_EQ(Ago(idle.last_heartbeat_time(), now), "0.4s ago");
+  EXPECT_EQ(Ago(busy.last_heartbeat_time(), now), "3m5s ago");
+  EXPECT_EQ(Ago(google::protobuf::Timestamp(), now), "-");
+
+  const std::string table =
+      FormatWorkerList({idle, busy, backed_off, draining}, now, Utc());
+  std::istringstream lines(table);
+  int rows = 0;
+  for (std::string line; std::getline(lines, line); ++rows) {
+    EXPECT_LE(line.size(), 100u) << line;
+  }
+  EXPECT_EQ(rows, 5);  // a header and one row per worker
+  EXPECT_THAT(table, HasSubstr("10.0.0.17:50052"));
+
+  pnn::v1::JobLogEntry entry;
+  *entry.mutable_time() = at(now + absl::Milliseconds(123));
+  entry.set_message("segment 1/2 (layers 1..3) dispatched to worker-3fa2c1-1");
+  EXPECT_EQ(FormatLogEntry(entry, Utc()),
+            "2023-11-14 22:13:20.123  segment 1/2 (layers 1..3) dispatched to "
+            "worker-3fa2c1-1");
 }
 
 }  // namespace

@@ -75,6 +75,27 @@ assert int(job["bytes_sent"]) > 0 and int(job["bytes_received"]) > 0
 print(f"e2e: accuracy {accuracy:.4f}, segments on {s0['worker_id']} and {s1['worker_id']}")
 PY
 
+# The job's log, oldest first, ends with its success; both workers are
+# listed, idle again.
+"$PNNCTL" --coordinator "$target" logs "$job" >"$work/logs.out" || fail "logs"
+grep -q "dispatched to worker-" "$work/logs.out" ||
+  fail "logs: no dispatch in: $(cat "$work/logs.out")"
+tail -n 1 "$work/logs.out" | grep -q "job succeeded" ||
+  fail "logs: the last line is not the job's success: $(tail -n 1 "$work/logs.out")"
+"$PNNCTL" --coordinator "$target" workers >"$work/workers.out" || fail "workers"
+[ "$(grep -c "e2e-[12]" "$work/workers.out")" -eq 2 ] ||
+  fail "workers: not both listed: $(cat "$work/workers.out")"
+[ "$(grep -c " idle " "$work/workers.out")" -eq 2 ] ||
+  fail "workers: not both idle: $(cat "$work/workers.out")"
+"$PNNCTL" --coordinator "$target" workers -o json >"$work/workers.json" ||
+  fail "workers -o json"
+/usr/bin/python3 - "$work/workers.json" <<'PY' || fail "workers json"
+import json, sys
+workers = json.load(open(sys.argv[1]))["workers"]
+assert len(workers) == 2, workers
+assert all(w["info"]["address"].startswith("127.0.0.1:") for w in workers), workers
+PY
+
 "$PNNCTL" --coordinator "$target" download "$job" -o "$work/model.safetensors" \
   >/dev/null || fail "download"
 /usr/bin/python3 - "$work/model.safetensors" <<'PY' || fail "safetensors file"
