@@ -20,29 +20,6 @@ namespace {
 
 using pnn::v1::Coordinator;
 
-std::unique_ptr<Coordinator::Stub> NewStub(const ClientOptions& options) {
-  // The command line has checked the TLS files, so this cannot fail.
-  return Coordinator::NewStub(MakeChannel(
-      options.coordinator, MakeChannelCredentials(options.tls)
-                               .value_or(grpc::InsecureChannelCredentials())));
-}
-
-void Prepare(const ClientOptions& options, bool deadline,
-             grpc::ClientContext* context) {
-  AttachAuthToken(options.auth_token, context);
-  if (deadline && options.timeout != absl::InfiniteDuration() &&
-      options.timeout > absl::ZeroDuration()) {
-    context->set_deadline(std::chrono::system_clock::now() +
-                          absl::ToChronoMilliseconds(options.timeout));
-  }
-}
-
-int RpcFailure(const ClientOptions& options, const grpc::Status& status,
-               absl::string_view rpc, std::ostream& err) {
-  err << DescribeRpcError(status, options.coordinator, rpc) << "\n";
-  return kExitRpcError;
-}
-
 bool BackedOff(const pnn::v1::WorkerStatus& worker, absl::Time now) {
   return worker.has_backed_off_until() &&
          ToTime(worker.backed_off_until()) > now;
@@ -64,7 +41,7 @@ int FollowLog(Coordinator::Stub& stub, const ClientOptions& options,
               const std::string& job_id, const pnn::v1::JobLogEntry* last,
               std::ostream& out, std::ostream& err) {
   grpc::ClientContext context;
-  Prepare(options, /*deadline=*/false, &context);
+  PrepareCall(options, /*deadline=*/false, &context);
   pnn::v1::WatchJobRequest request;
   request.set_job_id(job_id);
   std::unique_ptr<grpc::ClientReader<pnn::v1::JobEvent>> reader =
@@ -194,7 +171,7 @@ int RunWorkers(const ClientOptions& options, std::ostream& out,
                std::ostream& err) {
   std::unique_ptr<Coordinator::Stub> stub = NewStub(options);
   grpc::ClientContext context;
-  Prepare(options, /*deadline=*/true, &context);
+  PrepareCall(options, /*deadline=*/true, &context);
   pnn::v1::ListWorkersResponse response;
   const grpc::Status status =
       stub->ListWorkers(&context, pnn::v1::ListWorkersRequest(), &response);
@@ -218,7 +195,7 @@ int RunLogs(const ClientOptions& options, const std::string& job_id,
             bool follow, std::ostream& out, std::ostream& err) {
   std::unique_ptr<Coordinator::Stub> stub = NewStub(options);
   grpc::ClientContext context;
-  Prepare(options, /*deadline=*/true, &context);
+  PrepareCall(options, /*deadline=*/true, &context);
   pnn::v1::GetJobLogRequest request;
   request.set_job_id(job_id);
   pnn::v1::GetJobLogResponse response;

@@ -106,20 +106,11 @@ void SetDeadline(const ClientOptions& options, grpc::ClientContext* context) {
                         absl::ToChronoMilliseconds(options.timeout));
 }
 
-int RpcFailure(const ClientOptions& options, const grpc::Status& status,
-               absl::string_view rpc, std::ostream& err) {
-  err << DescribeRpcError(status, options.coordinator, rpc) << "\n";
-  return kExitRpcError;
-}
-
 int LocalFailure(absl::string_view message, std::ostream& err) {
   err << "pnnctl: " << message << "\n";
   return kExitUsage;
 }
 
-std::unique_ptr<Coordinator::Stub> NewStub(const ClientOptions& options) {
-  return Coordinator::NewStub(MakeChannel(options.coordinator, Credentials(options)));
-}
 
 int Watch(Coordinator::Stub& stub, const ClientOptions& options,
           const std::string& job_id, std::ostream& out, std::ostream& err) {
@@ -446,6 +437,23 @@ int RunHealth(const ClientOptions& options, const std::string& service,
     return kExitRpcError;
   }
   return kExitOk;
+}
+
+std::unique_ptr<Coordinator::Stub> NewStub(const ClientOptions& options) {
+  return Coordinator::NewStub(
+      MakeChannel(options.coordinator, Credentials(options)));
+}
+
+void PrepareCall(const ClientOptions& options, bool deadline,
+                 grpc::ClientContext* context) {
+  AttachAuthToken(options.auth_token, context);
+  if (deadline) SetDeadline(options, context);
+}
+
+int RpcFailure(const ClientOptions& options, const grpc::Status& status,
+               absl::string_view rpc, std::ostream& err) {
+  err << DescribeRpcError(status, options.coordinator, rpc) << "\n";
+  return kExitRpcError;
 }
 
 }  // namespace pnn::client

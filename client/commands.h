@@ -9,14 +9,22 @@
 #define PNN_CLIENT_COMMANDS_H_
 
 #include <cstdint>
+#include <memory>
 #include <ostream>
 #include <string>
 #include <vector>
 
+#include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "client/format.h"
+#include "pnn/v1/coordinator.grpc.pb.h"
 #include "pnn/v1/coordinator.pb.h"
 #include "rpc/tls.h"
+
+namespace grpc {
+class ClientContext;
+class Status;
+}  // namespace grpc
 
 namespace pnn::client {
 
@@ -89,6 +97,19 @@ int RunDownload(const ClientOptions& options, const DownloadOptions& download,
 // Exit 0 when SERVING, 2 otherwise.
 int RunHealth(const ClientOptions& options, const std::string& service,
               std::ostream& out, std::ostream& err);
+
+// For the Run* functions (here and in cluster_commands.h): a stub for the
+// coordinator the options name (their TLS files are checked already).
+std::unique_ptr<pnn::v1::Coordinator::Stub> NewStub(
+    const ClientOptions& options);
+// Attaches the
+// token and, with `deadline`, options.timeout to a call's context (streams
+// that last as long as a job pass false).
+void PrepareCall(const ClientOptions& options, bool deadline,
+                 grpc::ClientContext* context);
+// Prints the failed RPC's error for people; returns kExitRpcError.
+int RpcFailure(const ClientOptions& options, const grpc::Status& status,
+               absl::string_view rpc, std::ostream& err);
 
 }  // namespace pnn::client
 

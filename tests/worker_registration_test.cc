@@ -1,6 +1,5 @@
 // Registration and heartbeats against a small fake Coordinator service, and
 // the pnn-worker binary itself (flags, log line, signals).
-#include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
 #include <poll.h>
 #include <signal.h>
@@ -15,7 +14,6 @@
 #include <condition_variable>
 #include <filesystem>
 #include <functional>
-#include <future>
 #include <memory>
 #include <mutex>
 #include <regex>
@@ -31,6 +29,7 @@
 #include "pnn/v1/coordinator.grpc.pb.h"
 #include "pnn/v1/worker.grpc.pb.h"
 #include "rpc/rpc_util.h"
+#include "tests/grpc_health.h"
 #include "tests/test_util.h"
 #include "worker/worker_server.h"
 
@@ -385,25 +384,8 @@ class Child {
 };
 
 bool HealthCheckServing(const std::string& address) {
-  grpc::GenericStub generic(MakeChannel(address));
-  grpc::ClientContext context;
-  context.set_deadline(std::chrono::system_clock::now() +
-                       std::chrono::seconds(10));
-  grpc::Slice empty_request(std::string{});
-  grpc::ByteBuffer request(&empty_request, 1);
-  grpc::ByteBuffer response;
-  std::promise<grpc::Status> done;
-  generic.UnaryCall(&context, "/grpc.health.v1.Health/Check",
-                    grpc::StubOptions(), &request, &response,
-                    [&done](grpc::Status status) { done.set_value(status); });
-  if (!done.get_future().get().ok()) return false;
-  std::vector<grpc::Slice> slices;
-  if (!response.Dump(&slices).ok()) return false;
-  std::string bytes;
-  for (const auto& slice : slices) {
-    bytes.append(reinterpret_cast<const char*>(slice.begin()), slice.size());
-  }
-  return bytes == std::string("\x08\x01", 2);  // status: SERVING
+  absl::StatusOr<std::string> health = CheckHealth(MakeChannel(address), "");
+  return health.ok() && *health == HealthServing();
 }
 
 // A plain HTTP/1.0 GET on loopback; returns the whole response.
