@@ -14,6 +14,7 @@
 #include "common/status_macros.h"
 #include "coordinator/job_store.h"
 #include "coordinator/metrics.h"
+#include "coordinator/placement.h"
 #include "coordinator/proto_time.h"
 #include "coordinator/store_writer.h"
 #include "coordinator/task_driver.h"
@@ -177,9 +178,10 @@ absl::StatusOr<Job> Coordinator::Submit(
     record.sequence = table_.TakeSequence();
     ++submits_being_stored_;
     // Said at once, in the scheduler's words (SayWhyWorkWaits).
-    const WorkerRegistry::Counts counts = workers_->Count(absl::Now());
-    record.job.set_message(WaitMessage(counts.registered, counts.idle,
-                                       CountPipelineStages(record)));
+    record.job.set_message(WaitMessage(JobDevice(record),
+                                       CountPipelineStages(record),
+                                       workers_->All(),
+                                       workers_->Available(absl::Now())));
   }
   // OK means durable: a job that could not be stored would vanish at the
   // next restart, so it is not accepted. Written before the job enters the
@@ -444,8 +446,12 @@ void Coordinator::DispatchLocked() {
   for (const Scheduler::Start& start : scheduler_.Pass(now)) {
     DispatchTaskLocked(*start.record, start.task_index, start.worker);
   }
-  const WorkerRegistry::Counts counts = workers_->Count(now);
-  table_.SayWhyWorkWaits(counts.registered, counts.idle);
+  const std::vector<WorkerRegistry::Worker> registered = workers_->All();
+  const std::vector<WorkerRegistry::Worker> available =
+      workers_->Available(now);
+  table_.SayWhyWorkWaits([&](const std::string& device, size_t stages) {
+    return WaitMessage(device, stages, registered, available);
+  });
 }
 
 void Coordinator::DispatchTaskLocked(JobRecord& record, size_t index,

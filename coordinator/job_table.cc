@@ -120,22 +120,8 @@ bool JobRecord::streams_open() const {
   });
 }
 
-std::string WaitMessage(int registered, int idle, int stages) {
-  if (registered == 0) {
-    return "waiting for a worker to register (none is registered)";
-  }
-  if (stages > 0) {
-    return absl::StrCat("waiting for ", stages,
-                        " idle workers at once (model-parallel: one per "
-                        "stage); ",
-                        idle, " of ", registered, " registered are idle");
-  }
-  if (idle == 0) {
-    return absl::StrCat("waiting for an idle worker (", registered,
-                        " registered, all busy)");
-  }
-  return absl::StrCat("waiting for an idle worker (", registered,
-                      " registered, ", idle, " idle)");
+const std::string& JobDevice(const JobRecord& record) {
+  return record.tasks.front().task.device();
 }
 
 int CountPipelineStages(const JobRecord& record) {
@@ -431,7 +417,9 @@ void JobTable::Publish(JobRecord& record, const std::string& message) {
   listener_->OnJobChanged(record, message, !message.empty());
 }
 
-void JobTable::SayWhyWorkWaits(int registered_workers, int idle_workers) {
+void JobTable::SayWhyWorkWaits(
+    const std::function<std::string(const std::string&, size_t)>&
+        wait_message) {
   for (JobRecord* record : Unfinished()) {
     const bool queued = std::any_of(
         record->tasks.begin(), record->tasks.end(), [](const TaskRecord& t) {
@@ -439,8 +427,7 @@ void JobTable::SayWhyWorkWaits(int registered_workers, int idle_workers) {
         });
     std::string message;
     if (queued) {
-      message = WaitMessage(registered_workers, idle_workers,
-                            CountPipelineStages(*record));
+      message = wait_message(JobDevice(*record), CountPipelineStages(*record));
     } else if (record->job.state() == pnn::v1::JOB_STATE_RUNNING) {
       message = "training";
     } else {

@@ -25,6 +25,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -206,8 +207,12 @@ class JobTable {
   void Fail(JobRecord& record, const std::string& reason);
   void Assembled(JobRecord& record, const AssemblyResult& result);
   void BaselineTested(JobRecord& record, const pnn::v1::TestResult& test);
-  // Sets each unfinished job's message from why its work waits.
-  void SayWhyWorkWaits(int registered_workers, int idle_workers);
+  // Sets each unfinished job's message from why its queued work waits:
+  // `wait_message(device, stages)` (placement.h's WaitMessage), with the
+  // device its queued tasks ask for and its pipeline's stage count.
+  void SayWhyWorkWaits(
+      const std::function<std::string(const std::string&, size_t)>&
+          wait_message);
   // An unfinished job restored after a restart.
   std::vector<DueWork> RequeueAfterRestart(JobRecord& record);
 
@@ -225,10 +230,9 @@ class JobTable {
   std::map<std::string, JobRecord> jobs_;
 };
 
-// Why a job's queued work waits, for people. `stages` > 0 for a
-// model-parallel job, whose stages start together.
-std::string WaitMessage(int registered, int idle, int stages);
 int CountPipelineStages(const JobRecord& record);
+// The device the job's tasks ask for ("" for the default, cpu).
+const std::string& JobDevice(const JobRecord& record);
 
 }  // namespace pnn
 

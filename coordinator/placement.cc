@@ -1,5 +1,11 @@
 #include "coordinator/placement.h"
 
+#include <algorithm>
+#include <map>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+
 namespace pnn {
 
 bool DeviceMatches(const std::string& wanted, const std::string& offered) {
@@ -43,6 +49,60 @@ PipelinePlacement PlacePipeline(
     placement.gang_waits = matching_registered >= stages;
   }
   return placement;
+}
+
+namespace {
+
+size_t CountMatching(const std::string& device,
+                     const std::vector<WorkerRegistry::Worker>& workers) {
+  return static_cast<size_t>(
+      std::count_if(workers.begin(), workers.end(), [&](const auto& worker) {
+        return DeviceMatches(device, worker.info.device());
+      }));
+}
+
+// "2 cpu, 1 cuda:0": the registered workers by device.
+std::string DevicesOffered(const std::vector<WorkerRegistry::Worker>& workers) {
+  std::map<std::string, int> by_device;
+  for (const auto& worker : workers) ++by_device[worker.info.device()];
+  std::vector<std::string> parts;
+  for (const auto& [device, count] : by_device) {
+    parts.push_back(absl::StrCat(count, " ", device));
+  }
+  return absl::StrJoin(parts, ", ");
+}
+
+}  // namespace
+
+std::string WaitMessage(const std::string& device, size_t stages,
+                        const std::vector<WorkerRegistry::Worker>& registered,
+                        const std::vector<WorkerRegistry::Worker>& available) {
+  if (registered.empty()) {
+    return "waiting for a worker to register (none is registered)";
+  }
+  const std::string wanted = device.empty() ? "cpu" : device;
+  const size_t matching = CountMatching(wanted, registered);
+  const size_t idle = CountMatching(wanted, available);
+  if (matching == 0) {
+    return absl::StrCat("waiting for a worker with device \"", wanted,
+                        "\": none of the ", registered.size(),
+                        " registered offers it (",
+                        DevicesOffered(registered), ")");
+  }
+  // Only a device other than the default is named, for CPU-only clusters'
+  // messages to stay as they were.
+  const std::string kind = wanted == "cpu" ? "" : absl::StrCat(wanted, " ");
+  if (stages > 0) {
+    return absl::StrCat("waiting for ", stages, " idle ", kind,
+                        "workers at once (model-parallel: one per stage); ",
+                        idle, " of ", matching, " registered are idle");
+  }
+  if (idle == 0) {
+    return absl::StrCat("waiting for an idle ", kind, "worker (", matching,
+                        " registered, all busy)");
+  }
+  return absl::StrCat("waiting for an idle ", kind, "worker (", matching,
+                      " registered, ", idle, " idle)");
 }
 
 }  // namespace pnn

@@ -47,6 +47,16 @@ PipelinePlacement PlacePipeline(
     const std::vector<WorkerRegistry::Worker>& available,
     size_t matching_registered, absl::Time heard_since);
 
+// Why queued work that asks for `device` waits, for people. `stages` > 0
+// for a model-parallel job, whose stages start together. `registered`:
+// every registered worker; `available`: those that may take a task now.
+// When no registered worker offers the device, it says so with the
+// devices that are registered ("2 cpu"), rather than "waiting for an idle
+// worker" while idle workers of another device are there.
+std::string WaitMessage(const std::string& device, size_t stages,
+                        const std::vector<WorkerRegistry::Worker>& registered,
+                        const std::vector<WorkerRegistry::Worker>& available);
+
 }  // namespace pnn
 
 #endif  // PNN_COORDINATOR_PLACEMENT_H_

@@ -472,6 +472,34 @@ TEST_F(CoordinatorTest, ListWorkersShowsWhatEachOffersAndWhenItWasHeard) {
             worker.registered_time().seconds());
 }
 
+TEST_F(CoordinatorTest, ACudaJobOnCpuWorkersSaysNoWorkerOffersItsDevice) {
+  // Was: "waiting for an idle worker (1 registered, 1 idle)", forever.
+  pnn::v1::WorkerInfo info;
+  info.set_address("127.0.0.1:9");
+  auto worker = coordinator_->RegisterWorker(info);
+  ASSERT_TRUE(worker.ok());
+  auto request = Request();
+  request.mutable_spec()->set_device("cuda");
+  auto job = coordinator_->Submit(request);
+  ASSERT_TRUE(job.ok()) << job.status();
+  const std::string expected =
+      "waiting for a worker with device \"cuda\": none of the 1 registered "
+      "offers it (1 cpu)";
+  EXPECT_EQ(job->message(), expected);
+  // And the scheduler keeps saying so (it never dispatches there) while
+  // the worker stays alive.
+  pnn::v1::HeartbeatRequest heartbeat;
+  heartbeat.set_worker_id(worker->worker_id());
+  for (int i = 0; i < 6; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    ASSERT_TRUE(coordinator_->Heartbeat(heartbeat).ok());
+  }
+  auto later = coordinator_->GetJob(job->job_id());
+  ASSERT_TRUE(later.ok());
+  EXPECT_EQ(later->message(), expected);
+  EXPECT_EQ(later->state(), pnn::v1::JOB_STATE_QUEUED);
+}
+
 TEST_F(CoordinatorTest, ACorruptRecordFailsOnlyItsJob) {
   // Fault: one corrupt row kept the whole coordinator from starting.
   auto corrupt = coordinator_->Submit(Request());

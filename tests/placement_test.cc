@@ -61,5 +61,29 @@ TEST(PlacementTest, APipelineStartsWholeOrWaitsForItsGang) {
   EXPECT_FALSE(never.gang_waits);
 }
 
+TEST(PlacementTest, WaitMessagesSayWhatIsMissing) {
+  const std::vector<WorkerRegistry::Worker> none;
+  const std::vector<WorkerRegistry::Worker> cpus = {Worker("a", "cpu"),
+                                                    Worker("b", "cpu")};
+  EXPECT_EQ(WaitMessage("cpu", 0, none, none),
+            "waiting for a worker to register (none is registered)");
+  // A CUDA job on CPU workers: not "waiting for an idle worker (2 idle)".
+  EXPECT_EQ(WaitMessage("cuda", 0, cpus, cpus),
+            "waiting for a worker with device \"cuda\": none of the 2 "
+            "registered offers it (2 cpu)");
+  const std::vector<WorkerRegistry::Worker> mixed = {
+      Worker("a", "cpu"), Worker("b", "cuda:0"), Worker("c", "cuda:1")};
+  EXPECT_EQ(WaitMessage("cuda:2", 0, mixed, mixed),
+            "waiting for a worker with device \"cuda:2\": none of the 3 "
+            "registered offers it (1 cpu, 1 cuda:0, 1 cuda:1)");
+  EXPECT_EQ(WaitMessage("cuda", 0, mixed, {mixed[0]}),
+            "waiting for an idle cuda worker (2 registered, all busy)");
+  EXPECT_EQ(WaitMessage("", 0, cpus, {cpus[1]}),
+            "waiting for an idle worker (2 registered, 1 idle)");
+  EXPECT_EQ(WaitMessage("cpu", 3, cpus, cpus),
+            "waiting for 3 idle workers at once (model-parallel: one per "
+            "stage); 2 of 2 registered are idle");
+}
+
 }  // namespace
 }  // namespace pnn

@@ -412,17 +412,16 @@ TEST_F(WorkerServiceTest, LoadsADataSetOncePerProcess) {
             grpc::StatusCode::FAILED_PRECONDITION);
 }
 
-TEST_F(WorkerServiceTest, CudaWithoutCudaFailsAtTrainingTimeWithAClearError) {
+TEST_F(WorkerServiceTest, ACudaWorkerWithoutCudaRefusesToStart) {
+  // Was: it registered, then failed every task it was handed.
   if (torch::cuda::is_available()) GTEST_SKIP() << "CUDA is available here";
   WorkerOptions options = DefaultOptions();
   options.device = "cuda:0";
-  StartWorker(options);
-  const StreamResult stream = Train(Plan("job")[0]);
-  EXPECT_EQ(stream.status.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
-  EXPECT_THAT(stream.status.error_message(),
+  WorkerServer worker(options);
+  const absl::StatusOr<int> started = worker.Start();
+  EXPECT_EQ(started.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(started.status().message()),
               HasSubstr("CUDA is not available"));
-  ASSERT_FALSE(stream.updates.empty());
-  EXPECT_EQ(stream.updates.front().started().device(), "cuda:0");
 }
 
 TEST_F(WorkerServiceTest, ShutdownStopsTheRunningSegmentAsUnavailable) {

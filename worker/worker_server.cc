@@ -14,6 +14,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "common/job_spec.h"
+#include "common/trainer.h"
 #include "rpc/rpc_util.h"
 #include "rpc/tls.h"
 #include "worker/log.h"
@@ -26,9 +27,6 @@
 namespace pnn {
 namespace worker {
 namespace {
-
-// The syntax ResolveDevice accepts; whether CUDA exists is left to training
-// time, so a misconfigured worker still registers and reports why it fails.
 
 bool IsWildcardHost(const std::string& host) {
   return host == "0.0.0.0" || host == "::" || host == "[::]";
@@ -170,6 +168,14 @@ absl::StatusOr<int> WorkerServer::Start() {
   }
   if (absl::Status valid = ValidateOptions(options_); !valid.ok()) {
     return valid;
+  }
+  // A worker that cannot train on its device refuses to start, rather than
+  // register and fail every task it is handed (CUDA asked of a CPU-only
+  // libtorch or machine).
+  if (auto device = ResolveDevice(options_.device); !device.ok()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("--device ", options_.device, ": ",
+                     device.status().message()));
   }
   if (options_.name.empty()) options_.name = HostName();
   if (options_.threads == 0) {
