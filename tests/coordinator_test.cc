@@ -677,5 +677,41 @@ TEST_F(CoordinatorTest, AnUnreachableWorkerIsBackedOffNotHandedEveryRetry) {
   EXPECT_EQ(coordinator_->registered_workers(), 2);
 }
 
+TEST_F(CoordinatorTest, ACudaJobIsAssembledOnTheCoordinatorsOwnDevice) {
+  // Was: the coordinator joined and tested on the job's device, so a CPU
+  // coordinator failed every cuda job at assembly, after training. Here a
+  // (fake) CUDA worker trains and the CPU coordinator assembles.
+  auto driver = std::make_shared<FakeDriver>("");
+  coordinator_->Shutdown();
+  Coordinator::Options options;
+  options.state_dir = state_.path();
+  options.data_dir = data_.path();
+  options.worker_timeout = absl::Hours(1);  // the fake sends no heartbeat
+  options.task_driver = driver;
+  ASSERT_EQ(options.device, "cpu");
+  coordinator_ = std::make_unique<Coordinator>(options);
+  ASSERT_TRUE(coordinator_->Start().ok());
+  pnn::v1::WorkerInfo gpu;
+  gpu.set_address("127.0.0.1:3");
+  gpu.set_device("cuda:0");
+  ASSERT_TRUE(coordinator_->RegisterWorker(gpu).ok());
+  auto request = Request();
+  request.mutable_spec()->set_device("cuda");
+  auto submitted = coordinator_->Submit(request);
+  ASSERT_TRUE(submitted.ok()) << submitted.status();
+  absl::StatusOr<pnn::v1::Job> job = coordinator_->GetJob(submitted->job_id());
+  for (int i = 0; i < 1000 && job.ok() &&
+                  job->state() != pnn::v1::JOB_STATE_SUCCEEDED &&
+                  job->state() != pnn::v1::JOB_STATE_FAILED;
+       ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    job = coordinator_->GetJob(submitted->job_id());
+  }
+  ASSERT_TRUE(job.ok());
+  EXPECT_EQ(job->state(), pnn::v1::JOB_STATE_SUCCEEDED) << job->message();
+  EXPECT_GT(job->test().samples(), 0);
+  EXPECT_EQ(driver->calls("127.0.0.1:3"), 2);  // both segments on the GPU
+}
+
 }  // namespace
 }  // namespace pnn
