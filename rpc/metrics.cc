@@ -16,7 +16,17 @@
 #include <sstream>
 #include <vector>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+
+#ifndef PNN_VERSION
+#define PNN_VERSION "unknown"
+#endif
+#ifndef PNN_REVISION
+#define PNN_REVISION "unknown"
+#endif
 
 // Debian's civetweb creates its threads with a fixed 100 KiB stack, and
 // glibc carves the static TLS of every loaded library out of each thread's
@@ -61,53 +71,81 @@ class ProcessCollector : public prometheus::Collectable {
  public:
   std::vector<prometheus::MetricFamily> Collect() const override {
     std::vector<prometheus::MetricFamily> families;
+    AddStatFamilies(&families);
+    AddFileFamilies(&families);
+    families.push_back(BuildInfo());
+    return families;
+  }
+
+ private:
+  // CPU, memory and start time from /proc/self/stat.
+  static void AddStatFamilies(std::vector<prometheus::MetricFamily>* out) {
     const double ticks = static_cast<double>(sysconf(_SC_CLK_TCK));
     const double page = static_cast<double>(sysconf(_SC_PAGESIZE));
-    std::ifstream stat_file("/proc/self/stat");
-    std::string stat((std::istreambuf_iterator<char>(stat_file)),
-                     std::istreambuf_iterator<char>());
+    const std::string stat = ReadFile("/proc/self/stat");
     // Fields after the parenthesised command name (which may hold spaces).
     const size_t close = stat.rfind(')');
-    if (close != std::string::npos) {
-      std::istringstream fields(stat.substr(close + 2));
-      std::vector<std::string> values;
-      std::string value;
-      while (fields >> value) values.push_back(value);
-      // Field numbers from proc(5), minus 3 for pid, comm and the offset.
-      if (values.size() > 21) {
-        const double user = std::stod(values[11]);
-        const double system = std::stod(values[12]);
-        const double start_ticks = std::stod(values[19]);
-        const double virtual_bytes = std::stod(values[20]);
-        const double rss_pages = std::stod(values[21]);
-        families.push_back(Gauge("process_cpu_seconds_total",
-                                 "User and system CPU time spent in seconds.",
-                                 (user + system) / ticks,
-                                 prometheus::MetricType::Counter));
-        families.push_back(Gauge("process_virtual_memory_bytes",
-                                 "Virtual memory size in bytes.",
-                                 virtual_bytes));
-        families.push_back(Gauge("process_resident_memory_bytes",
-                                 "Resident memory size in bytes.",
-                                 rss_pages * page));
-        families.push_back(Gauge("process_start_time_seconds",
-                                 "Start time of the process since unix epoch "
-                                 "in seconds.",
-                                 BootTime() + start_ticks / ticks));
-      }
-    }
+    if (close == std::string::npos) return;
+    std::istringstream fields(stat.substr(close + 2));
+    std::vector<std::string> values;
+    std::string value;
+    while (fields >> value) values.push_back(value);
+    // Field numbers from proc(5), minus 3 for pid, comm and the offset.
+    if (values.size() <= 21) return;
+    const double user = std::stod(values[11]);
+    const double system = std::stod(values[12]);
+    const double start_ticks = std::stod(values[19]);
+    const double virtual_bytes = std::stod(values[20]);
+    const double rss_pages = std::stod(values[21]);
+    out->push_back(Gauge("process_cpu_seconds_total",
+                         "User and system CPU time spent in seconds.",
+                         (user + system) / ticks,
+                         prometheus::MetricType::Counter));
+    out->push_back(Gauge("process_virtual_memory_bytes",
+                         "Virtual memory size in bytes.", virtual_bytes));
+    out->push_back(Gauge("process_resident_memory_bytes",
+                         "Resident memory size in bytes.", rss_pages * page));
+    out->push_back(Gauge("process_start_time_seconds",
+                         "Start time of the process since unix epoch in "
+                         "seconds.",
+                         BootTime() + start_ticks / ticks));
+  }
+
+  // Open descriptors (/proc/self/fd) and their limit (/proc/self/limits).
+  static void AddFileFamilies(std::vector<prometheus::MetricFamily>* out) {
     int open_files = 0;
     if (DIR* fds = opendir("/proc/self/fd")) {
       while (readdir(fds) != nullptr) ++open_files;
       closedir(fds);
       open_files -= 3;  // ".", ".." and the directory itself
     }
-    families.push_back(Gauge("process_open_fds",
-                             "Number of open file descriptors.", open_files));
-    return families;
+    out->push_back(Gauge("process_open_fds",
+                         "Number of open file descriptors.", open_files));
+    const double max_fds = MaxOpenFiles(ReadFile("/proc/self/limits"));
+    if (max_fds >= 0) {
+      out->push_back(Gauge("process_max_fds",
+                           "Maximum number of open file descriptors.",
+                           max_fds));
+    }
   }
 
- private:
+  static std::string ReadFile(const char* path) {
+    std::ifstream file(path);
+    return std::string((std::istreambuf_iterator<char>(file)),
+                       std::istreambuf_iterator<char>());
+  }
+
+  static prometheus::MetricFamily BuildInfo() {
+    prometheus::MetricFamily family =
+        Gauge("pnn_build_info",
+              "Always 1; the labels name the pnn version and git revision "
+              "this binary was built from.",
+              1);
+    family.metric.front().label = {{"revision", BuildRevision()},
+                                   {"version", BuildVersion()}};
+    return family;
+  }
+
   static double BootTime() {
     std::ifstream stat("/proc/stat");
     std::string key;
@@ -123,6 +161,26 @@ class ProcessCollector : public prometheus::Collectable {
 };
 
 }  // namespace
+
+const char* BuildVersion() { return PNN_VERSION; }
+const char* BuildRevision() { return PNN_REVISION; }
+
+double MaxOpenFiles(absl::string_view proc_limits) {
+  for (absl::string_view line : absl::StrSplit(proc_limits, '\n')) {
+    // "Max open files            1024                 1048576    files"
+    if (!absl::ConsumePrefix(&line, "Max open files")) continue;
+    const std::vector<absl::string_view> fields =
+        absl::StrSplit(line, ' ', absl::SkipEmpty());
+    double soft = 0;
+    if (!fields.empty() && absl::SimpleAtod(fields[0], &soft)) return soft;
+    return -1;  // "unlimited"
+  }
+  return -1;
+}
+
+std::shared_ptr<prometheus::Collectable> MakeProcessCollector() {
+  return std::make_shared<ProcessCollector>();
+}
 
 prometheus::Counter& AddCounter(prometheus::Registry& registry,
                                 const std::string& name,
@@ -152,7 +210,7 @@ absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(
                                                ":", port, ": ", error.what()));
   }
   server->registry_ = std::move(registry);
-  server->process_ = std::make_shared<ProcessCollector>();
+  server->process_ = MakeProcessCollector();
   server->exposer_->RegisterCollectable(server->registry_);
   server->exposer_->RegisterCollectable(server->process_);
   const std::vector<int> ports = server->exposer_->GetListeningPorts();

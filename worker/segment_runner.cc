@@ -1,6 +1,7 @@
 #include "worker/segment_runner.h"
 
 #include <chrono>
+#include <cmath>
 #include <exception>
 #include <optional>
 #include <thread>
@@ -64,6 +65,7 @@ std::string StageKey(const std::string& job_id, const std::string& session,
 // The callbacks that turn training events into TrainSegment updates (and
 // metrics); the same for a segment and for any pipeline stage.
 TrainOptions MakeTrainOptions(const SegmentRunnerOptions& options,
+                              const SegmentTask& task,
                               SegmentObserver& observer,
                               std::function<bool()> should_stop) {
   TrainOptions train_options;
@@ -72,14 +74,20 @@ TrainOptions MakeTrainOptions(const SegmentRunnerOptions& options,
   train_options.batch_report_interval = options.batch_report_interval;
   train_options.should_stop = std::move(should_stop);
   WorkerMetrics* const exported = options.metrics;
-  train_options.on_epoch = [&observer, exported](
+  prometheus::Gauge* const segment_loss =
+      exported != nullptr ? &exported->SegmentLoss(task) : nullptr;
+  train_options.on_epoch = [&observer, exported, segment_loss](
                                const pnn::v1::EpochMetrics& metrics,
                                const MlpSegment&) {
     if (exported != nullptr) {
       exported->epochs.Increment();
       exported->epoch_duration.Observe(metrics.seconds());
       exported->training_loss.Set(metrics.train_loss());
+      segment_loss->Set(metrics.train_loss());
       exported->samples_per_second.Set(metrics.samples_per_second());
+      // samples_per_second is the epoch's samples over its seconds.
+      exported->samples_trained.Increment(static_cast<double>(
+          std::llround(metrics.samples_per_second() * metrics.seconds())));
       exported->training_memory.Set(
           static_cast<double>(metrics.peak_rss_growth_bytes()));
     }
@@ -87,10 +95,13 @@ TrainOptions MakeTrainOptions(const SegmentRunnerOptions& options,
     *update.mutable_epoch() = metrics;
     observer.OnUpdate(std::move(update));
   };
-  train_options.on_batches = [&observer, exported](int epoch, int64_t done,
-                                                   int64_t per_epoch,
-                                                   double loss) {
-    if (exported != nullptr) exported->training_loss.Set(loss);
+  train_options.on_batches = [&observer, exported, segment_loss](
+                                 int epoch, int64_t done, int64_t per_epoch,
+                                 double loss) {
+    if (exported != nullptr) {
+      exported->training_loss.Set(loss);
+      segment_loss->Set(loss);
+    }
     TrainSegmentUpdate update;
     auto* progress = update.mutable_progress();
     progress->set_epoch(epoch);
@@ -483,7 +494,7 @@ absl::Status SegmentRunner::RunSegment(Job& job,
   }
 
   TrainOptions train_options =
-      MakeTrainOptions(options_, *job.observer, should_stop);
+      MakeTrainOptions(options_, task, *job.observer, should_stop);
   // The first stage of a pipeline: every batch's output goes to the next
   // stage, whose answer is the gradient to backpropagate.
   std::unique_ptr<PipelineLink> link;
@@ -522,7 +533,8 @@ absl::Status SegmentRunner::RunStage(Job& job,
                     [this, &job](const absl::Status& status) {
                       return EndStatus(job, status);
                     });
-  return stage.Run(MakeTrainOptions(options_, *job.observer, should_stop),
+  return stage.Run(
+      MakeTrainOptions(options_, job.task, *job.observer, should_stop),
                    result);
 }
 
