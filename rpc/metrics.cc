@@ -1,5 +1,7 @@
 #include "rpc/metrics.h"
 
+#include <CivetServer.h>
+#include <civetweb.h>
 #include <dirent.h>
 #include <dlfcn.h>
 #include <prometheus/collectable.h>
@@ -8,11 +10,15 @@
 #include <prometheus/gauge.h>
 #include <prometheus/metric_family.h>
 #include <prometheus/registry.h>
+#include <prometheus/text_serializer.h>
 #include <pthread.h>
 #include <unistd.h>
 
 #include <cstdio>
+#include <cstring>
 #include <fstream>
+#include <map>
+#include <mutex>
 #include <sstream>
 #include <vector>
 
@@ -160,6 +166,52 @@ class ProcessCollector : public prometheus::Collectable {
   }
 };
 
+// /metrics is answered here, before prometheus-cpp's handler, so that the
+// page holds pnn's families only: the Exposer's handler would add its own
+// exposer_request_latencies, a summary in microseconds that 1.0.1 can
+// neither rename nor leave out. civetweb calls begin_request for every
+// request; the server's port says which MetricsServer's collectables to
+// serialize (tests run several servers in one process).
+std::mutex& PagesMutex() {
+  static std::mutex mutex;
+  return mutex;
+}
+std::map<int, std::vector<std::shared_ptr<prometheus::Collectable>>>&
+Pages() {
+  static auto* pages =
+      new std::map<int, std::vector<std::shared_ptr<prometheus::Collectable>>>;
+  return *pages;
+}
+
+int ServeMetrics(mg_connection* connection) {
+  const mg_request_info* request = mg_get_request_info(connection);
+  if (request == nullptr || request->local_uri == nullptr ||
+      std::strcmp(request->local_uri, "/metrics") != 0) {
+    return 0;  // civetweb (and prometheus-cpp) handle everything else
+  }
+  std::vector<std::shared_ptr<prometheus::Collectable>> collectables;
+  {
+    std::lock_guard<std::mutex> lock(PagesMutex());
+    auto it = Pages().find(request->server_port);
+    if (it == Pages().end()) return 0;
+    collectables = it->second;
+  }
+  std::vector<prometheus::MetricFamily> families;
+  for (const auto& collectable : collectables) {
+    for (auto& family : collectable->Collect()) {
+      families.push_back(std::move(family));
+    }
+  }
+  const std::string body = prometheus::TextSerializer().Serialize(families);
+  mg_printf(connection,
+            "HTTP/1.1 200 OK\r\n"
+            "Content-Type: text/plain; version=0.0.4; charset=utf-8\r\n"
+            "Content-Length: %zu\r\n\r\n",
+            body.size());
+  mg_write(connection, body.data(), body.size());
+  return 200;
+}
+
 }  // namespace
 
 const char* BuildVersion() { return PNN_VERSION; }
@@ -202,9 +254,17 @@ absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(
     const std::string& host, int port,
     std::shared_ptr<prometheus::Registry> registry) {
   std::unique_ptr<MetricsServer> server(new MetricsServer());
+  static const CivetCallbacks callbacks = [] {
+    CivetCallbacks value;  // zeroed by its constructor
+    value.begin_request = ServeMetrics;
+    return value;
+  }();
   try {
     server->exposer_ = std::make_unique<prometheus::Exposer>(
-        absl::StrCat(host, ":", port), /*num_threads=*/2);
+        std::vector<std::string>{"listening_ports",
+                                 absl::StrCat(host, ":", port), "num_threads",
+                                 "2"},
+        &callbacks);
   } catch (const std::exception& error) {
     return absl::UnavailableError(absl::StrCat("cannot serve metrics on ", host,
                                                ":", port, ": ", error.what()));
@@ -215,9 +275,19 @@ absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(
   server->exposer_->RegisterCollectable(server->process_);
   const std::vector<int> ports = server->exposer_->GetListeningPorts();
   server->port_ = ports.empty() ? port : ports.front();
+  {
+    std::lock_guard<std::mutex> lock(PagesMutex());
+    Pages()[server->port_] = {server->registry_, server->process_};
+  }
   return server;
 }
 
-MetricsServer::~MetricsServer() = default;
+MetricsServer::~MetricsServer() {
+  {
+    std::lock_guard<std::mutex> lock(PagesMutex());
+    Pages().erase(port_);
+  }
+  exposer_.reset();  // stops civetweb's threads before the collectables go
+}
 
 }  // namespace pnn

@@ -1,5 +1,7 @@
 // Prometheus exposition shared by pnn's services: one registry per
-// process, a pull endpoint (/metrics) served by prometheus-cpp's Exposer,
+// process, a pull endpoint (/metrics) on prometheus-cpp's Exposer whose
+// page holds that registry and the process collector only (no exposer_*
+// families of prometheus-cpp's own),
 // the standard process_* metrics (CPU, memory, start time, open and maximum
 // file descriptors) and pnn_build_info{version,revision}.
 //
