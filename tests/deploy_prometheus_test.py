@@ -210,6 +210,24 @@ def run(repo, coordinator_bin, worker_bin, pnnctl_bin, work, procs):
     wait_for("0.5 < pnn_coordinator_last_test_accuracy_ratio <= 1, equal to the "
              f"job's test accuracy {job_accuracy:.4f}", accuracy)
 
+    # Two segments x 2 epochs x 6000 samples, counted by the workers.
+    def samples_trained():
+        v = values(prometheus.query(
+            'sum(pnn_worker_samples_trained_total{job="pnn-worker"})'))
+        return list(v.values()) == [2 * 2 * 6000.0], v
+    wait_for("sum(pnn_worker_samples_trained_total) == 24000", samples_trained)
+
+    # Each segment's loss to its own target: segment 1 to its SIL (MSE),
+    # segment 2 to the classes.
+    def segment_losses():
+        result = prometheus.query(
+            'count by (segment, target) (pnn_worker_segment_loss{job="pnn-worker"})')
+        v = {(r["metric"].get("segment"), r["metric"].get("target"))
+             for r in result}
+        return v == {("1", "sil"), ("2", "classes")}, v
+    wait_for('pnn_worker_segment_loss{segment="1",target="sil"} and '
+             '{segment="2",target="classes"}', segment_losses)
+
     all_targets = worker_instances | {f"127.0.0.1:{cluster['coordinator_metrics']}"}
 
     def resident_memory():

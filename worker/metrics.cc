@@ -37,8 +37,9 @@ WorkerMetrics::WorkerMetrics(prometheus::Registry& registry)
       samples_per_second(AddGauge(registry, "pnn_worker_samples_per_second",
                                   "Training throughput of the last epoch.")),
       samples_trained(AddCounter(registry, "pnn_worker_samples_trained_total",
-                                 "Training samples processed (counted at "
-                                 "each epoch's end).")),
+                                 "Training samples processed (full "
+                                 "batches as reported, the rest at each "
+                                 "epoch's end).")),
       training_memory(AddGauge(registry, "pnn_worker_training_memory_bytes",
                                "Peak resident memory growth of the running "
                                "segment's training.")),

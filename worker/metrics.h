@@ -33,8 +33,9 @@ struct WorkerMetrics {
   prometheus::Histogram& epoch_duration;
   prometheus::Gauge& training_loss;
   prometheus::Gauge& samples_per_second;
-  // Samples trained, incremented at each epoch's end (rate() of it is the
-  // throughput across epochs and workers).
+  // Samples trained: full batches as they are reported, the rest at each
+  // epoch's end (rate() of it is the throughput across epochs and
+  // workers).
   prometheus::Counter& samples_trained;
   prometheus::Gauge& training_memory;
   prometheus::Gauge& busy;

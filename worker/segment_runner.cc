@@ -3,6 +3,7 @@
 #include <chrono>
 #include <cmath>
 #include <exception>
+#include <memory>
 #include <optional>
 #include <thread>
 #include <utility>
@@ -62,6 +63,36 @@ std::string StageKey(const std::string& job_id, const std::string& session,
   return absl::StrCat(job_id, "/", session, "/", stage);
 }
 
+// Feeds pnn_worker_samples_trained_total while an epoch runs (full batches,
+// at each batch report) and tops it up to the epoch's exact sample count at
+// its end (the last batch may be short). Called on the training thread.
+class SampleCounter {
+ public:
+  SampleCounter(prometheus::Counter& counter, int64_t batch_size)
+      : counter_(counter), batch_size_(batch_size) {}
+
+  void OnBatches(int64_t done, int64_t per_epoch) {
+    if (done < per_epoch) Add(done * batch_size_ - counted_);
+  }
+  void OnEpoch(const pnn::v1::EpochMetrics& metrics) {
+    // samples_per_second is the epoch's samples over its seconds.
+    Add(std::llround(metrics.samples_per_second() * metrics.seconds()) -
+        counted_);
+    counted_ = 0;
+  }
+
+ private:
+  void Add(int64_t samples) {
+    if (samples <= 0) return;
+    counter_.Increment(static_cast<double>(samples));
+    counted_ += samples;
+  }
+
+  prometheus::Counter& counter_;
+  const int64_t batch_size_;
+  int64_t counted_ = 0;  // in the running epoch
+};
+
 // The callbacks that turn training events into TrainSegment updates (and
 // metrics); the same for a segment and for any pipeline stage.
 TrainOptions MakeTrainOptions(const SegmentRunnerOptions& options,
@@ -76,7 +107,12 @@ TrainOptions MakeTrainOptions(const SegmentRunnerOptions& options,
   WorkerMetrics* const exported = options.metrics;
   prometheus::Gauge* const segment_loss =
       exported != nullptr ? &exported->SegmentLoss(task) : nullptr;
-  train_options.on_epoch = [&observer, exported, segment_loss](
+  const auto samples =
+      exported != nullptr
+          ? std::make_shared<SampleCounter>(exported->samples_trained,
+                                            task.training().batch_size())
+          : nullptr;
+  train_options.on_epoch = [&observer, exported, segment_loss, samples](
                                const pnn::v1::EpochMetrics& metrics,
                                const MlpSegment&) {
     if (exported != nullptr) {
@@ -85,9 +121,7 @@ TrainOptions MakeTrainOptions(const SegmentRunnerOptions& options,
       exported->training_loss.Set(metrics.train_loss());
       segment_loss->Set(metrics.train_loss());
       exported->samples_per_second.Set(metrics.samples_per_second());
-      // samples_per_second is the epoch's samples over its seconds.
-      exported->samples_trained.Increment(static_cast<double>(
-          std::llround(metrics.samples_per_second() * metrics.seconds())));
+      samples->OnEpoch(metrics);
       exported->training_memory.Set(
           static_cast<double>(metrics.peak_rss_growth_bytes()));
     }
@@ -95,12 +129,13 @@ TrainOptions MakeTrainOptions(const SegmentRunnerOptions& options,
     *update.mutable_epoch() = metrics;
     observer.OnUpdate(std::move(update));
   };
-  train_options.on_batches = [&observer, exported, segment_loss](
+  train_options.on_batches = [&observer, exported, segment_loss, samples](
                                  int epoch, int64_t done, int64_t per_epoch,
                                  double loss) {
     if (exported != nullptr) {
       exported->training_loss.Set(loss);
       segment_loss->Set(loss);
+      samples->OnBatches(done, per_epoch);
     }
     TrainSegmentUpdate update;
     auto* progress = update.mutable_progress();
