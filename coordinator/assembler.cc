@@ -8,11 +8,11 @@
 #include <map>
 
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_join.h"
 #include "common/dataset.h"
 #include "common/dataset_cache.h"
 #include "common/job_spec.h"
 #include "common/model.h"
+#include "common/model_export.h"
 #include "common/partition.h"
 #include "common/safetensors.h"
 #include "common/status_macros.h"
@@ -48,27 +48,18 @@ absl::Status WriteFileAtomically(const fs::path& path,
 }
 
 // Writes <state_dir>/models/<job>.{safetensors,pnnw} (each atomically);
-// returns the safetensors file's size.
+// returns the safetensors file's size. The .pnnw file keeps pnn's layer
+// names; the safetensors file has nn.Sequential's keys and the metadata
+// needed to run it (common/model_export.h).
 absl::StatusOr<int64_t> WriteModel(const std::string& state_dir,
-                                   const std::string& job_id,
                                    const pnn::v1::SegmentWeights& model,
-                                   const std::vector<int>& widths,
-                                   pnn::v1::Activation activation) {
-  // The joined weights in pnn's own format and as safetensors.
-  std::map<std::string, std::string> metadata = {
-      {"format", "pnn"},
-      {"job_id", job_id},
-      {"widths", absl::StrJoin(widths, ",")},
-      {"activation", pnn::v1::Activation_Name(activation)},
-      {"layout",
-       "linear<L>.weight is [out, in]; y = x W^T + b; the "
-       "activation follows every linear layer but the last"}};
+                                   const ModelExportInfo& info) {
   PNN_ASSIGN_OR_RETURN(std::string safetensors,
-                       EncodeSafetensors(model, metadata));
+                       EncodeModelSafetensors(model, info));
   const fs::path models = fs::path(state_dir) / "models";
-  PNN_RETURN_IF_ERROR(
-      WriteFileAtomically(models / (job_id + ".safetensors"), safetensors));
-  PNN_RETURN_IF_ERROR(WriteFileAtomically(models / (job_id + ".pnnw"),
+  PNN_RETURN_IF_ERROR(WriteFileAtomically(
+      models / (info.job_id + ".safetensors"), safetensors));
+  PNN_RETURN_IF_ERROR(WriteFileAtomically(models / (info.job_id + ".pnnw"),
                                           model.SerializeAsString()));
   return static_cast<int64_t>(safetensors.size());
 }
@@ -219,10 +210,19 @@ absl::StatusOr<AssemblyResult> Assembler::Assemble(
         result.final_test,
         Evaluate(joined, data->test, data->num_classes, device));
   }
+  ModelExportInfo info;
+  info.job_id = input.job_id;
+  info.spec = spec;
+  info.widths = joined->widths();
+  info.num_classes = data->num_classes;
+  info.image_rows = data->rows;
+  info.image_cols = data->cols;
+  PNN_ASSIGN_OR_RETURN(const DatasetFiles files,
+                       LocateDataset(directory, spec.dataset()));
+  info.transpose = files.transpose;
   PNN_ASSIGN_OR_RETURN(
       result.model_bytes,
-      WriteModel(options_.state_dir, input.job_id, ExportWeights(joined, 0),
-                 joined->widths(), spec.model().activation()));
+      WriteModel(options_.state_dir, ExportWeights(joined, 0), info));
   return result;
 }
 

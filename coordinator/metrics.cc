@@ -67,7 +67,7 @@ CoordinatorMetrics::CoordinatorMetrics(prometheus::Registry& registry)
           AddCounter(registry, "pnn_coordinator_network_received_bytes_total",
                      "Bytes of training RPC messages received from workers.")),
       last_test_accuracy(AddGauge(registry,
-                                  "pnn_coordinator_last_test_accuracy",
+                                  "pnn_coordinator_last_test_accuracy_ratio",
                                   "Test accuracy (ratio) of the most recently "
                                   "assembled model.")),
       unauthenticated_requests(AddCounter(

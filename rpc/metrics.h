@@ -1,6 +1,9 @@
 // Prometheus exposition shared by pnn's services: one registry per
-// process, a pull endpoint (/metrics) served by prometheus-cpp's Exposer,
-// and the standard process_* metrics (CPU, memory, start time, open files).
+// process, a pull endpoint (/metrics) on prometheus-cpp's Exposer whose
+// page holds that registry and the process collector only (no exposer_*
+// families of prometheus-cpp's own),
+// the standard process_* metrics (CPU, memory, start time, open and maximum
+// file descriptors) and pnn_build_info{version,revision}.
 //
 // Thread safety: metrics objects from prometheus-cpp are thread-safe; the
 // server is started once from main() and lives until the process exits or
@@ -12,6 +15,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 
 namespace prometheus {
 class Collectable;
@@ -30,6 +34,19 @@ prometheus::Counter& AddCounter(prometheus::Registry& registry,
                                 const std::string& help);
 prometheus::Gauge& AddGauge(prometheus::Registry& registry,
                             const std::string& name, const std::string& help);
+
+// pnn's version (CMake's project version) and git revision at configure
+// time ("unknown" when built outside a git checkout).
+const char* BuildVersion();
+const char* BuildRevision();
+
+// The soft "Max open files" limit in the text of /proc/<pid>/limits; -1
+// when the line is missing or the limit is "unlimited".
+double MaxOpenFiles(absl::string_view proc_limits);
+
+// Collects, at every scrape, the process_* metrics of this process (from
+// /proc/self) and pnn_build_info (gauge 1 with version and revision labels).
+std::shared_ptr<prometheus::Collectable> MakeProcessCollector();
 
 class MetricsServer {
  public:

@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 #include "common/dataset.h"
 #include "common/model.h"
 #include "common/safetensors.h"
@@ -122,6 +123,15 @@ TEST_F(ClusterTest, JobRunsOnTwoWorkersInParallelAndTheModelDownloads) {
   EXPECT_EQ(static_cast<int64_t>(safetensors.size()), job.model_bytes());
   auto weights = DecodeSafetensors(safetensors);
   ASSERT_TRUE(weights.ok()) << weights.status();
+  // nn.Sequential's keys (Linear modules at 0, 2, 4); back to pnn's names.
+  ASSERT_EQ(weights->tensors_size(), 6);
+  for (int i = 0; i < weights->tensors_size(); ++i) {
+    pnn::v1::Tensor* tensor = weights->mutable_tensors(i);
+    const int layer = i / 2 + 1;
+    const std::string kind = i % 2 == 0 ? "weight" : "bias";
+    EXPECT_EQ(tensor->name(), absl::StrCat(2 * (layer - 1), ".", kind));
+    tensor->set_name(absl::StrCat("linear", layer, ".", kind));
+  }
   weights->set_first_layer(1);
   weights->set_last_layer(3);
   auto model = ModelFromWeights(*weights, pnn::v1::ACTIVATION_RELU);

@@ -72,11 +72,13 @@ import sys
 import tempfile
 
 SKIP = 77
-# Packages scripts/setup installs for the tests, the fuzz targets and the
-# benchmark's plots only: the images do not need them.
+# Packages scripts/setup installs for the tests, the fuzz targets, the
+# benchmark's plots and the Python examples (examples/load_model.py,
+# client/python) only: the images do not need them.
 DEPLOY_TEST_TOOLS = {"prometheus", "docker-compose", "python3-yaml", "curl",
                      "python3", "clang", "libclang-rt-14-dev", "openssl",
-                     "gnuplot-nox"}
+                     "gnuplot-nox", "python3-torch", "python3-numpy",
+                     "python3-onnx", "python3-grpcio", "python3-protobuf"}
 
 
 def yaml_module():

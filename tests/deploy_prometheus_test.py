@@ -12,7 +12,7 @@ pnnctl, watches it to the end, then asks Prometheus's HTTP API until:
 
   * pnn_coordinator_jobs_finished_total{state="succeeded"} >= 1
   * pnn_worker_segments_total{outcome="succeeded"} >= 1 on both workers
-  * 0.5 < pnn_coordinator_last_test_accuracy <= 1, and equal to the job's
+  * 0.5 < pnn_coordinator_last_test_accuracy_ratio <= 1, and equal to the job's
     test accuracy that `pnnctl get` reports
   * pnn_coordinator_workers_registered == 2
   * process_resident_memory_bytes > 0 and up == 1 for all three targets
@@ -204,11 +204,29 @@ def run(repo, coordinator_bin, worker_bin, pnnctl_bin, work, procs):
              segments_per_worker)
 
     def accuracy():
-        v = values(prometheus.query("pnn_coordinator_last_test_accuracy"))
+        v = values(prometheus.query("pnn_coordinator_last_test_accuracy_ratio"))
         return (len(v) == 1 and 0.5 < min(v.values()) <= 1.0 and
                 abs(min(v.values()) - job_accuracy) < 1e-6), v
-    wait_for("0.5 < pnn_coordinator_last_test_accuracy <= 1, equal to the "
+    wait_for("0.5 < pnn_coordinator_last_test_accuracy_ratio <= 1, equal to the "
              f"job's test accuracy {job_accuracy:.4f}", accuracy)
+
+    # Two segments x 2 epochs x 6000 samples, counted by the workers.
+    def samples_trained():
+        v = values(prometheus.query(
+            'sum(pnn_worker_samples_trained_total{job="pnn-worker"})'))
+        return list(v.values()) == [2 * 2 * 6000.0], v
+    wait_for("sum(pnn_worker_samples_trained_total) == 24000", samples_trained)
+
+    # Each segment's loss to its own target: segment 1 to its SIL (MSE),
+    # segment 2 to the classes.
+    def segment_losses():
+        result = prometheus.query(
+            'count by (segment, target) (pnn_worker_segment_loss{job="pnn-worker"})')
+        v = {(r["metric"].get("segment"), r["metric"].get("target"))
+             for r in result}
+        return v == {("1", "sil"), ("2", "classes")}, v
+    wait_for('pnn_worker_segment_loss{segment="1",target="sil"} and '
+             '{segment="2",target="classes"}', segment_losses)
 
     all_targets = worker_instances | {f"127.0.0.1:{cluster['coordinator_metrics']}"}
 

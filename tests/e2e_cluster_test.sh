@@ -104,8 +104,8 @@ data = open(sys.argv[1], "rb").read()
 (n,) = struct.unpack("<Q", data[:8])
 header = json.loads(data[8:8 + n])
 shapes = {k: v["shape"] for k, v in header.items() if k != "__metadata__"}
-assert shapes["linear1.weight"] == [256, 784], shapes
-assert shapes["linear6.weight"] == [10, 256], shapes
+assert shapes["0.weight"] == [256, 784], shapes
+assert shapes["10.weight"] == [10, 256], shapes
 end = max(v["data_offsets"][1] for k, v in header.items() if k != "__metadata__")
 assert 8 + n + end == len(data)
 PY

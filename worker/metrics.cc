@@ -1,5 +1,6 @@
 #include "worker/metrics.h"
 
+#include "absl/strings/str_cat.h"
 #include "rpc/metrics.h"
 
 namespace pnn {
@@ -35,6 +36,10 @@ WorkerMetrics::WorkerMetrics(prometheus::Registry& registry)
                              "current epoch so far.")),
       samples_per_second(AddGauge(registry, "pnn_worker_samples_per_second",
                                   "Training throughput of the last epoch.")),
+      samples_trained(AddCounter(registry, "pnn_worker_samples_trained_total",
+                                 "Training samples processed (full "
+                                 "batches as reported, the rest at each "
+                                 "epoch's end).")),
       training_memory(AddGauge(registry, "pnn_worker_training_memory_bytes",
                                "Peak resident memory growth of the running "
                                "segment's training.")),
@@ -57,7 +62,21 @@ WorkerMetrics::WorkerMetrics(prometheus::Registry& registry)
           "other workers (StageForward messages).")),
       unauthenticated_requests(AddCounter(
           registry, "pnn_worker_unauthenticated_requests_total",
-          "Calls refused for a missing or wrong token.")) {}
+          "Calls refused for a missing or wrong token.")),
+      segment_loss_(prometheus::BuildGauge()
+                        .Name("pnn_worker_segment_loss")
+                        .Help("Mean training loss of the segment's current "
+                              "epoch so far, against its target: MSE to its "
+                              "SIL (target=\"sil\") or cross-entropy to the "
+                              "classes (target=\"classes\").")
+                        .Register(registry)) {}
+
+prometheus::Gauge& WorkerMetrics::SegmentLoss(
+    const pnn::v1::SegmentTask& task) {
+  return segment_loss_.Add(
+      {{"segment", absl::StrCat(task.segment_index() + 1)},
+       {"target", task.has_target_sil() ? "sil" : "classes"}});
+}
 
 void WorkerMetrics::RecordOutcome(const absl::Status& status) {
   if (status.ok()) {

@@ -10,6 +10,7 @@
 #include <prometheus/registry.h>
 
 #include "absl/status/status.h"
+#include "pnn/v1/segment.pb.h"
 
 namespace pnn {
 namespace worker {
@@ -19,6 +20,11 @@ struct WorkerMetrics {
 
   // Counts a finished segment by outcome (succeeded, failed, cancelled).
   void RecordOutcome(const absl::Status& status);
+  // The pnn_worker_segment_loss series of `task`: labelled by its 1-based
+  // segment index and its target ("sil" for a segment that regresses a
+  // synthetic intermediate label, "classes" for the last one). Segment
+  // indices are few, so the series stay bounded.
+  prometheus::Gauge& SegmentLoss(const pnn::v1::SegmentTask& task);
 
   prometheus::Counter& segments_succeeded;
   prometheus::Counter& segments_failed;
@@ -27,6 +33,10 @@ struct WorkerMetrics {
   prometheus::Histogram& epoch_duration;
   prometheus::Gauge& training_loss;
   prometheus::Gauge& samples_per_second;
+  // Samples trained: full batches as they are reported, the rest at each
+  // epoch's end (rate() of it is the throughput across epochs and
+  // workers).
+  prometheus::Counter& samples_trained;
   prometheus::Gauge& training_memory;
   prometheus::Gauge& busy;
   prometheus::Counter& network_sent_bytes;
@@ -36,6 +46,9 @@ struct WorkerMetrics {
   prometheus::Counter& peer_sent_bytes;
   prometheus::Counter& peer_received_bytes;
   prometheus::Counter& unauthenticated_requests;
+
+ private:
+  prometheus::Family<prometheus::Gauge>& segment_loss_;
 };
 
 }  // namespace worker

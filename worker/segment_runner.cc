@@ -1,7 +1,9 @@
 #include "worker/segment_runner.h"
 
 #include <chrono>
+#include <cmath>
 #include <exception>
+#include <memory>
 #include <optional>
 #include <thread>
 #include <utility>
@@ -61,9 +63,40 @@ std::string StageKey(const std::string& job_id, const std::string& session,
   return absl::StrCat(job_id, "/", session, "/", stage);
 }
 
+// Feeds pnn_worker_samples_trained_total while an epoch runs (full batches,
+// at each batch report) and tops it up to the epoch's exact sample count at
+// its end (the last batch may be short). Called on the training thread.
+class SampleCounter {
+ public:
+  SampleCounter(prometheus::Counter& counter, int64_t batch_size)
+      : counter_(counter), batch_size_(batch_size) {}
+
+  void OnBatches(int64_t done, int64_t per_epoch) {
+    if (done < per_epoch) Add(done * batch_size_ - counted_);
+  }
+  void OnEpoch(const pnn::v1::EpochMetrics& metrics) {
+    // samples_per_second is the epoch's samples over its seconds.
+    Add(std::llround(metrics.samples_per_second() * metrics.seconds()) -
+        counted_);
+    counted_ = 0;
+  }
+
+ private:
+  void Add(int64_t samples) {
+    if (samples <= 0) return;
+    counter_.Increment(static_cast<double>(samples));
+    counted_ += samples;
+  }
+
+  prometheus::Counter& counter_;
+  const int64_t batch_size_;
+  int64_t counted_ = 0;  // in the running epoch
+};
+
 // The callbacks that turn training events into TrainSegment updates (and
 // metrics); the same for a segment and for any pipeline stage.
 TrainOptions MakeTrainOptions(const SegmentRunnerOptions& options,
+                              const SegmentTask& task,
                               SegmentObserver& observer,
                               std::function<bool()> should_stop) {
   TrainOptions train_options;
@@ -72,14 +105,23 @@ TrainOptions MakeTrainOptions(const SegmentRunnerOptions& options,
   train_options.batch_report_interval = options.batch_report_interval;
   train_options.should_stop = std::move(should_stop);
   WorkerMetrics* const exported = options.metrics;
-  train_options.on_epoch = [&observer, exported](
+  prometheus::Gauge* const segment_loss =
+      exported != nullptr ? &exported->SegmentLoss(task) : nullptr;
+  const auto samples =
+      exported != nullptr
+          ? std::make_shared<SampleCounter>(exported->samples_trained,
+                                            task.training().batch_size())
+          : nullptr;
+  train_options.on_epoch = [&observer, exported, segment_loss, samples](
                                const pnn::v1::EpochMetrics& metrics,
                                const MlpSegment&) {
     if (exported != nullptr) {
       exported->epochs.Increment();
       exported->epoch_duration.Observe(metrics.seconds());
       exported->training_loss.Set(metrics.train_loss());
+      segment_loss->Set(metrics.train_loss());
       exported->samples_per_second.Set(metrics.samples_per_second());
+      samples->OnEpoch(metrics);
       exported->training_memory.Set(
           static_cast<double>(metrics.peak_rss_growth_bytes()));
     }
@@ -87,10 +129,14 @@ TrainOptions MakeTrainOptions(const SegmentRunnerOptions& options,
     *update.mutable_epoch() = metrics;
     observer.OnUpdate(std::move(update));
   };
-  train_options.on_batches = [&observer, exported](int epoch, int64_t done,
-                                                   int64_t per_epoch,
-                                                   double loss) {
-    if (exported != nullptr) exported->training_loss.Set(loss);
+  train_options.on_batches = [&observer, exported, segment_loss, samples](
+                                 int epoch, int64_t done, int64_t per_epoch,
+                                 double loss) {
+    if (exported != nullptr) {
+      exported->training_loss.Set(loss);
+      segment_loss->Set(loss);
+      samples->OnBatches(done, per_epoch);
+    }
     TrainSegmentUpdate update;
     auto* progress = update.mutable_progress();
     progress->set_epoch(epoch);
@@ -483,7 +529,7 @@ absl::Status SegmentRunner::RunSegment(Job& job,
   }
 
   TrainOptions train_options =
-      MakeTrainOptions(options_, *job.observer, should_stop);
+      MakeTrainOptions(options_, task, *job.observer, should_stop);
   // The first stage of a pipeline: every batch's output goes to the next
   // stage, whose answer is the gradient to backpropagate.
   std::unique_ptr<PipelineLink> link;
@@ -522,7 +568,8 @@ absl::Status SegmentRunner::RunStage(Job& job,
                     [this, &job](const absl::Status& status) {
                       return EndStatus(job, status);
                     });
-  return stage.Run(MakeTrainOptions(options_, *job.observer, should_stop),
+  return stage.Run(
+      MakeTrainOptions(options_, job.task, *job.observer, should_stop),
                    result);
 }
 

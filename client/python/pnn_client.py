@@ -10,6 +10,11 @@ python3-grpcio and python3-protobuf, and either grpc_tools
 (pip's grpcio-tools) or protoc with grpc_python_plugin
 (protobuf-compiler, protobuf-compiler-grpc). Exit status as pnnctl's: 0 the
 job SUCCEEDED, 1 usage or local error, 2 RPC error, 3 FAILED, 4 CANCELLED.
+
+Security flags as pnnctl's: --tls_ca FILE connects with TLS, verifying the
+coordinator against that CA (PEM); --tls_cert/--tls_key add a client
+certificate; --token_file FILE (default: $PNN_AUTH_TOKEN) sends the bearer
+token with every call.
 """
 
 import argparse
@@ -88,10 +93,51 @@ def load_request(path, coordinator_pb2):
         fail(f"{path}: {e}", EXIT_USAGE)
 
 
+AUTH_TOKEN_ENVIRONMENT = "PNN_AUTH_TOKEN"  # rpc/auth.h
+
+
+def read_file(path, what, mode="r"):
+    try:
+        with open(path, mode) as f:
+            return f.read()
+    except OSError as e:
+        fail(f"cannot read the {what} {path}: {e.strerror}", EXIT_USAGE)
+
+
+def load_auth_token(token_file):
+    """As pnnctl (rpc/auth.cc): the file's token, stripped, or
+    $PNN_AUTH_TOKEN when no file is given; "" means no authentication."""
+    if not token_file:
+        return os.environ.get(AUTH_TOKEN_ENVIRONMENT, "").strip()
+    token = read_file(token_file, "token file").strip()
+    if not token:
+        fail(f"the token file {token_file} is empty", EXIT_USAGE)
+    return token
+
+
+def channel_credentials(args, grpc):
+    """None for plaintext; TLS credentials as pnnctl's rpc/tls.cc."""
+    if not args.tls_ca and not args.tls_cert:
+        if args.tls_key:
+            fail("--tls_key needs --tls_cert", EXIT_USAGE)
+        return None
+    if bool(args.tls_cert) != bool(args.tls_key):
+        fail("--tls_cert and --tls_key go together", EXIT_USAGE)
+    ca = read_file(args.tls_ca, "CA", "rb") if args.tls_ca else None
+    cert = read_file(args.tls_cert, "certificate", "rb") if args.tls_cert else None
+    key = read_file(args.tls_key, "key", "rb") if args.tls_key else None
+    return grpc.ssl_channel_credentials(root_certificates=ca,
+                                        private_key=key,
+                                        certificate_chain=cert)
+
+
 def describe_rpc_error(error, target):
     import grpc
     code = error.code()
     detail = f"{code.name}: {error.details()}"
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        return (f"{detail}; give the coordinator's token with --token_file "
+                f"or {AUTH_TOKEN_ENVIRONMENT}")
     if code == grpc.StatusCode.UNAVAILABLE:
         return (f"cannot reach coordinator at {target} ({detail}); is "
                 "pnn-coordinator running? set --coordinator or "
@@ -99,7 +145,18 @@ def describe_rpc_error(error, target):
     return detail
 
 
-def main():
+def apply_overrides(args, request):
+    if args.epochs is not None:
+        request.spec.training.epochs = args.epochs
+        for segment in request.spec.segment_training:
+            segment.epochs = 0
+    if args.train_limit is not None:
+        request.spec.dataset.train_limit = args.train_limit
+    if args.baseline:
+        request.conventional_baseline = True
+
+
+def parse_args():
     parser = argparse.ArgumentParser(
         description="Submit a pnn job and watch it to the end.")
     parser.add_argument("job", help="protobuf JSON of pnn.v1.JobSpec or "
@@ -117,7 +174,28 @@ def main():
                         help="also train the conventional baseline")
     parser.add_argument("--timeout", type=float, default=30,
                         help="seconds for SubmitJob")
-    args = parser.parse_args()
+    parser.add_argument("--tls_ca", help="connect with TLS, verifying the "
+                        "coordinator against this CA (PEM)")
+    parser.add_argument("--tls_cert", help="client certificate (PEM), "
+                        "optional")
+    parser.add_argument("--tls_key", help="private key of --tls_cert")
+    parser.add_argument("--token_file", help="file holding the coordinator's "
+                        f"bearer token (default: ${AUTH_TOKEN_ENVIRONMENT})")
+    return parser.parse_args()
+
+
+def open_channel(args, grpc):
+    options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+               ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)]
+    credentials = channel_credentials(args, grpc)
+    if credentials is None:
+        return grpc.insecure_channel(args.coordinator, options=options)
+    return grpc.secure_channel(args.coordinator, credentials, options=options)
+
+
+def main():
+    args = parse_args()
+    token = load_auth_token(args.token_file)
 
     try:
         import grpc
@@ -134,27 +212,21 @@ def main():
             "pnn.v1.coordinator_pb2_grpc")
 
     request = load_request(args.job, coordinator_pb2)
-    if args.epochs is not None:
-        request.spec.training.epochs = args.epochs
-        for segment in request.spec.segment_training:
-            segment.epochs = 0
-    if args.train_limit is not None:
-        request.spec.dataset.train_limit = args.train_limit
-    if args.baseline:
-        request.conventional_baseline = True
+    apply_overrides(args, request)
 
-    channel = grpc.insecure_channel(args.coordinator, options=[
-        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)])
+    channel = open_channel(args, grpc)
+    metadata = [("authorization", "Bearer " + token)] if token else None
     stub = coordinator_grpc.CoordinatorStub(channel)
     state_name = coordinator_pb2.JobState.Name
     try:
-        response = stub.SubmitJob(request, timeout=args.timeout)
+        response = stub.SubmitJob(request, timeout=args.timeout,
+                                  metadata=metadata)
         job_id = response.job_id
         print(f"submitted {job_id}", flush=True)
         job = response.job
         for event in stub.WatchJob(
-                coordinator_pb2.WatchJobRequest(job_id=job_id)):
+                coordinator_pb2.WatchJobRequest(job_id=job_id),
+                metadata=metadata):
             job = event.job
             progress = ", ".join(
                 f"segment {t.segment_index + 1} {100 * t.progress:.0f}%"

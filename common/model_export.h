@@ -1,0 +1,54 @@
+// The model file users take away: the joined network as safetensors with
+// the keys of a plain `torch.nn.Sequential` (Linear, activation, Linear,
+// ..., Linear: linear layer L is module 2 * (L - 1)) and, in
+// `__metadata__`, everything needed to run it without pnn (widths,
+// activation, input scaling, class count, data set, job id and spec).
+// Free of libtorch; examples/load_model.py is the reference reader.
+#ifndef PNN_COMMON_MODEL_EXPORT_H_
+#define PNN_COMMON_MODEL_EXPORT_H_
+
+#include <map>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "pnn/v1/job.pb.h"
+#include "pnn/v1/segment.pb.h"
+
+namespace pnn {
+
+// Version of the metadata layout below (`pnn_format_version`); raise it
+// when a key changes meaning.
+inline constexpr char kModelFormatVersion[] = "1";
+
+struct ModelExportInfo {
+  std::string job_id;
+  pnn::v1::JobSpec spec;    // resolved (defaults filled in)
+  std::vector<int> widths;  // input, hidden..., classes
+  int num_classes = 0;
+  int image_rows = 0;  // as the network sees them (after any transpose)
+  int image_cols = 0;
+  bool transpose = false;  // images were transposed on reading (EMNIST)
+};
+
+// "linear<L>.weight" -> "<2 * (L - 1)>.weight" (likewise ".bias").
+// INVALID_ARGUMENT for any other name.
+absl::StatusOr<std::string> SequentialKey(absl::string_view pnn_name);
+
+// The string metadata recorded with the model (safetensors allows only
+// strings). Keys: format ("pt"), pnn_format_version, job_id, job_spec
+// (protobuf JSON), widths, activation (relu, tanh, gelu, sigmoid),
+// num_classes, input_width, image_rows, image_cols, input_transpose,
+// input_scaling, dataset, dataset_emnist_split, train_limit, test_limit,
+// layout.
+std::map<std::string, std::string> ModelMetadata(const ModelExportInfo& info);
+
+// Safetensors bytes of the joined weights (pnn's "linear<L>" names) under
+// nn.Sequential keys, with ModelMetadata(info).
+absl::StatusOr<std::string> EncodeModelSafetensors(
+    const pnn::v1::SegmentWeights& joined, const ModelExportInfo& info);
+
+}  // namespace pnn
+
+#endif  // PNN_COMMON_MODEL_EXPORT_H_
