@@ -66,6 +66,32 @@ class CoordinatorTest : public ::testing::Test {
     ASSERT_TRUE(coordinator_->Start().ok());
   }
 
+  // Restarts the coordinator on the same state with `driver` faking the
+  // workers (which send no heartbeat, so none is ever declared lost).
+  void RestartWithDriver(std::shared_ptr<TaskDriver> driver) {
+    coordinator_->Shutdown();
+    Coordinator::Options options;
+    options.state_dir = state_.path();
+    options.data_dir = data_.path();
+    options.worker_timeout = absl::Hours(1);
+    options.task_driver = std::move(driver);
+    coordinator_ = std::make_unique<Coordinator>(options);
+    ASSERT_TRUE(coordinator_->Start().ok());
+  }
+
+  // The job once SUCCEEDED or FAILED (or as it is after about 10 s).
+  absl::StatusOr<pnn::v1::Job> WaitUntilFinished(const std::string& id) {
+    absl::StatusOr<pnn::v1::Job> job = coordinator_->GetJob(id);
+    for (int i = 0; i < 1000 && job.ok() &&
+                    job->state() != pnn::v1::JOB_STATE_SUCCEEDED &&
+                    job->state() != pnn::v1::JOB_STATE_FAILED;
+         ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      job = coordinator_->GetJob(id);
+    }
+    return job;
+  }
+
   // Runs `sql` on the coordinator's database through a second connection.
   void ExecuteSql(const std::string& sql) {
     sqlite3* db = nullptr;
@@ -584,7 +610,11 @@ TEST_F(CoordinatorTest, OnlyTheNewestFinishedJobsAreKept) {
   for (const std::string& id : ids) {
     ASSERT_TRUE(coordinator_->CancelJob(id).ok());
   }
-  for (int i = 0; i < 100 && coordinator_->GetJob(ids[0]).ok(); ++i) {
+  // Deleted by the scheduler thread: the record first, then (with the lock
+  // released) the files.
+  for (int i = 0; i < 100 && (coordinator_->GetJob(ids[0]).ok() ||
+                              std::filesystem::exists(model));
+       ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
   EXPECT_EQ(coordinator_->GetJob(ids[0]).status().code(),
@@ -635,14 +665,7 @@ TEST_F(CoordinatorTest, AnUnreachableWorkerIsBackedOffNotHandedEveryRetry) {
   // Fault: a worker with a wrong --advertise_address got every retry at
   // once and failed each job in about 2 s.
   auto driver = std::make_shared<FakeDriver>("127.0.0.1:1");
-  coordinator_->Shutdown();
-  Coordinator::Options options;
-  options.state_dir = state_.path();
-  options.data_dir = data_.path();
-  options.worker_timeout = absl::Hours(1);  // the fakes send no heartbeat
-  options.task_driver = driver;
-  coordinator_ = std::make_unique<Coordinator>(options);
-  ASSERT_TRUE(coordinator_->Start().ok());
+  RestartWithDriver(driver);
   pnn::v1::WorkerInfo bad;
   bad.set_address("127.0.0.1:1");
   ASSERT_TRUE(coordinator_->RegisterWorker(bad).ok());
@@ -660,14 +683,7 @@ TEST_F(CoordinatorTest, AnUnreachableWorkerIsBackedOffNotHandedEveryRetry) {
   good.set_address("127.0.0.1:2");
   ASSERT_TRUE(coordinator_->RegisterWorker(good).ok());
   for (const std::string& id : ids) {
-    absl::StatusOr<pnn::v1::Job> job = coordinator_->GetJob(id);
-    for (int i = 0; i < 500 && job.ok() && job->state() !=
-                                   pnn::v1::JOB_STATE_SUCCEEDED &&
-                                   job->state() != pnn::v1::JOB_STATE_FAILED;
-         ++i) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(10));
-      job = coordinator_->GetJob(id);
-    }
+    const absl::StatusOr<pnn::v1::Job> job = WaitUntilFinished(id);
     ASSERT_TRUE(job.ok());
     EXPECT_EQ(job->state(), pnn::v1::JOB_STATE_SUCCEEDED) << job->message();
   }
@@ -682,15 +698,8 @@ TEST_F(CoordinatorTest, ACudaJobIsAssembledOnTheCoordinatorsOwnDevice) {
   // coordinator failed every cuda job at assembly, after training. Here a
   // (fake) CUDA worker trains and the CPU coordinator assembles.
   auto driver = std::make_shared<FakeDriver>("");
-  coordinator_->Shutdown();
-  Coordinator::Options options;
-  options.state_dir = state_.path();
-  options.data_dir = data_.path();
-  options.worker_timeout = absl::Hours(1);  // the fake sends no heartbeat
-  options.task_driver = driver;
-  ASSERT_EQ(options.device, "cpu");
-  coordinator_ = std::make_unique<Coordinator>(options);
-  ASSERT_TRUE(coordinator_->Start().ok());
+  ASSERT_EQ(Coordinator::Options().device, "cpu");  // the default, used here
+  RestartWithDriver(driver);
   pnn::v1::WorkerInfo gpu;
   gpu.set_address("127.0.0.1:3");
   gpu.set_device("cuda:0");
@@ -699,14 +708,8 @@ TEST_F(CoordinatorTest, ACudaJobIsAssembledOnTheCoordinatorsOwnDevice) {
   request.mutable_spec()->set_device("cuda");
   auto submitted = coordinator_->Submit(request);
   ASSERT_TRUE(submitted.ok()) << submitted.status();
-  absl::StatusOr<pnn::v1::Job> job = coordinator_->GetJob(submitted->job_id());
-  for (int i = 0; i < 1000 && job.ok() &&
-                  job->state() != pnn::v1::JOB_STATE_SUCCEEDED &&
-                  job->state() != pnn::v1::JOB_STATE_FAILED;
-       ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    job = coordinator_->GetJob(submitted->job_id());
-  }
+  const absl::StatusOr<pnn::v1::Job> job =
+      WaitUntilFinished(submitted->job_id());
   ASSERT_TRUE(job.ok());
   EXPECT_EQ(job->state(), pnn::v1::JOB_STATE_SUCCEEDED) << job->message();
   EXPECT_GT(job->test().samples(), 0);

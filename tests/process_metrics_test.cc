@@ -18,6 +18,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "rpc/metrics.h"
+#include "tests/http_get.h"
 
 namespace pnn {
 namespace {
@@ -75,33 +76,6 @@ TEST(ProcessMetricsTest, BuildInfoNamesVersionAndRevision) {
   EXPECT_EQ(labels["version"], BuildVersion());
   EXPECT_FALSE(labels["revision"].empty());
   EXPECT_EQ(labels["revision"], BuildRevision());
-}
-
-// The HTTP response to GET `path` on 127.0.0.1:port ("" on failure).
-std::string HttpGet(int port, const std::string& path) {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0) return "";
-  sockaddr_in address{};
-  address.sin_family = AF_INET;
-  address.sin_port = htons(static_cast<uint16_t>(port));
-  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  std::string response;
-  if (connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) ==
-      0) {
-    const std::string request = absl::StrCat(
-        "GET ", path,
-        " HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
-    if (write(fd, request.data(), request.size()) ==
-        static_cast<ssize_t>(request.size())) {
-      char buffer[4096];
-      ssize_t n;
-      while ((n = read(fd, buffer, sizeof(buffer))) > 0) {
-        response.append(buffer, static_cast<size_t>(n));
-      }
-    }
-  }
-  close(fd);
-  return response;
 }
 
 TEST(ProcessMetricsTest, EachServerServesItsOwnRegistryAndNoExposerFamilies) {

@@ -30,6 +30,7 @@
 #include "pnn/v1/worker.grpc.pb.h"
 #include "rpc/rpc_util.h"
 #include "tests/grpc_health.h"
+#include "tests/http_get.h"
 #include "tests/test_util.h"
 #include "worker/worker_server.h"
 
@@ -386,30 +387,6 @@ class Child {
 bool HealthCheckServing(const std::string& address) {
   absl::StatusOr<std::string> health = CheckHealth(MakeChannel(address), "");
   return health.ok() && *health == HealthServing();
-}
-
-// A plain HTTP/1.0 GET on loopback; returns the whole response.
-std::string HttpGet(int port, const std::string& path) {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in address = {};
-  address.sin_family = AF_INET;
-  address.sin_port = htons(static_cast<uint16_t>(port));
-  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  std::string response;
-  if (connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) ==
-      0) {
-    const std::string request = "GET " + path + " HTTP/1.0\r\n\r\n";
-    if (write(fd, request.data(), request.size()) ==
-        static_cast<ssize_t>(request.size())) {
-      char buffer[4096];
-      ssize_t n;
-      while ((n = read(fd, buffer, sizeof(buffer))) > 0) {
-        response.append(buffer, static_cast<size_t>(n));
-      }
-    }
-  }
-  close(fd);
-  return response;
 }
 
 TEST(WorkerBinaryTest, RegistersServesAndExitsCleanlyOnSigterm) {
