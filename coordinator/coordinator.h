@@ -2,12 +2,12 @@
 // It wires together the components beside it: the job table and its state
 // machine (job_table.h), the worker registry and liveness
 // (worker_registry.h), the scheduler and placement (scheduler.h,
-// placement.h), the retry policy
-// (retry_policy.h), the TrainSegment driver (task_driver.h), the assembler
-// (assembler.h), the store and its writer thread (job_store.h,
-// store_writer.h) and the watch fan-out (job_events.h); docs/DESIGN.md, "The
-// coordinator's components". What remains here is the scheduler loop, the
-// streams' threads and the assembly thread.
+// placement.h), the retry policy (retry_policy.h), the TrainSegment driver
+// (task_driver.h), the assembler (assembler.h), the store and its writer
+// thread (job_store.h, store_writer.h) and the watch fan-out
+// (job_events.h); docs/DESIGN.md, "The coordinator's components". What
+// remains here is the scheduler loop, the streams' threads and the
+// assembly thread.
 //
 // Thread safety: every public method may be called from any thread. The
 // coordinator owns its threads: one scheduler thread, one thread per task
@@ -22,11 +22,9 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
-#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
-#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
