@@ -232,4 +232,28 @@ absl::StatusOr<MlpSegment> JoinSegments(const std::vector<MlpSegment>& parts) {
   return joined;
 }
 
+absl::StatusOr<MlpSegment> AssembleNetwork(
+    const std::vector<pnn::v1::SegmentWeights>& segments,
+    pnn::v1::Activation activation) {
+  std::vector<MlpSegment> parts;
+  try {
+    for (size_t i = 0; i < segments.size(); ++i) {
+      if (segments[i].segment_index() != static_cast<int>(i)) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "assembly: expected segment ", i, ", got segment ",
+            segments[i].segment_index()));
+      }
+      auto part = ModelFromWeights(segments[i], activation);
+      if (!part.ok()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "assembly: segment ", i, ": ", part.status().message()));
+      }
+      parts.push_back(*part);
+    }
+    return JoinSegments(parts);
+  } catch (const std::exception& error) {
+    return absl::InternalError(absl::StrCat("assembly: ", error.what()));
+  }
+}
+
 }  // namespace pnn

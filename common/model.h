@@ -75,6 +75,12 @@ absl::StatusOr<MlpSegment> ModelFromWeights(
 // parameters are copied, the inputs are left untouched.
 absl::StatusOr<MlpSegment> JoinSegments(const std::vector<MlpSegment>& parts);
 
+// Joins trained segments, ordered by segment index, into the whole network
+// (ModelFromWeights of each, then JoinSegments).
+absl::StatusOr<MlpSegment> AssembleNetwork(
+    const std::vector<pnn::v1::SegmentWeights>& segments,
+    pnn::v1::Activation activation);
+
 }  // namespace pnn
 
 #endif  // PNN_COMMON_MODEL_H_

@@ -1,14 +1,14 @@
-// Turning a job into independent segment tasks, and segment results back
-// into one network: the part of a job's life that pnn-train and the
-// coordinator share.
+// Turning a job into independent segment tasks: the part of a job's life
+// that pnn-train and the coordinator share. Free of libtorch (joining the
+// trained segments is AssembleNetwork, common/model.h).
 #ifndef PNN_COMMON_PARTITION_H_
 #define PNN_COMMON_PARTITION_H_
 
 #include <string>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "common/model.h"
 #include "pnn/v1/job.pb.h"
 #include "pnn/v1/segment.pb.h"
 
@@ -35,11 +35,6 @@ bool NeedsUpstream(const pnn::v1::SegmentTask& task);
 absl::Status AttachUpstream(
     const std::vector<pnn::v1::SegmentWeights>& finished,
     pnn::v1::SegmentTask* task);
-
-// Joins trained segments, ordered by segment index, into the whole network.
-absl::StatusOr<MlpSegment> AssembleNetwork(
-    const std::vector<pnn::v1::SegmentWeights>& segments,
-    pnn::v1::Activation activation);
 
 }  // namespace pnn
 

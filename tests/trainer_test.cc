@@ -4,6 +4,7 @@
 #include <torch/cuda.h>
 
 #include "common/job_spec.h"
+#include "common/model.h"
 #include "common/partition.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"

@@ -13,6 +13,7 @@
 
 #include "common/dataset.h"
 #include "common/job_spec.h"
+#include "common/model.h"
 #include "common/partition.h"
 #include "common/trainer.h"
 #include "gmock/gmock.h"
