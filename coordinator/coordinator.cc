@@ -15,7 +15,6 @@
 #include "coordinator/job_store.h"
 #include "coordinator/metrics.h"
 #include "coordinator/placement.h"
-#include "coordinator/proto_time.h"
 #include "coordinator/store_writer.h"
 #include "coordinator/task_driver.h"
 #include "rpc/rpc_util.h"
@@ -41,15 +40,6 @@ absl::Status CheckJobId(const std::string& job_id) {
 
 absl::Status NoSuchJob(const std::string& job_id) {
   return absl::NotFoundError(absl::StrCat("no job \"", job_id, "\""));
-}
-
-// What a failed attempt says, for people: the loss reason when the
-// coordinator ended it, else the worker's status.
-std::string AttemptError(const std::string& loss_reason,
-                         const absl::Status& status) {
-  if (!loss_reason.empty()) return loss_reason;
-  return absl::StrCat(absl::StatusCodeToString(status.code()), ": ",
-                      status.message());
 }
 
 void LogError(const absl::Status& status) {
@@ -295,18 +285,7 @@ void Coordinator::OnJobChanged(const JobRecord& record,
 
 void Coordinator::OnJobFinished(const JobRecord& record) {
   finished_to_clean_.push_back(record.id());
-  if (metrics_ == nullptr) return;
-  const pnn::v1::JobState state = record.job.state();
-  auto finished = metrics_->jobs_finished.find(state);
-  if (finished != metrics_->jobs_finished.end()) finished->second->Increment();
-  auto duration = metrics_->job_duration.find(state);
-  if (duration != metrics_->job_duration.end()) {
-    duration->second->Observe(
-        SecondsBetween(record.job.create_time(), record.job.end_time()));
-  }
-  if (state == pnn::v1::JOB_STATE_SUCCEEDED) {
-    metrics_->last_test_accuracy.Set(record.job.test().accuracy());
-  }
+  if (metrics_ != nullptr) metrics_->RecordFinished(record.job);
 }
 
 // ---------------------------------------------------------------------------
@@ -346,9 +325,8 @@ absl::Status Coordinator::DeregisterWorker(const std::string& worker_id) {
 
 void Coordinator::LoseTaskLocked(const std::string& job_id, int task_index,
                                  const std::string& reason) {
-  JobRecord* record = table_.Find(job_id);
-  if (record != nullptr && table_.FindTask(job_id, task_index) != nullptr) {
-    table_.Lose(*record, task_index, reason);
+  if (table_.FindTask(job_id, task_index) != nullptr) {
+    table_.Lose(*table_.Find(job_id), task_index, reason);
   }
 }
 
@@ -359,26 +337,7 @@ void Coordinator::RecordUnauthenticated() {
 int Coordinator::registered_workers() const { return workers_->size(); }
 
 pnn::v1::ListWorkersResponse Coordinator::ListWorkers() const {
-  const absl::Time now = absl::Now();
-  pnn::v1::ListWorkersResponse response;
-  for (const WorkerRegistry::Worker& worker : workers_->All()) {
-    pnn::v1::WorkerStatus* status = response.add_workers();
-    status->set_worker_id(worker.id);
-    *status->mutable_info() = worker.info;
-    *status->mutable_registered_time() = ToProtoTime(worker.registered);
-    *status->mutable_last_heartbeat_time() =
-        ToProtoTime(worker.last_heartbeat);
-    if (worker.assignment.has_value()) {
-      status->set_job_id(worker.assignment->job_id);
-      status->set_task_index(worker.assignment->task_index);
-    }
-    status->set_deregistered(worker.draining);
-    if (worker.unreachable_until > now) {
-      *status->mutable_backed_off_until() =
-          ToProtoTime(worker.unreachable_until);
-    }
-  }
-  return response;
+  return workers_->Snapshot(absl::Now());
 }
 
 // ---------------------------------------------------------------------------
@@ -480,10 +439,8 @@ void Coordinator::ReapDispatchThreadsLocked() {
 
 void Coordinator::UpdateGaugesLocked(absl::Time now) {
   if (metrics_ == nullptr) return;
-  JobTable::TaskCounts counts = table_.Count();
-  for (auto& [state, gauge] : metrics_->jobs) gauge->Set(counts.jobs[state]);
-  metrics_->queued_tasks.Set(counts.queued_tasks);
-  metrics_->running_tasks.Set(counts.running_tasks);
+  const JobTable::TaskCounts counts = table_.Count();
+  metrics_->SetJobGauges(counts.jobs, counts.queued_tasks, counts.running_tasks);
   const WorkerRegistry::Counts workers = workers_->Count(now);
   metrics_->workers_registered.Set(workers.registered);
   metrics_->workers_healthy.Set(workers.healthy);

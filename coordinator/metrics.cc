@@ -1,5 +1,6 @@
 #include "coordinator/metrics.h"
 
+#include "coordinator/proto_time.h"
 #include "rpc/metrics.h"
 
 namespace pnn {
@@ -95,6 +96,33 @@ CoordinatorMetrics::CoordinatorMetrics(prometheus::Registry& registry)
     job_duration[state] =
         &duration.Add({{"state", JobStateLabel(state)}}, buckets);
   }
+}
+
+void CoordinatorMetrics::RecordFinished(const pnn::v1::Job& job) {
+  const pnn::v1::JobState state = job.state();
+  if (auto finished = jobs_finished.find(state);
+      finished != jobs_finished.end()) {
+    finished->second->Increment();
+  }
+  if (auto duration = job_duration.find(state);
+      duration != job_duration.end()) {
+    duration->second->Observe(
+        SecondsBetween(job.create_time(), job.end_time()));
+  }
+  if (state == pnn::v1::JOB_STATE_SUCCEEDED) {
+    last_test_accuracy.Set(job.test().accuracy());
+  }
+}
+
+void CoordinatorMetrics::SetJobGauges(
+    const std::map<pnn::v1::JobState, int>& jobs_by_state, int queued,
+    int running) {
+  for (auto& [state, gauge] : jobs) {
+    const auto count = jobs_by_state.find(state);
+    gauge->Set(count == jobs_by_state.end() ? 0 : count->second);
+  }
+  queued_tasks.Set(queued);
+  running_tasks.Set(running);
 }
 
 }  // namespace pnn

@@ -18,6 +18,14 @@ namespace pnn {
 
 struct CoordinatorMetrics {
   explicit CoordinatorMetrics(prometheus::Registry& registry);
+  // Counts a job that has just reached its final state: by state, its
+  // duration, and (succeeded) its test accuracy.
+  void RecordFinished(const pnn::v1::Job& job);
+  // The gauges of the scheduler's pass: jobs by state, tasks queued and
+  // running.
+  void SetJobGauges(const std::map<pnn::v1::JobState, int>& jobs_by_state,
+                    int queued_tasks, int running_tasks);
+
 
   prometheus::Counter& jobs_submitted;
   std::map<pnn::v1::JobState, prometheus::Counter*> jobs_finished;

@@ -1,5 +1,7 @@
 #include "coordinator/retry_policy.h"
 
+#include "absl/strings/str_cat.h"
+
 namespace pnn {
 
 bool IsRetryable(absl::StatusCode code) {
@@ -39,6 +41,13 @@ RetryDecision DecideRetry(const AttemptFacts& facts) {
                         ? RetryDecision::Action::kAttemptsUsedUp
                         : RetryDecision::Action::kRetry;
   return decision;
+}
+
+std::string AttemptError(const std::string& loss_reason,
+                         const absl::Status& status) {
+  if (!loss_reason.empty()) return loss_reason;
+  return absl::StrCat(absl::StatusCodeToString(status.code()), ": ",
+                      status.message());
 }
 
 }  // namespace pnn

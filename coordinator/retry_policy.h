@@ -5,6 +5,8 @@
 #ifndef PNN_COORDINATOR_RETRY_POLICY_H_
 #define PNN_COORDINATOR_RETRY_POLICY_H_
 
+#include <string>
+
 #include "absl/status/status.h"
 
 namespace pnn {
@@ -39,6 +41,11 @@ struct RetryDecision {
 bool IsRetryable(absl::StatusCode code);
 
 RetryDecision DecideRetry(const AttemptFacts& facts);
+
+// What a failed attempt says, for people: `loss_reason` when the
+// coordinator ended it (the worker was lost), else the worker's status.
+std::string AttemptError(const std::string& loss_reason,
+                         const absl::Status& status);
 
 }  // namespace pnn
 

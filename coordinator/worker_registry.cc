@@ -6,6 +6,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "coordinator/proto_time.h"
 
 namespace pnn {
 namespace {
@@ -19,6 +20,28 @@ std::string RandomInstance() {
 }
 
 }  // namespace
+
+pnn::v1::ListWorkersResponse WorkerRegistry::Snapshot(absl::Time now) const {
+  pnn::v1::ListWorkersResponse response;
+  for (const Worker& worker : All()) {
+    pnn::v1::WorkerStatus* status = response.add_workers();
+    status->set_worker_id(worker.id);
+    *status->mutable_info() = worker.info;
+    *status->mutable_registered_time() = ToProtoTime(worker.registered);
+    *status->mutable_last_heartbeat_time() =
+        ToProtoTime(worker.last_heartbeat);
+    if (worker.assignment.has_value()) {
+      status->set_job_id(worker.assignment->job_id);
+      status->set_task_index(worker.assignment->task_index);
+    }
+    status->set_deregistered(worker.draining);
+    if (worker.unreachable_until > now) {
+      *status->mutable_backed_off_until() =
+          ToProtoTime(worker.unreachable_until);
+    }
+  }
+  return response;
+}
 
 bool IsDialableAddress(const std::string& address) {
   const size_t colon = address.rfind(':');

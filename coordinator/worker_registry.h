@@ -104,6 +104,8 @@ class WorkerRegistry {
   // Workers that may take a task now: idle and past their back-off.
   std::vector<Worker> Available(absl::Time now) const;
   std::vector<Worker> All() const;
+  // What ListWorkers shows: every worker as the wire's WorkerStatus, by id.
+  pnn::v1::ListWorkersResponse Snapshot(absl::Time now) const;
   Counts Count(absl::Time now) const;
   int size() const;
 

@@ -78,5 +78,13 @@ TEST(RetryPolicyTest, AStageStoppedByItsWorkerBacksTheWorkerOff) {
   EXPECT_FALSE(aborted.back_off_worker);
 }
 
+TEST(RetryPolicyTest, TheErrorSaysWhyTheCoordinatorEndedItElseTheWorkersStatus) {
+  EXPECT_EQ(AttemptError("worker w-1 silent for 5 s",
+                         absl::CancelledError("Cancelled")),
+            "worker w-1 silent for 5 s");
+  EXPECT_EQ(AttemptError("", absl::UnavailableError("connection refused")),
+            "UNAVAILABLE: connection refused");
+}
+
 }  // namespace
 }  // namespace pnn
