@@ -13,12 +13,6 @@
 namespace pnn {
 namespace {
 
-bool IsFinalState(pnn::v1::JobState state) {
-  return state == pnn::v1::JOB_STATE_SUCCEEDED ||
-         state == pnn::v1::JOB_STATE_FAILED ||
-         state == pnn::v1::JOB_STATE_CANCELLED;
-}
-
 grpc::ServerUnaryReactor* Respond(grpc::CallbackServerContext* context,
                                   const absl::Status& status) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
@@ -109,7 +103,7 @@ class WatchReactor final : public grpc::ServerWriteReactor<pnn::v1::JobEvent> {
       if (!next.has_value()) return;
       current_ = *std::move(next);
       writing_ = true;
-      wrote_final_ = IsFinalState(current_.job().state());
+      wrote_final_ = IsFinal(current_.job().state());
     }
     StartWrite(&current_);
   }

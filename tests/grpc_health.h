@@ -30,7 +30,8 @@ inline absl::StatusOr<std::string> CheckHealth(
   grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() +
                        std::chrono::seconds(10));
-  // HealthCheckRequest { string service = 1; }, encoded by hand.
+  // HealthCheckRequest { string service = 1; }, encoded by hand (a one-byte
+  // length: service names under 128 bytes).
   std::string encoded;
   if (!service.empty()) {
     encoded = std::string("\x0a", 1) + static_cast<char>(service.size()) +
