@@ -14,6 +14,7 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/time/time.h"
+#include "common/cpu_budget.h"
 #include "coordinator/service.h"
 #include "prometheus/registry.h"
 #include "rpc/auth.h"
@@ -40,7 +41,8 @@ ABSL_FLAG(std::string, state_dir, "pnn-state",
 ABSL_FLAG(std::string, data_dir, "/usr/share/datasets",
           "Root of the data sets that jobs name by dataset.path.");
 ABSL_FLAG(int32_t, threads, 0,
-          "Intra-op threads for assembly and the test pass (0: all cores).");
+          "Intra-op threads for assembly and the test pass (0: the CPUs this "
+          "process may use, its cgroup's CPU quota included).");
 ABSL_FLAG(std::string, device, "cpu",
           "Where the coordinator joins and tests models: cpu, cuda or cuda:N "
           "(a job's device only chooses its workers).");
@@ -64,7 +66,7 @@ bool OptionsFromFlags(pnn::CoordinatorServer::Options& options) {
   auto& core = options.coordinator;
   core.state_dir = absl::GetFlag(FLAGS_state_dir);
   core.data_dir = absl::GetFlag(FLAGS_data_dir);
-  core.threads = absl::GetFlag(FLAGS_threads);
+  core.threads = pnn::ResolveThreadCount(absl::GetFlag(FLAGS_threads));
   core.device = absl::GetFlag(FLAGS_device);
   core.heartbeat_interval =
       absl::Milliseconds(absl::GetFlag(FLAGS_heartbeat_interval_ms));

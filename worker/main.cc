@@ -46,7 +46,9 @@ ABSL_FLAG(std::string, advertise_address, "",
 ABSL_FLAG(std::string, data_dir, "/usr/share/datasets",
           "Data root: a job's dataset.path is read from under it.");
 ABSL_FLAG(int32_t, threads, 0,
-          "Intra-op threads for training (0: the number of cores).");
+          "Intra-op threads for training (0: the CPUs this process may use: "
+          "its affinity mask, capped by its cgroup's CPU quota, e.g. docker "
+          "--cpus or a Kubernetes CPU limit).");
 ABSL_FLAG(std::string, device, "cpu", "Training device: cpu, cuda or cuda:N.");
 ABSL_FLAG(std::vector<std::string>, preload, {},
           "Data sets (paths under --data_dir, comma-separated) to load before "

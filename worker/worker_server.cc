@@ -13,6 +13,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "common/cpu_budget.h"
 #include "common/job_spec.h"
 #include "common/trainer.h"
 #include "rpc/rpc_util.h"
@@ -178,10 +179,7 @@ absl::StatusOr<int> WorkerServer::Start() {
                      device.status().message()));
   }
   if (options_.name.empty()) options_.name = HostName();
-  if (options_.threads == 0) {
-    options_.threads =
-        std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
-  }
+  options_.threads = ResolveThreadCount(options_.threads);
   if (options_.metrics_registry != nullptr && metrics_ == nullptr) {
     metrics_ = std::make_unique<WorkerMetrics>(*options_.metrics_registry);
   }

@@ -54,7 +54,7 @@ struct WorkerOptions {
   // Data root; a task's dataset.path is resolved under it and must be
   // relative, without "..".
   std::string data_dir = "/usr/share/datasets";
-  // Intra-op threads for training; 0: the number of cores.
+  // Intra-op threads for training; 0: AvailableCpus() (common/cpu_budget.h).
   int threads = 0;
   // "cpu", "cuda" or "cuda:N". CUDA's presence is checked when training.
   std::string device = "cpu";

@@ -20,6 +20,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "common/comparison.h"
+#include "common/cpu_budget.h"
 #include "common/dataset.h"
 #include "common/job_spec.h"
 #include "tools/pnn_train/report_table.h"
@@ -57,7 +58,8 @@ ABSL_FLAG(int32_t, recovery_epochs, -1,
 ABSL_FLAG(int64_t, seed, -1, "Job seed (-1: from the job, default 1).");
 ABSL_FLAG(std::string, device, "", "cpu (default), cuda or cuda:N.");
 ABSL_FLAG(int32_t, threads, 0,
-          "Intra-op threads (0: all cores of this machine).");
+          "Intra-op threads (0: the CPUs this process may use: its affinity "
+          "mask, capped by its cgroup's CPU quota).");
 ABSL_FLAG(std::string, output, "table", "table or json.");
 ABSL_FLAG(bool, conventional, true, "Run the conventional baseline.");
 ABSL_FLAG(bool, partitioned, true, "Run partitioned training.");
@@ -205,9 +207,7 @@ int main(int argc, char** argv) {
             << data->cols << " pixels, " << data->num_classes << " classes\n";
 
   pnn::ComparisonOptions options;
-  options.threads = absl::GetFlag(FLAGS_threads) > 0
-                        ? absl::GetFlag(FLAGS_threads)
-                        : static_cast<int>(sysconf(_SC_NPROCESSORS_ONLN));
+  options.threads = pnn::ResolveThreadCount(absl::GetFlag(FLAGS_threads));
   options.run_conventional = absl::GetFlag(FLAGS_conventional);
   options.run_partitioned = absl::GetFlag(FLAGS_partitioned);
   const bool interactive = isatty(STDERR_FILENO) != 0;
