@@ -43,8 +43,7 @@ std::optional<double> QuotaV2(const std::string& dir) {
   std::optional<std::string> text = ReadFile(dir + "/cpu.max");
   if (!text) return std::nullopt;
   std::vector<absl::string_view> fields =
-      absl::StrSplit(absl::StripAsciiWhitespace(*text), ' ',
-                     absl::SkipEmpty());
+      absl::StrSplit(absl::StripAsciiWhitespace(*text), ' ', absl::SkipEmpty());
   double quota = 0, period = 0;
   if (fields.size() != 2 || !absl::SimpleAtod(fields[0], &quota) ||
       !absl::SimpleAtod(fields[1], &period) || quota <= 0 || period <= 0) {
@@ -56,8 +55,7 @@ std::optional<double> QuotaV2(const std::string& dir) {
 // cgroup v1: cpu.cfs_quota_us (-1: none) over cpu.cfs_period_us.
 std::optional<double> QuotaV1(const std::string& dir) {
   std::optional<std::string> quota_text = ReadFile(dir + "/cpu.cfs_quota_us");
-  std::optional<std::string> period_text =
-      ReadFile(dir + "/cpu.cfs_period_us");
+  std::optional<std::string> period_text = ReadFile(dir + "/cpu.cfs_period_us");
   double quota = 0, period = 0;
   if (!quota_text || !period_text ||
       !absl::SimpleAtod(absl::StripAsciiWhitespace(*quota_text), &quota) ||
@@ -105,8 +103,8 @@ std::optional<double> CgroupCpuQuota(const std::string& cgroup_root,
     if (std::find(names.begin(), names.end(), "cpu") == names.end()) continue;
     // The v1 cpu controller is mounted as cpu,cpuacct (with a cpu symlink
     // on most distributions) or as cpu alone.
-    for (const std::string& mount : {std::string(controllers),
-                                    std::string("cpu")}) {
+    for (const std::string& mount :
+         {std::string(controllers), std::string("cpu")}) {
       for (const std::string& dir : SelfAndAncestors(path)) {
         KeepSmaller(QuotaV1(cgroup_root + "/" + mount + dir), smallest);
       }
