@@ -12,7 +12,27 @@
       prometheus/alerts.yml is identical to deploy/prometheus/alerts.yml;
       the Kubernetes Prometheus configuration passes `promtool check config`
       (kubernetes_sd_configs, which Debian's Prometheus build lacks, swapped
-      for static targets) and keeps the compose configuration's job names.
+      for static targets) and keeps the compose configuration's job names;
+      kustomization.yaml's `images:` has one entry per image name, with the
+      manifests' names as defaults. Data: Job pnn-seed-data alone writes
+      volume pnn-data (a root step with CAP_CHOWN only, then pnn-seed-data
+      as uid 10001, no fsGroup); the Deployments mount it read-only (the
+      claim readOnly) and wait for fashion-mnist in an init container. The
+      Job's prepare-volume script runs on directories like a volume's root
+      (world-writable, owned by 10001, group-writable, a chown that fails as
+      under NFS root_squash, a fresh root-owned one); as root, pnn-seed-data
+      then seeds the prepared directory as uid 10001 and uid 10002 (no
+      shared group) reads every file. wait-for-data's script runs on a path
+      that appears after 6 s: it reports every few seconds and returns.
+
+  deploy_config_test.py kustomize REPO k8s|k8s-secure [KUBECTL]
+      `kubectl kustomize deploy/OVERLAY`: every object in namespace pnn, no
+      Secret rendered, the data design above on the rendered objects, each
+      pod's images the kustomize images (pnn-cuda for the GPU worker), auth
+      flags and Secret pnn-auth only in k8s-secure (whose Job equals
+      deploy/k8s's); then a copy of both overlays whose
+      deploy/k8s/kustomization.yaml names other images renders them in
+      every pod. 77 without kubectl.
 
   deploy_config_test.py compose REPO
       docker-compose.yml, as resolved by `docker-compose config` with the
@@ -70,6 +90,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 
 SKIP = 77
 # Packages scripts/setup installs for the tests, the fuzz targets, the
@@ -195,6 +216,7 @@ def cmd_k8s(repo):
 
     expected = {
         "Namespace": {"pnn"},
+        "Job": {"pnn-seed-data"},
         "ConfigMap": {"pnn-config"},
         "PersistentVolumeClaim": {"pnn-data", "pnn-state"},
         "Deployment": {"pnn-coordinator", "pnn-worker", "pnn-worker-gpu",
@@ -277,9 +299,6 @@ def cmd_k8s(repo):
                 annotations.get("prometheus.io/path") == "/metrics",
                 f"{dname}: prometheus.io/{{scrape,port,path}} annotations must "
                 "match the metrics port")
-        inits = template["spec"].get("initContainers", [])
-        p.check(any(i.get("command", [None])[0] == "pnn-seed-data" for i in inits),
-                f"{dname}: an init container running pnn-seed-data expected")
 
     for sname, (fname, service) in by_kind.get("Service", {}).items():
         selector = service.get("spec", {}).get("selector", {})
@@ -293,6 +312,28 @@ def cmd_k8s(repo):
                 named = pods[d][1]
                 p.check(target in named or target in named.values(),
                         f"Service/{sname}: targetPort {target} not a port of {d}")
+    # Data: seeded by Job pnn-seed-data, read-only everywhere else; its
+    # scripts run here on directories like a volume's root.
+    documents = {(kind, name): doc for kind, named in by_kind.items()
+                 for name, (_, doc) in named.items()}
+    for (kind, name), doc in documents.items():
+        if kind == "Job":
+            for volume in doc["spec"]["template"]["spec"].get("volumes", []):
+                claim = volume.get("persistentVolumeClaim", {}).get("claimName")
+                p.check(not claim or claim in by_kind.get("PersistentVolumeClaim", {}),
+                        f"Job/{name}: volume claims unknown PVC {claim}")
+    prepare, wait = check_data_seeding(p, documents)
+    if prepare and len(prepare.get("command", [])) == 7:
+        with tempfile.TemporaryDirectory(prefix="k8s-prepare-") as tmp:
+            fresh_volume = run_prepare_volume(p, prepare, tmp)
+            if fresh_volume and wait:
+                run_seed_and_read(p, repo, fresh_volume, wait)
+    if wait:
+        run_wait_for_data(p, wait)
+    with open(os.path.join(repo, "deploy/docker/Dockerfile")) as f:
+        p.check("dataset-fashion-mnist" in f.read(),
+                "deploy/docker/Dockerfile must install dataset-fashion-mnist, the data "
+                f"set ({SEEDED_DATA_SET}) the pods wait for")
     workers_service = by_kind.get("Service", {}).get("pnn-worker")
     if workers_service:
         p.check(workers_service[1]["spec"].get("clusterIP") == "None",
@@ -322,17 +363,28 @@ def cmd_k8s(repo):
                     f"kustomization.yaml: {file} does not exist")
     # Kustomize's image transformer matches by name, whatever the tag: an
     # entry for the CPU image's name would rewrite the GPU worker's image.
+    # Every image has an entry whose defaults are what the manifests say, so
+    # that a user changes images in those lines only.
     image_names = {}
-    for dname, (fname, deploy) in deployments.items():
-        pod = deploy["spec"]["template"]["spec"]
-        for c in pod.get("containers", []) + pod.get("initContainers", []):
-            image = c.get("image", "")
-            image_names.setdefault(image.rsplit(":", 1)[0], set()).add(image)
-    for entry in kustomization.get("images", []) or []:
-        images = image_names.get(entry.get("name"), set())
+    for kind in ("Deployment", "Job"):
+        for dname, (fname, deploy) in by_kind.get(kind, {}).items():
+            pod = deploy["spec"]["template"]["spec"]
+            for c in pod.get("containers", []) + pod.get("initContainers", []):
+                image = c.get("image", "")
+                image_names.setdefault(image.rsplit(":", 1)[0], set()).add(image)
+    entries = {e.get("name"): e for e in kustomization.get("images", []) or []}
+    p.check(set(entries) == set(image_names),
+            f"kustomization.yaml: images entries {sorted(entries)}, the manifests use "
+            f"{sorted(image_names)}")
+    for name, entry in entries.items():
+        images = image_names.get(name, set())
         p.check(len(images) <= 1,
-                f"kustomization.yaml: images entry {entry.get('name')} rewrites "
+                f"kustomization.yaml: images entry {name} rewrites "
                 f"{sorted(images)} alike (the GPU worker would get the CPU image)")
+        p.check(images == {f"{entry.get('newName')}:{entry.get('newTag')}"},
+                f"kustomization.yaml: images entry {name}: newName:newTag "
+                f"{entry.get('newName')}:{entry.get('newTag')}, the manifests say "
+                f"{sorted(images)}; keep the defaults equal")
 
     # Prometheus for Kubernetes.
     with open(os.path.join(repo, "deploy/prometheus/alerts.yml"), "rb") as a, \
@@ -421,8 +473,9 @@ def cmd_compose(repo):
         p.check("--coordinator=coordinator:50051" in text,
                 f"{worker}: --coordinator=coordinator:50051")
         p.check("--metrics_port=9102" in text, f"{worker}: --metrics_port=9102")
-        p.check(re.search(r'--advertise_address="\$+\(hostname -i[^)]*\):50052"', text),
-                f"{worker}: --advertise_address from the container IP (hostname -i)")
+        p.check(re.search(r'--advertise_address="\$+\(hostname\):50052"', text),
+                f"{worker}: --advertise_address from the container's hostname "
+                "(its DNS name on the project network)")
         p.check(text.startswith("exec ") or "exec pnn-worker" in text,
                 f"{worker}: `exec pnn-worker` so that SIGTERM reaches the worker")
     gpu = services["worker-gpu"]
@@ -479,10 +532,39 @@ def cmd_compose(repo):
         datasource = yaml.safe_load(f)["datasources"][0]
     p.check(datasource.get("url") == "http://prometheus:9090",
             "grafana datasource: http://prometheus:9090")
-    p.check(any(str(port.get("target") if isinstance(port, dict) else port).endswith("3000")
-                for port in services["grafana"].get("ports", [])), "grafana: port 3000")
-    p.check(any(str(port.get("target") if isinstance(port, dict) else port).endswith("9090")
-                for port in services["prometheus"].get("ports", [])), "prometheus: port 9090")
+    # Safe defaults: published on 127.0.0.1 only; no fixed Grafana password;
+    # no Prometheus lifecycle API; worker threads follow a CPU quota.
+    def published(service):
+        """[(host_ip, container port)] of the service's published ports."""
+        out = []
+        for port in services[service].get("ports", []):
+            if isinstance(port, dict):
+                out.append((port.get("host_ip", ""), str(port.get("target"))))
+            else:  # docker-compose v1: [HOST_IP:]PUBLISHED:TARGET[/PROTO]
+                parts = str(port).split("/")[0].split(":")
+                out.append((parts[0] if len(parts) == 3 else "", parts[-1]))
+        return out
+    for service, port in (("coordinator", "50051"), ("prometheus", "9090"),
+                          ("grafana", "3000")):
+        p.check(published(service) == [("127.0.0.1", port)],
+                f"{service}: port {port} published on 127.0.0.1 only by "
+                f"default, got {published(service)}")
+    p.check("--web.enable-lifecycle" not in command_text("prometheus"),
+            "prometheus: the lifecycle API must be off by default")
+    grafana_env = services["grafana"].get("environment", {})
+    p.check("GF_SECURITY_ADMIN_PASSWORD" not in grafana_env and
+            grafana_env.get("GF_SECURITY_ADMIN_PASSWORD__FILE", "").startswith("/run/"),
+            "grafana: the admin password comes from a file (grafana-init), "
+            "never a fixed default")
+    init = services.get("grafana-init", {})
+    p.check("pnn-grafana-password" in " ".join(init.get("command", [])),
+            "grafana-init: runs pnn-grafana-password")
+    p.check(services["grafana"].get("depends_on", {}).get("grafana-init", {})
+            .get("condition") == "service_completed_successfully",
+            "grafana: depends_on grafana-init: service_completed_successfully")
+    p.check(float(services["worker"].get("cpus", 0)) > 0 and
+            "--threads=0" in command_text("worker"),
+            "worker: a `cpus:` quota and --threads=0 (threads follow it)")
 
     # The scrape configuration matches the services.
     with open(os.path.join(repo, "deploy/prometheus/prometheus.yml")) as f:
@@ -618,6 +700,12 @@ def cmd_compose_secure(repo):
         spec = secure["services"][service]
         args = flags(service, secure)
         base_args = flags(service, base)
+        # The overlay advertises the container IP (its certificates list the
+        # subnet's addresses) where the base file advertises the hostname.
+        def without_address(a):
+            return [x for x in a if not x.startswith("--advertise_address=")]
+        if role == "worker":
+            args, base_args = without_address(args), without_address(base_args)
         p.check(args[:len(base_args)] == base_args,
                 f"{service}: the secure command must start with docker-compose.yml's "
                 f"command\n    {base_args}\n  got\n    {args[:len(base_args)]}")
@@ -910,6 +998,534 @@ def cmd_k8s_secure(repo):
 
 
 # ---------------------------------------------------------------------------
+# Kubernetes: data seeding (Job pnn-seed-data) and `kubectl kustomize`
+
+SEED_UID = 10001
+# The data set the image ships (Debian's dataset-fashion-mnist, in
+# /usr/share/datasets/fashion-mnist), which the pods wait for.
+SEEDED_DATA_SET = "fashion-mnist"
+# prepare-volume's exit status when root cannot make /data writable: the
+# Job's podFailurePolicy fails the Job on it instead of retrying.
+PREPARE_VOLUME_GIVES_UP = 3
+# pnn-seed-data as a command, or called by a shell script (not a mere
+# mention in a message).
+SEEDER_CALL = re.compile(r"\A(?:\S*/)?pnn-seed-data\Z|(?:^|[;&|(]|\bexec|\bthen|\bdo)"
+                         r"[ \t]*(?:\S*/)?pnn-seed-data\b", re.M)
+# The pods that read the data volume.
+DATA_READERS = ("pnn-coordinator", "pnn-worker", "pnn-worker-gpu")
+
+
+def pod_containers(pod):
+    return [("initContainers", c) for c in pod.get("initContainers", []) or []] + \
+        [("containers", c) for c in pod.get("containers", []) or []]
+
+
+def data_volume_names(pod):
+    return {v["name"] for v in pod.get("volumes", []) or []
+            if v.get("persistentVolumeClaim", {}).get("claimName") == "pnn-data"}
+
+
+def check_hardened(p, where, c, run_as_root=False):
+    security = c.get("securityContext", {}) or {}
+    p.check(security.get("allowPrivilegeEscalation") is False,
+            f"{where}: allowPrivilegeEscalation: false expected")
+    p.check(security.get("readOnlyRootFilesystem") is True,
+            f"{where}: readOnlyRootFilesystem: true expected")
+    caps = security.get("capabilities", {}) or {}
+    p.check(caps.get("drop") == ["ALL"], f"{where}: capabilities drop [ALL] expected")
+    p.check((caps.get("add") or []) == (["CHOWN"] if run_as_root else []),
+            f"{where}: capabilities add {caps.get('add')}, expected "
+            f"{['CHOWN'] if run_as_root else 'none'}")
+    resources = c.get("resources", {}) or {}
+    for section in ("requests", "limits"):
+        values = resources.get(section, {}) or {}
+        p.check("cpu" in values and "memory" in values,
+                f"{where}: resources.{section} needs cpu and memory")
+
+
+def check_data_seeding(p, objects):
+    """The data design, on manifests or rendered output (OBJECTS: (kind,
+    name) -> document): one Job seeds pnn-data, as uid 10001 after a root
+    step with CAP_CHOWN only, without fsGroup; the Deployments that read it
+    mount it read-only (the claim itself readOnly, so no fsGroup is applied
+    to it), seed nothing and wait for the data set in an init container.
+    Returns (the prepare-volume container, one wait-for-data container),
+    either None where missing."""
+    prepare = wait = None
+    job = objects.get(("Job", "pnn-seed-data"))
+    if p.check(job is not None, "no Job pnn-seed-data"):
+        where = "Job/pnn-seed-data"
+        labels = job["metadata"].get("labels", {})
+        p.check(labels.get("app.kubernetes.io/name") == "pnn-seed-data" and
+                labels.get("app.kubernetes.io/part-of") == "pnn",
+                f"{where}: labels app.kubernetes.io/name and part-of expected")
+        spec = job.get("spec", {})
+        pod = spec.get("template", {}).get("spec", {})
+        pod_security = pod.get("securityContext", {}) or {}
+        p.check("fsGroup" not in pod_security,
+                f"{where}: no fsGroup: seeding must not depend on it (NFS, EFS and "
+                "CephFS volumes often ignore it)")
+        p.check(pod_security.get("seccompProfile", {}).get("type") == "RuntimeDefault",
+                f"{where}: seccompProfile RuntimeDefault expected")
+        p.check(pod.get("restartPolicy") == "Never",
+                f"{where}: restartPolicy Never (one pod, one log per attempt; "
+                "podFailurePolicy needs it)")
+        data = data_volume_names(pod)
+        p.check(len(data) == 1, f"{where}: exactly one volume of PVC pnn-data expected")
+        for v in pod.get("volumes", []) or []:
+            if v["name"] in data:
+                p.check(not v["persistentVolumeClaim"].get("readOnly"),
+                        f"{where}: the seeder needs pnn-data writable")
+        inits = pod.get("initContainers", []) or []
+        containers = pod.get("containers", []) or []
+        p.check([c.get("name") for c in inits] == ["prepare-volume"],
+                f"{where}: one init container, prepare-volume, expected")
+        seeders = [c for c in containers
+                   if c.get("command") == ["pnn-seed-data", "/data"]]
+        if p.check(len(containers) == 1 and len(seeders) == 1,
+                   f"{where}: one container running [pnn-seed-data, /data] expected"):
+            seeder = seeders[0]
+            w = f"{where}: container {seeder.get('name')}"
+            security = seeder.get("securityContext", {}) or {}
+            p.check(security.get("runAsUser") == SEED_UID and
+                    security.get("runAsGroup") == SEED_UID and
+                    security.get("runAsNonRoot") is True,
+                    f"{w}: runAsUser/runAsGroup {SEED_UID}, runAsNonRoot expected")
+            check_hardened(p, w, seeder)
+            p.check(any(m["name"] in data and m["mountPath"] == "/data" and
+                        not m.get("readOnly") for m in seeder.get("volumeMounts", [])),
+                    f"{w}: pnn-data mounted writable at /data expected")
+        for c in inits:
+            if c.get("name") != "prepare-volume":
+                continue
+            prepare = c
+            w = f"{where}: init container prepare-volume"
+            security = c.get("securityContext", {}) or {}
+            p.check(security.get("runAsUser") == 0 and
+                    security.get("runAsNonRoot") is not True,
+                    f"{w}: runs as root (runAsUser 0) to chown /data")
+            check_hardened(p, w, c, run_as_root=True)
+            command = c.get("command", [])
+            p.check(len(command) == 7 and command[:2] == ["sh", "-c"] and
+                    command[4:] == ["/data", str(SEED_UID), str(SEED_UID)],
+                    f"{w}: command [sh, -c, SCRIPT, NAME, /data, {SEED_UID}, "
+                    f"{SEED_UID}] expected, not {command}")
+            p.check(any(m["name"] in data and m["mountPath"] == "/data" and
+                        not m.get("readOnly") for m in c.get("volumeMounts", [])),
+                    f"{w}: pnn-data mounted writable at /data expected")
+        rules = (spec.get("podFailurePolicy", {}) or {}).get("rules", []) or []
+        p.check(any(r.get("action") == "FailJob" and
+                    r.get("onExitCodes", {}).get("containerName") == "prepare-volume" and
+                    r["onExitCodes"].get("operator") == "In" and
+                    PREPARE_VOLUME_GIVES_UP in r["onExitCodes"].get("values", [])
+                    for r in rules),
+                f"{where}: podFailurePolicy FailJob on prepare-volume's exit "
+                f"{PREPARE_VOLUME_GIVES_UP} expected (retrying cannot help)")
+
+    readers = {name for (kind, name), doc in objects.items() if kind == "Deployment" and
+               data_volume_names(doc["spec"]["template"]["spec"])}
+    p.check(set(DATA_READERS) <= readers,
+            f"Deployments {sorted(set(DATA_READERS) - readers)} do not mount pnn-data")
+    scripts = {}
+    for dname in sorted(readers):
+        where = f"Deployment/{dname}"
+        template = objects[("Deployment", dname)]["spec"]["template"]
+        pod = template["spec"]
+        data = data_volume_names(pod)
+        for v in pod.get("volumes", []) or []:
+            if v["name"] in data:
+                p.check(v["persistentVolumeClaim"].get("readOnly") is True,
+                        f"{where}: volume {v['name']}: persistentVolumeClaim.readOnly: "
+                        "true expected (only Job pnn-seed-data writes pnn-data; the "
+                        "kubelet applies no fsGroup to a read-only claim)")
+        main_images = {c.get("image") for c in pod.get("containers", [])}
+        for section, c in pod_containers(pod):
+            w = f"{where}: {section[:-1]} {c.get('name')}"
+            words = [str(x) for x in
+                     (c.get("command", []) or []) + (c.get("args", []) or [])]
+            p.check(not any(SEEDER_CALL.search(x) for x in words),
+                    f"{w}: runs pnn-seed-data; only Job pnn-seed-data seeds")
+            for m in c.get("volumeMounts", []) or []:
+                if m["name"] in data:
+                    p.check(m.get("readOnly") is True,
+                            f"{w}: mount {m['mountPath']} of pnn-data must be readOnly")
+        waits = [c for c in pod.get("initContainers", []) or []
+                 if c.get("name") == "wait-for-data"]
+        if not p.check(len(waits) == 1, f"{where}: init container wait-for-data expected"):
+            continue
+        c = waits[0]
+        w = f"{where}: init container wait-for-data"
+        command = c.get("command", [])
+        mounts = {m["mountPath"]: m for m in c.get("volumeMounts", []) or []
+                  if m["name"] in data}
+        if p.check(len(command) == 5 and command[:2] == ["sh", "-c"],
+                   f"{w}: command [sh, -c, SCRIPT, NAME, PATH] expected"):
+            path = command[4]
+            p.check(os.path.dirname(path) in mounts and
+                    os.path.basename(path) == SEEDED_DATA_SET,
+                    f"{w}: waits for {path}, expected {SEEDED_DATA_SET} in its "
+                    f"pnn-data mount {sorted(mounts)}")
+            scripts[dname] = command[2]
+            wait = wait or c
+        p.check(mounts and all(m.get("readOnly") is True for m in mounts.values()),
+                f"{w}: pnn-data mounted readOnly expected")
+        p.check(c.get("image") in main_images,
+                f"{w}: image {c.get('image')}: use the pod's own image "
+                f"{sorted(main_images)} (nothing more to pull)")
+        env = {e["name"]: e for e in c.get("env", []) or []}
+        p.check(env.get("POD_NAMESPACE", {}).get("valueFrom", {}).get("fieldRef", {})
+                .get("fieldPath") == "metadata.namespace",
+                f"{w}: env POD_NAMESPACE from metadata.namespace expected (its "
+                "message names the namespace)")
+        check_hardened(p, w, c)
+        security = pod.get("securityContext", {}) or {}
+        p.check(security.get("runAsNonRoot") is True and
+                security.get("runAsUser") == SEED_UID,
+                f"{where}: pod runs as uid {SEED_UID}, runAsNonRoot")
+    p.check(len(set(scripts.values())) <= 1,
+            f"wait-for-data scripts differ between {sorted(scripts)}")
+    return prepare, wait
+
+
+def run_prepare_volume(p, container, tmp):
+    """Runs prepare-volume's script on directories (in TMP) like a fresh
+    volume's root, with chown behind a recording stand-in (that can fail
+    like NFS root_squash). As root also with the real chown; returns the
+    directory it prepared like a fresh block-storage volume then."""
+    command = container["command"]
+    real_chown = shutil.which("chown")
+    os.chmod(tmp, 0o755)  # uid 10001 has to reach the volumes below
+    bin_dir = os.path.join(tmp, "bin")
+    os.mkdir(bin_dir)
+    log = os.path.join(tmp, "chown.log")
+    with open(os.path.join(bin_dir, "chown"), "w") as f:
+        f.write("#!/bin/sh\n"
+                f"echo \"$*\" >> {shlex.quote(log)}\n"
+                "if [ -n \"${CHOWN_FAILS:-}\" ]; then\n"
+                "  echo \"chown: changing ownership of '$2': Operation not permitted\" >&2\n"
+                "  exit 1\n"
+                "fi\n"
+                f"exec {shlex.quote(real_chown)} \"$@\"\n")
+    os.chmod(os.path.join(bin_dir, "chown"), 0o755)
+    uid, gid = command[5], command[6]
+
+    def run(directory, chown_fails=False):
+        if os.path.exists(log):
+            os.remove(log)
+        env = dict(os.environ, PATH=bin_dir + ":" + os.environ.get("PATH", "/usr/bin:/bin"))
+        if chown_fails:
+            env["CHOWN_FAILS"] = "1"
+        result = subprocess.run(command[:4] + [directory] + command[5:], env=env,
+                                capture_output=True, text=True, timeout=30)
+        calls = []
+        if os.path.exists(log):
+            with open(log) as f:
+                calls = f.read().splitlines()
+        return result, calls
+
+    def volume(name, mode, owned_by=None):
+        path = os.path.join(tmp, name)
+        os.mkdir(path)
+        if owned_by:
+            os.chown(path, *owned_by)
+        os.chmod(path, mode)
+        return path
+
+    def owner(path):
+        st = os.stat(path)
+        return st.st_uid, st.st_gid
+
+    # World-writable (e.g. nfs-subdir-external-provisioner's 0777).
+    d = volume("open", 0o777)
+    result, calls = run(d)
+    p.check(result.returncode == 0 and not calls,
+            f"prepare-volume on a 0777 root: exit {result.returncode}, chown "
+            f"calls {calls}; expected 0 and none\n{result.stdout}{result.stderr}")
+    # Not writable and root may not chown (NFS root_squash).
+    d = volume("squashed", 0o755)
+    result, calls = run(d, chown_fails=True)
+    text = result.stderr
+    p.check(result.returncode == PREPARE_VOLUME_GIVES_UP,
+            f"prepare-volume where chown fails: exit {result.returncode}, expected "
+            f"{PREPARE_VOLUME_GIVES_UP} (podFailurePolicy)\n{result.stdout}{text}")
+    p.check(calls == [f"{uid}:{gid} {d}"],
+            f"prepare-volume where chown fails: chown calls {calls}, expected "
+            f"['{uid}:{gid} {d}']")
+    for needle in ("Operation not permitted", f"chown {uid}:{gid} the exported",
+                   f"anonuid={uid},anongid={gid}", f'uid: "{uid}", gid: "{gid}"',
+                   "kubectl -n pnn delete job pnn-seed-data"):
+        p.check(needle in text, f"prepare-volume's message when chown fails "
+                f"lacks {needle!r}:\n{text}")
+    if os.geteuid() != 0:
+        print("note: not root; prepare-volume's chown and the seeding as uid "
+              f"{uid} were not run for real")
+        return
+    seed_uid, seed_gid = int(uid), int(gid)
+    # Owned by the seeder already: nothing to do.
+    d = volume("owned", 0o755, (seed_uid, seed_gid))
+    result, calls = run(d)
+    p.check(result.returncode == 0 and not calls,
+            f"prepare-volume on a root owned by {uid}: exit {result.returncode}, "
+            f"chown calls {calls}\n{result.stdout}{result.stderr}")
+    # Group-writable for the seeder's group: enough.
+    d = volume("group", 0o775, (0, seed_gid))
+    result, calls = run(d)
+    p.check(result.returncode == 0 and not calls,
+            f"prepare-volume on root:{gid} 0775: exit {result.returncode}, chown "
+            f"calls {calls}\n{result.stdout}{result.stderr}")
+    # The group class applies before others: root:GID 0757 is not writable.
+    d = volume("group-ro", 0o757, (0, seed_gid))
+    result, calls = run(d)
+    p.check(result.returncode == 0 and calls == [f"{uid}:{gid} {d}"] and
+            owner(d) == (seed_uid, seed_gid),
+            f"prepare-volume on root:{gid} 0757 (not writable for group {gid}): "
+            f"exit {result.returncode}, chown calls {calls}, owner {owner(d)}")
+    # chown works, but the mode keeps the owner out.
+    d = volume("read-only", 0o555)
+    result, calls = run(d)
+    p.check(result.returncode == PREPARE_VOLUME_GIVES_UP and "done, but" in result.stderr,
+            f"prepare-volume on a 0555 root: exit {result.returncode}, expected "
+            f"{PREPARE_VOLUME_GIVES_UP} with 'done, but ...'\n{result.stderr}")
+    # A fresh block-storage root (root 0755): chowned, then the seeder as
+    # uid 10001 copies a data set that another uid, with no shared group,
+    # can read, and wait-for-data returns.
+    d = volume("fresh", 0o755, (0, 0))
+    result, calls = run(d)
+    p.check(result.returncode == 0 and calls == [f"{uid}:{gid} {d}"] and
+            owner(d) == (seed_uid, seed_gid),
+            f"prepare-volume on a fresh root: exit {result.returncode}, chown calls "
+            f"{calls}, owner {owner(d)}\n{result.stdout}{result.stderr}")
+    return d
+
+
+def run_seed_and_read(p, repo, volume_dir, wait_container):
+    """As root: pnn-seed-data as uid 10001 (umask 022, the container
+    runtimes' default) into VOLUME_DIR, then a reader of uid 10002 without
+    any shared group runs wait-for-data and reads every file."""
+    setpriv = shutil.which("setpriv")
+    if not setpriv:
+        print("note: setpriv missing; the seeding as uid 10001 was not run")
+        return
+    with tempfile.TemporaryDirectory(prefix="k8s-source-") as src:
+        os.chmod(src, 0o755)
+        os.mkdir(os.path.join(src, SEEDED_DATA_SET))
+        for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"):
+            with open(os.path.join(src, SEEDED_DATA_SET, name), "wb") as f:
+                f.write(os.urandom(4096))
+        for root, dirs, files in os.walk(src):
+            for x in dirs:
+                os.chmod(os.path.join(root, x), 0o755)
+            for x in files:
+                os.chmod(os.path.join(root, x), 0o644)
+        seed = os.path.join(repo, "deploy/docker/pnn-seed-data")
+        result = subprocess.run(
+            [setpriv, f"--reuid={SEED_UID}", f"--regid={SEED_UID}", "--clear-groups",
+             "sh", "-c", 'umask 022 && exec sh "$0" "$1"', seed, volume_dir],
+            env=dict(os.environ, PNN_SEED_SOURCE=src), capture_output=True, text=True,
+            timeout=60)
+        if not p.check(result.returncode == 0,
+                       f"pnn-seed-data as uid {SEED_UID} into the prepared volume: exit "
+                       f"{result.returncode}\n{result.stdout}{result.stderr}"):
+            return
+    reader = [setpriv, "--reuid=10002", "--regid=10002", "--clear-groups"]
+    command = list(wait_container["command"])
+    command[4] = os.path.join(volume_dir, SEEDED_DATA_SET)
+    result = subprocess.run(reader + command, env=dict(os.environ, POD_NAMESPACE="pnn"),
+                            capture_output=True, text=True, timeout=30)
+    p.check(result.returncode == 0 and "is there" in result.stdout,
+            f"wait-for-data after seeding: exit {result.returncode}\n{result.stdout}"
+            f"{result.stderr}")
+    for root, _, files in os.walk(volume_dir):
+        for name in files:
+            path = os.path.join(root, name)
+            result = subprocess.run(reader + ["cat", path], capture_output=True, timeout=30)
+            p.check(result.returncode == 0,
+                    f"uid 10002 (no group shared with the seeder) cannot read {path}: "
+                    f"{result.stderr.decode().strip()}")
+
+
+def run_wait_for_data(p, container):
+    """Runs wait-for-data's script (after Kubernetes' $(VAR) expansion) on a
+    path that appears after 6 s: it says every few seconds what it waits
+    for and how to look, and returns once the path is there."""
+    env = {"POD_NAMESPACE": "pnn"}
+    command = [k8s_expand(x, env) for x in container["command"]]
+    with tempfile.TemporaryDirectory(prefix="k8s-wait-") as tmp:
+        path = os.path.join(tmp, SEEDED_DATA_SET)
+        command[4] = path
+        out_path = os.path.join(tmp, "out")
+        with open(out_path, "w") as out:
+            process = subprocess.Popen(command, env=dict(os.environ, **env),
+                                       stdout=out, stderr=subprocess.STDOUT)
+            try:
+                time.sleep(6.5)
+                early = process.poll()
+                os.mkdir(path)
+                code = process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                code = None
+            finally:
+                if process.poll() is None:
+                    process.kill()
+                    process.wait()
+        with open(out_path) as f:
+            text = f.read()
+    lines = [x for x in text.splitlines() if path in x and "is there" not in x]
+    p.check(early is None, f"wait-for-data returned ({early}) before {path} existed:\n{text}")
+    p.check(code == 0 and text.rstrip().endswith(f"{path} is there"),
+            f"wait-for-data: exit {code} once {path} exists, expected 0 and "
+            f"'{path} is there':\n{text}")
+    p.check(len(lines) >= 2,
+            f"wait-for-data: {len(lines)} message(s) in 6.5 s; expected one every "
+            f"few seconds:\n{text}")
+    for needle in ("kubectl -n pnn logs job/pnn-seed-data --all-containers",
+                   "kubectl -n pnn describe job pnn-seed-data"):
+        p.check(all(needle in x for x in lines),
+                f"wait-for-data's message lacks {needle!r}:\n{text}")
+
+
+def kustomize_images(kustomization):
+    return {e.get("name"): f"{e.get('newName', e.get('name'))}:{e.get('newTag')}"
+            for e in kustomization.get("images", []) or []}
+
+
+def check_rendered_images(p, objects, images, where):
+    """Every pod's containers and init containers use the kustomize images:
+    the GPU worker pnn-cuda's, the other pnn pods pnn's, Prometheus
+    prom/prometheus's."""
+    for key in ("pnn", "pnn-cuda", "prom/prometheus"):
+        if not p.check(key in images, f"{where}: kustomization images lack {key}"):
+            return
+    for (kind, name), doc in sorted(objects.items()):
+        if kind not in ("Deployment", "Job"):
+            continue
+        if name == "pnn-worker-gpu":
+            expected = images["pnn-cuda"]
+        elif name == "pnn-prometheus":
+            expected = images["prom/prometheus"]
+        else:
+            expected = images["pnn"]
+        for section, c in pod_containers(doc["spec"]["template"]["spec"]):
+            p.check(c.get("image") == expected,
+                    f"{where}: {kind}/{name} {section[:-1]} {c.get('name')}: image "
+                    f"{c.get('image')}, expected {expected}")
+
+
+def kubectl_kustomize(p, kubectl, directory, where):
+    result = subprocess.run([kubectl, "kustomize", directory], capture_output=True,
+                            timeout=120)
+    if not p.check(result.returncode == 0,
+                   f"kubectl kustomize {where}:\n{result.stderr.decode()}"):
+        return None
+    objects = {}
+    for doc in yaml_module().safe_load_all(result.stdout):
+        if doc:
+            key = (doc["kind"], doc["metadata"]["name"])
+            p.check(key not in objects, f"{where}: {key} rendered twice")
+            objects[key] = doc
+    return objects
+
+
+AUTH_FLAGS = ("token_file", "tls_cert", "tls_key", "tls_ca")
+
+
+def cmd_kustomize(repo, overlay, kubectl=None):
+    """`kubectl kustomize deploy/OVERLAY` (k8s or k8s-secure): the seeding
+    design, images and namespaces of what would be applied; then the same
+    overlay rendered from a copy of deploy/k8s and deploy/k8s-secure alone
+    (no generated files) whose deploy/k8s/kustomization.yaml names other
+    images: every pod follows."""
+    yaml = yaml_module()
+    p = Problems()
+    kubectl = kubectl or shutil.which("kubectl")
+    if not kubectl or not os.access(kubectl, os.X_OK):
+        print("SKIP: kubectl not found (any kubectl >= 1.21: `kubectl kustomize` "
+              "is built in and works offline)")
+        return SKIP
+    if overlay not in ("k8s", "k8s-secure"):
+        print(f"unknown overlay {overlay}", file=sys.stderr)
+        return 2
+    where = f"deploy/{overlay}"
+    objects = kubectl_kustomize(p, kubectl, os.path.join(repo, "deploy", overlay), where)
+    if objects is None:
+        return p.report("")
+    with open(os.path.join(repo, "deploy/k8s/kustomization.yaml")) as f:
+        kustomization = yaml.safe_load(f)
+
+    for (kind, name), doc in sorted(objects.items()):
+        if kind == "Namespace":
+            continue
+        p.check(doc["metadata"].get("namespace") == "pnn",
+                f"{where}: {kind}/{name} in namespace "
+                f"{doc['metadata'].get('namespace')}, expected pnn")
+        for subject in doc.get("subjects", []) or []:
+            p.check(subject.get("namespace") == "pnn",
+                    f"{where}: {kind}/{name}: subject {subject.get('name')} not in pnn")
+    p.check(("Namespace", "pnn") in objects, f"{where}: no Namespace pnn")
+    p.check(not any(kind == "Secret" for kind, _ in objects),
+            f"{where}: renders a Secret; secrets are created outside the kustomization")
+
+    before = len(p)
+    check_data_seeding(p, objects)
+    if len(p) > before:
+        p[before:] = [f"{where}: {x}" for x in p[before:]]
+    check_rendered_images(p, objects, kustomize_images(kustomization), where)
+
+    pnn_pods = {name: objects[("Deployment", name)]["spec"]["template"]["spec"]
+                for name in DATA_READERS if ("Deployment", name) in objects}
+    for name, pod in pnn_pods.items():
+        c = pod["containers"][0]
+        args = c.get("args", [])
+        flags = {flag: last_flag(args, flag) for flag in AUTH_FLAGS}
+        secrets = [v for v in pod.get("volumes", []) or []
+                   if v.get("secret", {}).get("secretName") == "pnn-auth"]
+        if overlay == "k8s":
+            p.check(not any(flags.values()) and not secrets,
+                    f"{where}: Deployment/{name} has auth flags or Secret pnn-auth: "
+                    "authentication is deploy/k8s-secure's")
+            continue
+        p.check(all(v and v.startswith("/etc/pnn/auth/") for v in flags.values()),
+                f"{where}: Deployment/{name}: auth flags {flags}, expected all four "
+                "under /etc/pnn/auth")
+        p.check(len(secrets) == 1, f"{where}: Deployment/{name}: Secret pnn-auth "
+                "volume expected")
+        p.check((pod.get("securityContext", {}) or {}).get("fsGroup") == SEED_UID,
+                f"{where}: Deployment/{name}: fsGroup {SEED_UID} (the Secret's files "
+                "are group-readable)")
+    if overlay == "k8s-secure":
+        base = kubectl_kustomize(p, kubectl, os.path.join(repo, "deploy/k8s"),
+                                 "deploy/k8s")
+        if base is not None:
+            p.check(base.get(("Job", "pnn-seed-data")) ==
+                    objects.get(("Job", "pnn-seed-data")),
+                    f"{where}: Job pnn-seed-data differs from deploy/k8s's")
+            p.check(set(base) == set(objects),
+                    f"{where}: objects differ from deploy/k8s's: "
+                    f"{sorted(set(base) ^ set(objects))}")
+
+    # One place: other images in deploy/k8s/kustomization.yaml only.
+    with tempfile.TemporaryDirectory(prefix="k8s-kustomize-") as tmp:
+        for name in ("k8s", "k8s-secure"):
+            shutil.copytree(os.path.join(repo, "deploy", name),
+                            os.path.join(tmp, "deploy", name))
+        changed = dict(kustomization)
+        changed["images"] = [dict(e, newName=f"registry.example.com/team/{e['name']}",
+                                  newTag="9.8.7-test")
+                             for e in kustomization.get("images", []) or []]
+        with open(os.path.join(tmp, "deploy/k8s/kustomization.yaml"), "w") as f:
+            yaml.safe_dump(changed, f)
+        moved = kubectl_kustomize(p, kubectl, os.path.join(tmp, "deploy", overlay),
+                                  f"a copy of {where} with other images")
+        if moved is not None:
+            check_rendered_images(p, moved, kustomize_images(changed),
+                                  f"{where} with images changed in deploy/k8s only")
+    jobs = sum(1 for kind, _ in objects if kind == "Job")
+    return p.report(f"kubectl kustomize {where}: {len(objects)} objects in namespace "
+                    f"pnn, {jobs} seeding Job, {len(pnn_pods)} Deployments waiting "
+                    "for read-only data, images set in deploy/k8s/kustomization.yaml")
+
+
+# ---------------------------------------------------------------------------
 # Dockerfile
 
 def setup_packages(repo):
@@ -1036,7 +1652,8 @@ def cmd_docker(repo):
         return result
     with open(os.path.join(repo, "CMakeLists.txt")) as f:
         subdirs = re.findall(r"add_subdirectory\((\S+?)\)", f.read())
-    needed = ["CMakeLists.txt", "examples", "deploy/docker/pnn-seed-data"] + \
+    needed = ["CMakeLists.txt", "examples", "deploy/docker/pnn-seed-data",
+              "deploy/docker/pnn-grafana-password"] + \
         [s for s in subdirs if s != "tests"]
     for path in needed:
         p.check(not ignored(path), f".dockerignore excludes {path}, which the image needs")
@@ -1120,6 +1737,8 @@ def main(argv):
         return cmd_compose_secure(argv[2])
     if len(argv) >= 3 and argv[1] == "k8s-secure":
         return cmd_k8s_secure(argv[2])
+    if len(argv) in (4, 5) and argv[1] == "kustomize":
+        return cmd_kustomize(argv[2], argv[3], *argv[4:])
     if len(argv) >= 3 and argv[1] == "docker":
         return cmd_docker(argv[2])
     if len(argv) >= 4 and argv[1] == "runtime-libs":

@@ -11,6 +11,7 @@ if(NOT PNN_DEPLOY_PYTHON)
 endif()
 find_program(PNN_PROMTOOL promtool)
 find_program(PNN_DOCKER_COMPOSE docker-compose)
+find_program(PNN_KUBECTL kubectl)
 
 set(_deploy_dir ${PROJECT_SOURCE_DIR}/deploy)
 
@@ -82,6 +83,22 @@ pnn_deploy_test(deploy_k8s_manifests
 pnn_deploy_test(deploy_k8s_secure
   COMMAND ${PNN_DEPLOY_PYTHON} ${CMAKE_CURRENT_SOURCE_DIR}/deploy_config_test.py
           k8s-secure ${PROJECT_SOURCE_DIR})
+# What `kubectl apply -k` would apply, rendered by `kubectl kustomize`
+# (offline) for each overlay: one Job seeds the data volume, the
+# Deployments wait for it and mount it read-only, every image comes from
+# deploy/k8s/kustomization.yaml's `images:` (also after changing it there
+# only), namespace pnn, and the auth flags of deploy/k8s-secure.
+foreach(_overlay k8s k8s-secure)
+  string(REPLACE "-" "_" _test deploy_${_overlay}_kustomize)
+  if(PNN_KUBECTL)
+    pnn_deploy_test(${_test}
+      COMMAND ${PNN_DEPLOY_PYTHON} ${CMAKE_CURRENT_SOURCE_DIR}/deploy_config_test.py
+              kustomize ${PROJECT_SOURCE_DIR} ${_overlay} ${PNN_KUBECTL})
+  else()
+    pnn_deploy_skip(${_test}
+      "kubectl not found (any kubectl >= 1.21; kubectl kustomize needs no cluster)")
+  endif()
+endforeach()
 pnn_deploy_test(deploy_dockerfile
   COMMAND ${PNN_DEPLOY_PYTHON} ${CMAKE_CURRENT_SOURCE_DIR}/deploy_config_test.py
           docker ${PROJECT_SOURCE_DIR})
@@ -92,6 +109,9 @@ pnn_deploy_test(deploy_runtime_libraries
           $<TARGET_FILE:pnnctl>)
 pnn_deploy_test(deploy_seed_data
   COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/deploy_seed_data_test.sh
+          ${PROJECT_SOURCE_DIR})
+pnn_deploy_test(deploy_grafana_password
+  COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/deploy_grafana_password_test.sh
           ${PROJECT_SOURCE_DIR})
 
 # (d) The metric names of the dashboard and the alerts: in the contract, and
@@ -114,3 +134,17 @@ set_tests_properties(deploy_prometheus_scrape PROPERTIES TIMEOUT 240)
 # Both start a coordinator and workers: never both at once.
 set_tests_properties(deploy_metrics_exported deploy_prometheus_scrape
   PROPERTIES RESOURCE_LOCK pnn_loopback_cluster)
+
+# (f) docker-compose on a real Docker engine (tests/compose_e2e_test.py):
+# builds pnn's image from deploy/docker/Dockerfile as `docker-compose build`
+# does (~10 min cold, both cores), runs docker-compose.yml with 3 workers and
+# Prometheus, injects faults between containers, then the secure overlay.
+# Alone (RUN_SERIAL): the image build would starve any test beside it.
+# Skipped (77) without root or Docker unless PNN_REQUIRE_DOCKER=1 (.ci/run).
+# `ctest -L docker` runs it alone.
+pnn_deploy_test(compose_e2e
+  COMMAND ${PNN_DEPLOY_PYTHON} ${CMAKE_CURRENT_SOURCE_DIR}/compose_e2e_test.py
+          ${PROJECT_SOURCE_DIR} $<TARGET_FILE:pnnctl>
+          $<TARGET_FILE:pnn-coordinator> $<TARGET_FILE:pnn-worker>)
+set_tests_properties(compose_e2e PROPERTIES TIMEOUT 3600 RUN_SERIAL TRUE
+                                            LABELS "deploy;docker")
