@@ -9,6 +9,7 @@
 
 #include <limits>
 #include <memory>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -233,7 +234,16 @@ INSTANTIATE_TEST_SUITE_P(
                       PipelineCase{{1, 3}, 8, pnn::v1::PIPELINE_SCHEDULE_1F1B},
                       // More micro-batches than the short last batch has rows.
                       PipelineCase{
-                          {1, 3}, 12, pnn::v1::PIPELINE_SCHEDULE_GPIPE}));
+                          {1, 3}, 12, pnn::v1::PIPELINE_SCHEDULE_GPIPE}),
+    // Stable names for ctest (the default prints the case's bytes).
+    [](const ::testing::TestParamInfo<PipelineCase>& info) {
+      std::string name = "Cut";
+      for (int cut : info.param.cuts) name += std::to_string(cut);
+      return name + "M" + std::to_string(info.param.micro_batches) +
+             (info.param.schedule == pnn::v1::PIPELINE_SCHEDULE_1F1B
+                  ? "OneFOneB"
+                  : "GPipe");
+    });
 
 TEST_F(PipelineTest, MicroBatchesOutOfStepSpendTheStage) {
   auto tasks = Plan(Spec({2}, 1, 2));
