@@ -21,18 +21,26 @@ import shutil
 import subprocess
 import tempfile
 
-MODE_ORDER = ["conventional", "model_parallel", "partitioned",
+MODE_ORDER = ["conventional", "model_parallel", "model_parallel_gpipe",
+              "model_parallel_1f1b", "partitioned", "partitioned_auto",
               "partitioned_sequential"]
+PIPELINE_MODES = ["model_parallel", "model_parallel_gpipe", "model_parallel_1f1b"]
 MODE_TITLES = {
     "conventional": "conventional (1 worker, all cores)",
-    "model_parallel": "model-parallel pipeline",
+    "model_parallel": "model-parallel pipeline, 1 micro-batch",
+    "model_parallel_gpipe": "model-parallel pipeline, GPipe",
+    "model_parallel_1f1b": "model-parallel pipeline, 1F1B",
     "partitioned": "partitioned, SIL (parallel)",
+    "partitioned_auto": "partitioned, SIL, cut chosen by pnn",
     "partitioned_sequential": "partitioned, previous outputs (sequential)",
 }
 PLOT_TITLES = {
     "conventional": "conventional",
-    "model_parallel": "model-parallel",
+    "model_parallel": "model-parallel (M=1)",
+    "model_parallel_gpipe": "model-parallel (GPipe)",
+    "model_parallel_1f1b": "model-parallel (1F1B)",
     "partitioned": "partitioned (SIL)",
+    "partitioned_auto": "partitioned (SIL, pnn's cut)",
     "partitioned_sequential": "partitioned (sequential)",
 }
 FINAL_STATES = {"JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED",
@@ -259,6 +267,8 @@ def summarize_task(task, spec):
         "checkpoint_bytes": inum(task.get("checkpoint_bytes")),
         "peer_bytes_sent": inum(cost.get("peer_bytes_sent")),
         "peer_bytes_received": inum(cost.get("peer_bytes_received")),
+        "idle_fraction": num(cost.get("idle_fraction"), None),
+        "micro_batches_kept": inum(cost.get("micro_batches_kept")) or None,
         "epochs": [{"epoch": inum(e.get("epoch")),
                     "train_loss": num(e.get("train_loss")),
                     "seconds": num(e.get("seconds")),
@@ -330,8 +340,24 @@ def summarize_job(mode, job, run_info, matmul_gflops):
     achieved = (model_flops / wall / 1e9) if wall else None
 
     analytic = [t["analytic_training_bytes"] for t in tasks]
+    pipeline = job.get("pipeline") or {}
     return {
         "mode": mode,
+        "cut_after_layers": [inum(c) for c in
+                             (spec.get("model") or {}).get("cut_after_layers") or []],
+        "cut_chosen_by_pnn": bool(job.get("cut_plan")),
+        # Model-parallel jobs: the schedule, the measured bubble (the least
+        # idle stage's idle fraction) beside (K-1)/(M+K-1).
+        "micro_batches": inum(pipeline.get("micro_batches")) or None,
+        "schedule": pipeline.get("schedule", "").replace("PIPELINE_SCHEDULE_", "")
+                    or None,
+        "bubble_fraction": num(pipeline.get("bubble_fraction"), None)
+                           if pipeline else None,
+        "bubble_formula": num(pipeline.get("bubble_formula"), None)
+                          if pipeline else None,
+        "stage_idle_fractions": [num(f) for f in
+                                 pipeline.get("stage_idle_fractions") or []],
+        "pipeline_activation_bytes": inum(pipeline.get("activation_bytes")) or None,
         "parallelism": spec.get("parallelism", ""),
         "input_mode": (spec.get("sil") or {}).get("input_mode", ""),
         "job_id": job.get("job_id", ""),
@@ -529,6 +555,87 @@ def check_targets(modes):
         f"{fmt_bytes(get(conv, 'max_segment_training_memory_bytes'))}",
         r, 0.75, None if r is None else r <= 0.75,
         "analytic bytes (libtorch's CPU allocator exposes no peak); data set excluded")
+    targets += pipeline_targets(modes)
+    auto = modes.get("partitioned_auto") or {}
+    r = ratio(get(auto, "wall_seconds"), get(conv, "wall_seconds"))
+    targets.append({
+        "target": "partitioned with pnn's cut: wall time <= 0.65x conventional's",
+        "measured": f"{fmt_num(get(auto, 'wall_seconds'))} s vs "
+                    f"{fmt_num(get(conv, 'wall_seconds'))} s (cut after "
+                    f"{','.join(str(c) for c in auto.get('cut_after_layers') or []) or 'n/a'})",
+        "value": r, "limit": 0.65, "issue": 12,
+        "verdict": "N/A" if r is None else ("PASS" if r <= 0.65 else "MISS"),
+        "detail": ""})
+    acc_a, acc_d = get(auto, "test_accuracy"), get(part, "test_accuracy")
+    targets.append({
+        "target": "accuracy of pnn's cut beside the spec's cut",
+        "measured": f"{fmt_pct(acc_a)} (cut after "
+                    f"{','.join(str(c) for c in auto.get('cut_after_layers') or []) or 'n/a'}) vs "
+                    f"{fmt_pct(acc_d)} (cut after "
+                    f"{','.join(str(c) for c in part.get('cut_after_layers') or []) or 'n/a'})",
+        "value": (acc_a - acc_d) if acc_a is not None and acc_d is not None else None,
+        "limit": None, "kind": "pp", "verdict": "REPORTED", "issue": 12,
+        "detail": "whichever is higher"})
+    return targets
+
+
+def best_pipeline(modes):
+    """The pipeline mode that succeeded with the least wall time. One
+    micro-batch per batch counts too: where micro-batching is slower, the
+    method is compared with the fastest pipeline, not a slowed one."""
+    done = [(modes[m]["wall_seconds"], m) for m in PIPELINE_MODES
+            if succeeded(modes.get(m)) and modes[m].get("wall_seconds")]
+    return min(done)[1] if done else None
+
+
+def pipeline_targets(modes):
+    """Issue 12's targets: the micro-batched pipelines' bubble and speed-up
+    over one micro-batch, and partitioned training against the best of them."""
+    targets = []
+
+    def get(summary, key):
+        return summary.get(key) if succeeded(summary) else None
+
+    def add(name, measured, value, limit, passed, detail="", kind="ratio"):
+        verdict = "N/A" if passed is None else ("PASS" if passed else "MISS")
+        targets.append({"target": name, "measured": measured, "value": value,
+                        "limit": limit, "verdict": verdict, "detail": detail,
+                        "kind": kind, "issue": 12})
+
+    mp = modes.get("model_parallel") or {}
+    for mode in PIPELINE_MODES[1:]:
+        s = modes.get(mode) or {}
+        bubble, formula = get(s, "bubble_fraction"), get(s, "bubble_formula")
+        gap = abs(bubble - formula) if bubble is not None and formula is not None else None
+        add(f"{mode}: measured bubble within 5 points of (K-1)/(M+K-1)",
+            f"{fmt_pct(bubble, 1)} vs {fmt_pct(formula, 1)} (M = {s.get('micro_batches')})",
+            gap, 0.05, None if gap is None else gap <= 0.05,
+            "measured: the least idle stage's idle fraction (the pace-setting stage)",
+            kind="points")
+        r = ratio(get(s, "wall_seconds"), get(mp, "wall_seconds"))
+        add(f"{mode}: wall time <= 0.65x the one-micro-batch pipeline's",
+            f"{fmt_num(get(s, 'wall_seconds'))} s vs {fmt_num(get(mp, 'wall_seconds'))} s",
+            r, 0.65, None if r is None else r <= 0.65)
+    best_mode = best_pipeline(modes)
+    best = modes.get(best_mode) or {} if best_mode else {}
+    part = modes.get("partitioned") or {}
+    label = best_mode or "the fastest pipeline"
+    for key, what in (("wall_seconds", "wall time"),
+                      ("time_to_90_seconds", "time-to-90%")):
+        r = ratio(get(part, key), get(best, key))
+        add(f"partitioned {what} <= 0.8x {label}'s",
+            f"{fmt_num(get(part, key))} s vs {fmt_num(get(best, key))} s",
+            r, 0.8, None if r is None else r <= 0.8)
+    acc_p, acc_b = get(part, "test_accuracy"), get(best, "test_accuracy")
+    diff = (acc_p - acc_b) if acc_p is not None and acc_b is not None else None
+    add(f"partitioned test accuracy within 1 pp of {label}",
+        f"{fmt_pct(acc_p)} vs {fmt_pct(acc_b)}", diff, -0.01,
+        None if diff is None else diff >= -0.01,
+        "only a drop counts: higher accuracy passes", kind="pp")
+    r = ratio(get(part, "network_bytes"), get(best, "network_bytes"))
+    add(f"partitioned network bytes <= 1% of {label}'s",
+        f"{fmt_bytes(get(part, 'network_bytes'))} vs {fmt_bytes(get(best, 'network_bytes'))}",
+        r, 0.01, None if r is None else r <= 0.01)
     return targets
 
 
@@ -916,6 +1023,39 @@ def section_main(results):
     return "\n".join(text)
 
 
+def section_pipeline(results):
+    """The pipeline modes side by side: schedule, bubble, speed, memory."""
+    modes = results.get("modes") or {}
+    one = modes.get("model_parallel") if succeeded(modes.get("model_parallel")) else {}
+    rows = []
+    for mode in PIPELINE_MODES:
+        s = modes.get(mode)
+        if not succeeded(s):
+            continue
+        idle = ", ".join(fmt_pct(f, 1) for f in s.get("stage_idle_fractions") or [])
+        rows.append([mode, s.get("schedule") or "n/a", str(s.get("micro_batches") or "n/a"),
+                     fmt_num(s.get("wall_seconds")),
+                     fmt_ratio(ratio(s.get("wall_seconds"), (one or {}).get("wall_seconds"))),
+                     fmt_pct(s.get("bubble_fraction"), 1), fmt_pct(s.get("bubble_formula"), 1),
+                     idle or "n/a", fmt_bytes(s.get("pipeline_activation_bytes")),
+                     fmt_pct(s.get("test_accuracy"))])
+    if not rows:
+        return ""
+    return "\n".join([
+        "## Pipeline schedules", "",
+        md_table(["mode", "schedule", "micro-batches M", "wall s", "x M=1",
+                  "bubble measured", "(K-1)/(M+K-1)", "idle per stage",
+                  "activations kept", "test accuracy"], rows), "",
+        "Each stage's idle fraction is the share of its training time it did not "
+        "compute (forward, backward, optimizer step): waiting for its neighbours "
+        "and moving tensors to and from gRPC messages. bubble measured: the least "
+        "idle stage's (the stage that sets the pace); the other stages' extra idle "
+        "time is imbalance between the segments, which the formula, stated for "
+        "equal stages, leaves out. activations kept: the activation bytes the "
+        "schedule keeps at most, summed over the stages (GPipe: a whole batch per "
+        "stage; 1F1B: K - s micro-batches at stage s)."])
+
+
 def section_epochs(results):
     modes = results.get("modes") or {}
     present = [(m, s) for m, s in mode_rows(modes) if s.get("accuracy_per_epoch")]
@@ -1089,8 +1229,11 @@ def section_targets(results):
         limit = t.get("limit")
         if value is None:
             shown = "n/a"
-        elif "pp" in t["target"]:
-            shown = f"{100 * value:+.2f} pp (limit {100 * limit:+.0f} pp)"
+        elif t.get("kind") == "points":
+            shown = f"{100 * value:.1f} points (limit {100 * limit:.0f})"
+        elif t.get("kind") == "pp" or "pp" in t["target"]:
+            shown = f"{100 * value:+.2f} pp" + (
+                "" if limit is None else f" (limit {100 * limit:+.0f} pp)")
         else:
             shown = fmt_ratio(value) + ("" if limit is None else f" (limit {limit:g}x)")
         rows.append([t["target"], t["measured"], shown, f"**{t['verdict']}**",
@@ -1100,7 +1243,7 @@ def section_targets(results):
             "\n\nThis run is not the configuration the targets are stated for "
             "(see How it was produced); treat the verdicts as indicative.")
     return "\n".join([
-        "## Targets (issue 6, \"Done when\")", "",
+        "## Targets (issues 6 and 12, \"Done when\")", "",
         md_table(["target", "measured", "ratio", "verdict", "note"], rows),
         "",
         "Verdicts are computed from the figures above by `bench/report.py`, "
@@ -1264,7 +1407,7 @@ def render_markdown(results, ablations=None, analysis=None):
     parts = []
     if results:
         parts += [section_header(results), section_main(results),
-                  section_targets(results)]
+                  section_pipeline(results), section_targets(results)]
         if analysis:
             parts.append("## Analysis\n\n" + analysis.strip())
         parts += [section_epochs(results),

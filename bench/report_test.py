@@ -71,6 +71,19 @@ def job(mode, tasks, accuracy, curve, training_seconds, bytes_sent, bytes_receiv
     }
 
 
+def pipelined(job_json, micro_batches, idle):
+    """A model-parallel job as the coordinator reports its pipeline."""
+    stages = len(idle)
+    job_json["spec"] = dict(job_json["spec"], pipeline={
+        "micro_batches": micro_batches, "schedule": "PIPELINE_SCHEDULE_1F1B"})
+    job_json["pipeline"] = {
+        "micro_batches": micro_batches, "schedule": "PIPELINE_SCHEDULE_1F1B",
+        "bubble_formula": (stages - 1) / (micro_batches + stages - 1),
+        "stage_idle_fractions": idle, "bubble_fraction": min(idle),
+        "activation_bytes": "300000"}
+    return job_json
+
+
 def run_info(workers, threads):
     return {"workers": [{"name": f"bench-{i}", "address": f"127.0.0.1:{5000 + i}",
                          "threads": threads, "baseline_rss_bytes": 100 << 20,
@@ -99,6 +112,12 @@ def fixture_results():
                             [task(0, 1, 3, 12.0, "127.0.0.1:5000", 12.0),
                              task(1, 4, 6, 8.0, "127.0.0.1:5001", 8.0)],
                             0.858, curve(0.6), 12.0, 20000, 2100000), run_info(2, 1)),
+        "model_parallel_1f1b": (pipelined(job("model_parallel_1f1b",
+                                    [task(0, 1, 3, 24.0, "127.0.0.1:5000", 24.0,
+                                          peer_sent=6_400_000, peer_received=6_400_000),
+                                     task(1, 4, 6, 24.0, "127.0.0.1:5001", 24.0)],
+                                    0.86, curve(1.2), 24.0, 20000, 2100000, 25_600_000),
+                                    8, [0.14, 0.62]), run_info(2, 1)),
         "partitioned_sequential": (job("partitioned_sequential",
                                        [task(0, 1, 3, 12.0, "127.0.0.1:5000", 12.0),
                                         task(1, 4, 6, 8.0, "127.0.0.1:5001", 8.0)],
@@ -190,6 +209,39 @@ class SummaryTest(unittest.TestCase):
         memory = next(t for t in self.results["targets"] if "memory" in t["target"])
         conventional = report.analytic_cost(WIDTHS, False, BATCH)["training_bytes"]
         self.assertAlmostEqual(memory["value"], (16 * 332544 + 1056768) / conventional)
+
+    def test_pipeline_targets(self):
+        targets = {t["target"]: t for t in self.results["targets"]}
+        bubble = targets["model_parallel_1f1b: measured bubble within 5 points of "
+                         "(K-1)/(M+K-1)"]
+        self.assertAlmostEqual(bubble["value"], abs(0.14 - 1 / 9))
+        self.assertEqual(bubble["verdict"], "PASS")
+        speed = targets["model_parallel_1f1b: wall time <= 0.65x the one-micro-batch "
+                        "pipeline's"]
+        self.assertAlmostEqual(speed["value"], 0.6)
+        self.assertEqual(speed["verdict"], "PASS")
+        # Against the best micro-batched pipeline: 12 s vs 24 s.
+        wall = targets["partitioned wall time <= 0.8x model_parallel_1f1b's"]
+        self.assertAlmostEqual(wall["value"], 0.5)
+        # GPipe did not run: not applicable, not a miss.
+        self.assertEqual(targets["model_parallel_gpipe: measured bubble within 5 points "
+                                 "of (K-1)/(M+K-1)"]["verdict"], "N/A")
+        text = report.render_markdown(self.results)
+        self.assertIn("## Pipeline schedules", text)
+        self.assertIn("| model_parallel_1f1b | 1F1B | 8 | 24.0 | 0.600x | 14.0% | 11.1% | "
+                      "14.0%, 62.0% |", text)
+
+    def test_mode_spec_of_pipelines_and_auto_cut(self):
+        one = run_bench.mode_spec(SPEC, "model_parallel", 4, 8)
+        self.assertEqual(one["pipeline"], {"micro_batches": 1})
+        gpipe = run_bench.mode_spec(SPEC, "model_parallel_gpipe", 4, 8)
+        self.assertEqual(gpipe["pipeline"], {"schedule": "PIPELINE_SCHEDULE_GPIPE",
+                                             "micro_batches": 8})
+        auto = run_bench.mode_spec(run_bench.with_defaults(SPEC), "partitioned_auto", 4)
+        self.assertNotIn("cut_after_layers", auto["model"])
+        self.assertEqual(auto["auto_cut"], {"segments": 2,
+                                            "objective": "BALANCE_OBJECTIVE_FLOPS"})
+        self.assertNotIn("pipeline", run_bench.in_process_spec(gpipe))
 
     def test_missing_mode_is_not_applicable(self):
         modes = dict(self.modes)

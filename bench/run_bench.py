@@ -2,8 +2,10 @@
 """pnn's benchmarks (issue 6): runs them and writes the report.
 
 Main preset: with one job spec, for each mode (conventional on one worker
-with every core; model-parallel, partitioned and partitioned-sequential on
-one worker per segment with the cores divided between them) start a fresh
+with every core; model-parallel with one micro-batch per batch and with
+GPipe and 1F1B on --micro_batches, partitioned with the spec's cut and with
+the cut pnn chooses (auto_cut), and partitioned-sequential, on one worker
+per segment with the cores divided between them) start a fresh
 local cluster of the real binaries on loopback, submit the job with pnnctl,
 wait for it, record its Job JSON and the workers' RSS, and stop every
 process. Also measure the matrix-multiply peak (pnn-matmul-peak) and run
@@ -46,16 +48,31 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODES = {
     "conventional": {"parallelism": "PARALLELISM_CONVENTIONAL",
                      "input_mode": None, "split": False},
+    # The pipeline with one micro-batch per batch (issue 6's baseline), and
+    # micro-batched with each schedule (issue 12; --micro_batches).
     "model_parallel": {"parallelism": "PARALLELISM_MODEL_PARALLEL",
-                       "input_mode": None, "split": True},
+                       "input_mode": None, "split": True,
+                       "pipeline": {"micro_batches": 1}},
+    "model_parallel_gpipe": {"parallelism": "PARALLELISM_MODEL_PARALLEL",
+                             "input_mode": None, "split": True,
+                             "pipeline": {"schedule": "PIPELINE_SCHEDULE_GPIPE"}},
+    "model_parallel_1f1b": {"parallelism": "PARALLELISM_MODEL_PARALLEL",
+                            "input_mode": None, "split": True,
+                            "pipeline": {"schedule": "PIPELINE_SCHEDULE_1F1B"}},
     "partitioned": {"parallelism": "PARALLELISM_PARTITIONED",
                     "input_mode": "INPUT_MODE_SYNTHETIC_LABELS", "split": True},
+    # pnn chooses the cut (auto_cut: as many segments as the spec's cut
+    # makes, balancing training FLOPs), beside the spec's own cut.
+    "partitioned_auto": {"parallelism": "PARALLELISM_PARTITIONED",
+                         "input_mode": "INPUT_MODE_SYNTHETIC_LABELS", "split": True,
+                         "auto_cut": "BALANCE_OBJECTIVE_FLOPS"},
     "partitioned_sequential": {"parallelism": "PARALLELISM_PARTITIONED",
                                "input_mode": "INPUT_MODE_PREVIOUS_OUTPUTS",
                                "split": True},
 }
 # Spec fields only the services know; stripped for pnn-train.
-SERVICE_ONLY_FIELDS = ("parallelism", "evaluations_per_epoch", "resume_checkpoints")
+SERVICE_ONLY_FIELDS = ("parallelism", "evaluations_per_epoch", "resume_checkpoints",
+                       "pipeline")
 
 
 class BenchError(Exception):
@@ -281,12 +298,22 @@ def with_defaults(spec):
     return spec
 
 
-def mode_spec(base, mode, evaluations_per_epoch):
+def mode_spec(base, mode, evaluations_per_epoch, micro_batches=8):
     """The spec of one benchmark mode's job."""
     spec = copy.deepcopy(base)
     spec["name"] = f"bench-{mode}"
     spec["parallelism"] = MODES[mode]["parallelism"]
     spec["evaluations_per_epoch"] = evaluations_per_epoch
+    if "pipeline" in MODES[mode]:
+        pipeline = dict(MODES[mode]["pipeline"])
+        pipeline.setdefault("micro_batches", micro_batches)
+        spec["pipeline"] = pipeline
+    if "auto_cut" in MODES[mode]:
+        model = spec.setdefault("model", {})
+        segments = len(model.pop("cut_after_layers", [3])) + 1
+        spec.pop("segment_training", None)
+        spec["auto_cut"] = {"segments": segments,
+                            "objective": MODES[mode]["auto_cut"]}
     if MODES[mode]["input_mode"]:
         spec.setdefault("sil", {})["input_mode"] = MODES[mode]["input_mode"]
     return spec
@@ -367,7 +394,8 @@ def run_mode(mode, base_spec, args, binaries, nproc, log_root):
     log_dir = os.path.join(log_root, mode)
     os.makedirs(log_dir, exist_ok=True)
     spec_path = os.path.join(log_dir, "job.json")
-    write_json(spec_path, mode_spec(base_spec, mode, args.evaluations_per_epoch))
+    write_json(spec_path, mode_spec(base_spec, mode, args.evaluations_per_epoch,
+                                    args.micro_batches))
     print(f"bench: {mode}: {workers} worker(s) x {threads} thread(s); logs in {log_dir}",
           file=sys.stderr)
 
@@ -691,7 +719,7 @@ def parse_args(argv):
                "bench/ablations.json (ablation) and bench/plots/*.png under "
                "--out_dir.")
     parser.add_argument("--preset", choices=("main", "ablation"), default="main",
-                        help="main: the four modes on local clusters; ablation: "
+                        help="main: the modes on local clusters; ablation: "
                              "in-process ablations (longer). Default main.")
     parser.add_argument("--spec", default=os.path.join(REPO, "examples", "fashion_mnist.json"),
                         help="job spec (protobuf JSON of pnn.v1.JobSpec); default "
@@ -708,6 +736,9 @@ def parse_args(argv):
     parser.add_argument("--modes", default=",".join(MODES),
                         help="comma-separated modes of the main preset (default all: "
                              + ", ".join(MODES) + ")")
+    parser.add_argument("--micro_batches", type=int, default=8,
+                        help="micro-batches per batch of the model_parallel_gpipe "
+                             "and model_parallel_1f1b modes (model_parallel: 1)")
     parser.add_argument("--workers", type=int, default=0,
                         help="workers of the split modes (0: one per segment); "
                              "the cores are divided between them")

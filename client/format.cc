@@ -310,6 +310,59 @@ std::string TaskTables(const Job& job, std::vector<std::string>* errors) {
   return absl::StrCat(timing.Render("  "), "\n", cost.Render("  "));
 }
 
+// A model-parallel job's schedule, its measured bubble beside the ideal
+// one, and the activations the schedule keeps; empty for other jobs.
+std::string PipelineLines(const Job& job) {
+  if (!job.has_pipeline()) return "";
+  const pnn::v1::PipelineReport& pipeline = job.pipeline();
+  std::vector<std::string> idle;
+  for (double fraction : pipeline.stage_idle_fractions()) {
+    idle.push_back(absl::StrFormat("%.1f%%", 100 * fraction));
+  }
+  return absl::StrCat(
+      "  pipeline: ",
+      StripEnumPrefix(pnn::v1::PipelineSchedule_Name(pipeline.schedule()),
+                      "PIPELINE_SCHEDULE_", pipeline.schedule()),
+      ", ", pipeline.micro_batches(), " micro-batches per batch; bubble ",
+      absl::StrFormat("%.1f%%", 100 * pipeline.bubble_fraction()),
+      " measured (least idle stage) vs ",
+      absl::StrFormat("%.1f%%", 100 * pipeline.bubble_formula()),
+      " = (K-1)/(M+K-1)\n  idle per stage: ", absl::StrJoin(idle, ", "),
+      "; activations kept: ", FormatBytes(pipeline.activation_bytes()),
+      " (all stages)\n");
+}
+
+// The cuts pnn chose (JobSpec.auto_cut) and its prediction per segment;
+// empty when the spec gave the cuts.
+std::string CutPlanLines(const Job& job) {
+  if (!job.has_cut_plan()) return "";
+  const pnn::v1::CutPlan& plan = job.cut_plan();
+  const pnn::v1::AutoCutSpec& request = plan.request();
+  std::string out = absl::StrCat(
+      "  cuts chosen by pnn: after layer(s) ",
+      absl::StrJoin(plan.cut_after_layers(), ","), " (",
+      request.device_memory_bytes() > 0
+          ? absl::StrCat("fewest segments within ",
+                         FormatBytes(request.device_memory_bytes()),
+                         " per device")
+          : absl::StrCat(request.segments(), " segments balancing ",
+                         request.objective() ==
+                                 pnn::v1::BALANCE_OBJECTIVE_TRAINING_MEMORY
+                             ? "training memory"
+                             : "FLOPs"),
+      ")\n");
+  for (int i = 0; i < plan.segments_size(); ++i) {
+    const pnn::v1::CutPlan::Segment& segment = plan.segments(i);
+    absl::StrAppend(
+        &out, "    segment ", i + 1, " (layers ", segment.first_layer(), "..",
+        segment.last_layer(), "): ",
+        absl::StrFormat("%.2f", segment.training_flops_per_sample() / 1e6),
+        " MFLOPs/sample to train, ",
+        FormatBytes(segment.training_memory_bytes()), " predicted memory\n");
+  }
+  return out;
+}
+
 // What the columns of the cost table mean, and the job's totals.
 std::string CostFooter(const Job& job) {
   std::string out =
@@ -332,6 +385,7 @@ std::string CostFooter(const Job& job) {
     absl::StrAppend(&out, "  training wall time: ",
                     Seconds(job.training_seconds()), "\n");
   }
+  absl::StrAppend(&out, PipelineLines(job), CutPlanLines(job));
   return out;
 }
 

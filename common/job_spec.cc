@@ -97,7 +97,9 @@ void ApplyDefaults(JobSpec* spec) {
   if (model->activation() == pnn::v1::ACTIVATION_UNSPECIFIED) {
     model->set_activation(pnn::v1::ACTIVATION_RELU);
   }
-  if (model->cut_after_layers().empty()) {
+  // With auto_cut the cuts are chosen once the data set's shape is known
+  // (common/auto_cut.h).
+  if (model->cut_after_layers().empty() && !spec->has_auto_cut()) {
     model->add_cut_after_layers(
         std::min(kDefaultCutAfterLayer, model->hidden_widths_size()));
   }
@@ -187,6 +189,54 @@ absl::Status ValidateSil(const pnn::v1::SilSpec& sil, const SpecLimits& limits) 
   return absl::OkStatus();
 }
 
+// Cut points chosen by pnn: what the request may and may not combine.
+absl::Status ValidateAutoCut(const JobSpec& spec) {
+  if (!spec.has_auto_cut()) return absl::OkStatus();
+  const pnn::v1::AutoCutSpec& cut = spec.auto_cut();
+  const int layers = spec.model().hidden_widths_size() + 1;
+  if (!spec.model().cut_after_layers().empty()) {
+    return Invalid("auto_cut",
+                   "give model.cut_after_layers or auto_cut, "
+                   "not both");
+  }
+  if (spec.segment_training_size() > 0) {
+    return Invalid("auto_cut",
+                   "segment_training needs known segments; "
+                   "leave it empty when pnn chooses the cuts");
+  }
+  if (spec.parallelism() == pnn::v1::PARALLELISM_CONVENTIONAL) {
+    return Invalid("auto_cut",
+                   "a conventional job trains the whole network "
+                   "on one worker; there is nothing to cut");
+  }
+  if (!pnn::v1::BalanceObjective_IsValid(cut.objective())) {
+    return Invalid("auto_cut.objective", "unknown objective");
+  }
+  if ((cut.segments() != 0) == (cut.device_memory_bytes() != 0)) {
+    return Invalid("auto_cut",
+                   "set exactly one of segments (how many) and "
+                   "device_memory_bytes (a budget per device)");
+  }
+  if (cut.segments() != 0 && (cut.segments() < 2 || cut.segments() > layers)) {
+    return Invalid(
+        "auto_cut.segments",
+        absl::StrCat("must be between 2 and ", layers, " (the network has ",
+                     layers, " linear layers), got ", cut.segments()));
+  }
+  if (cut.device_memory_bytes() < 0) {
+    return Invalid(
+        "auto_cut.device_memory_bytes",
+        absl::StrCat("must be > 0, got ", cut.device_memory_bytes()));
+  }
+  if (cut.device_memory_bytes() > 0 &&
+      cut.objective() == pnn::v1::BALANCE_OBJECTIVE_FLOPS) {
+    return Invalid("auto_cut.objective",
+                   "a memory budget balances training memory; leave the "
+                   "objective unset or BALANCE_OBJECTIVE_TRAINING_MEMORY");
+  }
+  return absl::OkStatus();
+}
+
 // The job's training, the per-segment overrides and the recovery epochs;
 // the overrides and the recovery inherit what they leave unset.
 absl::Status ResolveTrainingSections(JobSpec* spec, const SpecLimits& limits) {
@@ -261,6 +311,50 @@ absl::Status ValidateExecution(const JobSpec& spec) {
   return absl::OkStatus();
 }
 
+// A model-parallel job's micro-batches and schedule (defaults: 4 x stages
+// micro-batches, at most the batch size; GPipe). Other jobs have no
+// pipeline: a set field there is a mistake worth reporting.
+absl::Status ResolvePipeline(JobSpec* spec) {
+  auto* pipeline = spec->mutable_pipeline();
+  if (!pnn::v1::PipelineSchedule_IsValid(pipeline->schedule())) {
+    return Invalid("pipeline.schedule", "unknown schedule");
+  }
+  if (spec->parallelism() != pnn::v1::PARALLELISM_MODEL_PARALLEL) {
+    if (pipeline->micro_batches() != 0 ||
+        pipeline->schedule() != pnn::v1::PIPELINE_SCHEDULE_UNSPECIFIED) {
+      return Invalid("pipeline",
+                     "micro-batches and schedules apply to model_parallel "
+                     "jobs only; remove the pipeline section or set "
+                     "parallelism to PARALLELISM_MODEL_PARALLEL");
+    }
+    spec->clear_pipeline();
+    return absl::OkStatus();
+  }
+  const int batch = spec->training().batch_size();
+  // With auto_cut the stage count is known once the cuts are chosen
+  // (ApplyAutoCut fills the default in then).
+  if (pipeline->micro_batches() == 0 && spec->has_auto_cut()) {
+    if (pipeline->schedule() == pnn::v1::PIPELINE_SCHEDULE_UNSPECIFIED) {
+      pipeline->set_schedule(pnn::v1::PIPELINE_SCHEDULE_GPIPE);
+    }
+    return absl::OkStatus();
+  }
+  if (pipeline->micro_batches() == 0) {
+    const int stages = spec->model().cut_after_layers_size() + 1;
+    pipeline->set_micro_batches(std::min(4 * stages, batch));
+  }
+  if (pipeline->micro_batches() < 1 || pipeline->micro_batches() > batch) {
+    return Invalid("pipeline.micro_batches",
+                   absl::StrCat("must be in [1, training.batch_size = ", batch,
+                                "] (a micro-batch has at least one row), got ",
+                                pipeline->micro_batches()));
+  }
+  if (pipeline->schedule() == pnn::v1::PIPELINE_SCHEDULE_UNSPECIFIED) {
+    pipeline->set_schedule(pnn::v1::PIPELINE_SCHEDULE_GPIPE);
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::StatusOr<JobSpec> ResolveJobSpec(const JobSpec& spec,
@@ -274,9 +368,11 @@ absl::StatusOr<JobSpec> ResolveJobSpec(const JobSpec& spec,
   ApplyDefaults(&out);
   PNN_RETURN_IF_ERROR(ValidateModel(out.model(), limits));
   PNN_RETURN_IF_ERROR(ValidateSil(out.sil(), limits));
+  PNN_RETURN_IF_ERROR(ValidateAutoCut(out));
   PNN_RETURN_IF_ERROR(ResolveTrainingSections(&out, limits));
   PNN_RETURN_IF_ERROR(ValidateDataset(out.dataset()));
   PNN_RETURN_IF_ERROR(ValidateExecution(out));
+  PNN_RETURN_IF_ERROR(ResolvePipeline(&out));
   return out;
 }
 

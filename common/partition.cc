@@ -59,7 +59,9 @@ pnn::v1::SegmentTask PartTask(const pnn::v1::JobSpec& resolved,
     // its neighbours are filled in when all stages are placed. A stage
     // cannot resume alone: the pipeline restarts as a whole.
     *task.mutable_training() = resolved.training();
-    task.mutable_pipeline();
+    task.mutable_pipeline()->set_micro_batches(
+        resolved.pipeline().micro_batches());
+    task.mutable_pipeline()->set_schedule(resolved.pipeline().schedule());
     return task;
   }
   *task.mutable_training() = SegmentTrainingConfig(resolved, segment.index);

@@ -2,12 +2,14 @@
 
 #include <ATen/ATen.h>
 
+#include <chrono>
 #include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "common/accounting.h"
 #include "common/model.h"
+#include "common/pipeline_schedule.h"
 #include "common/status_macros.h"
 #include "common/training_internal.h"
 #include "common/training_progress.h"
@@ -20,6 +22,11 @@ using internal::MakeOptimizer;
 
 using pnn::v1::SegmentTask;
 using pnn::v1::TrainingConfig;
+
+double SecondsSince(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
+      .count();
+}
 
 absl::Status ValidateStageTask(const SegmentTask& task) {
   if (!task.has_pipeline()) {
@@ -83,6 +90,16 @@ struct PipelineStageTrainer::State {
       : options(train_options),
         progress(options.on_batches, options.batch_report_interval) {}
 
+  // One micro-batch of the open batch, between its Forward and Backward.
+  struct Micro {
+    at::Tensor input;  // a leaf: its gradient goes back upstream
+    at::Tensor output;
+    at::Tensor labels;
+    int64_t rows = 0;
+    bool forwarded = false;
+    bool done = false;  // backward has run
+  };
+
   SegmentTask task;
   TrainOptions options;
   c10::Device device{c10::kCPU};
@@ -98,6 +115,15 @@ struct PipelineStageTrainer::State {
   int epoch = 1;
   int64_t next_batch = 1;
   int64_t batches_per_epoch = 0;
+
+  // The batch being trained: its position, micro-batches and loss so far.
+  bool batch_open = false;
+  BatchPosition open;
+  std::vector<Micro> micros;
+  int backwards_done = 0;
+  double batch_loss = 0;
+  // Seconds spent computing: forward, backward, optimizer steps.
+  double busy_seconds = 0;
 
   // Progress, epochs, checkpoints' times and the measured cost: the same
   // bookkeeping as TrainSegment's loop. Starts with the first batch.
@@ -134,40 +160,143 @@ struct PipelineStageTrainer::State {
           task.training().epochs(), " epochs of ", position.batches_per_epoch,
           " batches)"));
     }
+    if (position.micro_batches < 1 ||
+        (position.micro_batches > 1 && position.batch_rows < 1)) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("pipeline stage ", task.segment_index(),
+                       ": a batch needs at least "
+                       "one micro-batch and, with several, its row count; got ",
+                       position.micro_batches, " micro-batches of a ",
+                       position.batch_rows, "-row batch"));
+    }
     return absl::OkStatus();
   }
 
-  // Backpropagates the batch's loss into the stage: the last stage's own
-  // cross-entropy, or the gradient the rest of the pipeline returns. A
-  // non-finite loss is not backpropagated. Returns the loss.
-  absl::StatusOr<double> Backward(const at::Tensor& output,
-                                  const at::Tensor& labels,
-                                  const BatchPosition& position,
-                                  const DownstreamLoss& downstream) {
+  // The micro-batch `position` names, checked against the open batch (or
+  // opening the next one).
+  absl::StatusOr<Micro*> TakeMicro(const BatchPosition& position) {
+    if (!batch_open) {
+      PNN_RETURN_IF_ERROR(CheckPosition(position));
+      if (!progress.started()) {
+        batches_per_epoch = position.batches_per_epoch;
+        progress.Start(batches_per_epoch);
+      }
+      if (position.batch == 1) progress.BeginEpoch();
+      batch_open = true;
+      open = position;
+      micros.assign(static_cast<size_t>(position.micro_batches), Micro());
+      backwards_done = 0;
+      batch_loss = 0;
+      optimizer->zero_grad();
+    } else if (position.epoch != open.epoch || position.batch != open.batch ||
+               position.micro_batches != open.micro_batches ||
+               position.batch_rows != open.batch_rows) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "pipeline stage ", task.segment_index(), " is in epoch ", open.epoch,
+          ", batch ", open.batch, " (", open.micro_batches,
+          " micro-batches) but got a micro-batch of epoch ", position.epoch,
+          ", batch ", position.batch, " (", position.micro_batches,
+          "): the stages are out of step"));
+    }
+    if (position.micro < 0 || position.micro >= open.micro_batches ||
+        micros[static_cast<size_t>(position.micro)].forwarded) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "pipeline stage ", task.segment_index(), ": micro-batch ",
+          position.micro + 1, " of ", open.micro_batches, " in epoch ",
+          position.epoch, ", batch ", position.batch,
+          " is repeated or out of range (the stages are out of step)"));
+    }
+    return &micros[static_cast<size_t>(position.micro)];
+  }
+
+  absl::Status ForwardUnguarded(const at::Tensor& input,
+                                const at::Tensor& labels,
+                                const BatchPosition& position,
+                                PipelinePeer* downstream) {
+    PNN_ASSIGN_OR_RETURN(Micro * micro, TakeMicro(position));
+    const auto start = std::chrono::steady_clock::now();
+    micro->input = input.to(device, at::kFloat).detach().requires_grad_(true);
+    micro->output = model->forward(micro->input);
+    micro->labels = labels;
+    micro->rows = input.size(0);
+    micro->forwarded = true;
+    busy_seconds += SecondsSince(start);
+    if (last) return absl::OkStatus();
+    return downstream->Send(micro->output.detach(), labels, position);
+  }
+
+  // Backpropagates a micro-batch's loss into the stage: the last stage's
+  // own cross-entropy (its share of the batch's mean), or the gradient the
+  // rest of the pipeline returns. A non-finite loss is not
+  // backpropagated. Returns the loss share.
+  absl::StatusOr<double> BackwardLoss(Micro& micro, int index,
+                                      PipelinePeer* downstream) {
     constexpr absl::string_view kHint = "lower the learning rate";
     if (last) {
-      const at::Tensor loss =
-          at::cross_entropy_loss(output, labels.to(device, at::kLong));
+      const auto start = std::chrono::steady_clock::now();
+      at::Tensor loss = at::cross_entropy_loss(
+          micro.output, micro.labels.to(device, at::kLong));
+      // One micro-batch: the batch's mean as it is, bit for bit.
+      if (open.micro_batches > 1) {
+        loss = loss * (static_cast<double>(micro.rows) /
+                       static_cast<double>(open.batch_rows));
+      }
       const double loss_value = loss.item<double>();
-      PNN_RETURN_IF_ERROR(internal::CheckFiniteLoss(
-          loss_value, position.epoch, position.batch, kHint));
+      PNN_RETURN_IF_ERROR(
+          internal::CheckFiniteLoss(loss_value, open.epoch, open.batch, kHint));
       loss.backward();
+      busy_seconds += SecondsSince(start);
       return loss_value;
     }
-    PNN_ASSIGN_OR_RETURN(RemoteLoss remote,
-                         downstream(output.detach(), labels, position));
+    PNN_ASSIGN_OR_RETURN(RemoteLoss remote, downstream->Receive(index));
     if (!remote.output_gradient.defined() ||
-        !remote.output_gradient.sizes().equals(output.sizes())) {
+        !remote.output_gradient.sizes().equals(micro.output.sizes())) {
       return absl::DataLossError(absl::StrCat(
           "pipeline stage ", task.segment_index(),
           ": the next stage returned a gradient of the wrong shape in "
           "epoch ",
-          position.epoch, ", batch ", position.batch));
+          open.epoch, ", batch ", open.batch, ", micro-batch ", index + 1));
     }
-    PNN_RETURN_IF_ERROR(internal::CheckFiniteLoss(
-        remote.loss, position.epoch, position.batch, kHint));
-    output.backward(remote.output_gradient.to(device, at::kFloat));
+    PNN_RETURN_IF_ERROR(
+        internal::CheckFiniteLoss(remote.loss, open.epoch, open.batch, kHint));
+    const auto start = std::chrono::steady_clock::now();
+    micro.output.backward(remote.output_gradient.to(device, at::kFloat));
+    busy_seconds += SecondsSince(start);
     return remote.loss;
+  }
+
+  absl::StatusOr<RemoteLoss> BackwardUnguarded(int index,
+                                               PipelinePeer* downstream) {
+    if (!batch_open || index < 0 || index >= open.micro_batches ||
+        !micros[static_cast<size_t>(index)].forwarded ||
+        micros[static_cast<size_t>(index)].done) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "pipeline stage ", task.segment_index(), ": backward of micro-batch ",
+          index + 1, " that has not run forward or has run backward already"));
+    }
+    Micro& micro = micros[static_cast<size_t>(index)];
+    PNN_ASSIGN_OR_RETURN(const double loss,
+                         BackwardLoss(micro, index, downstream));
+    RemoteLoss result;
+    result.output_gradient = micro.input.grad();
+    result.loss = loss;
+    // The micro-batch's graph is spent: free its activations.
+    const int64_t rows = micro.rows;
+    micro = Micro();
+    micro.rows = rows;
+    micro.forwarded = true;
+    micro.done = true;
+    batch_loss += loss;
+    if (++backwards_done == open.micro_batches) {
+      const auto start = std::chrono::steady_clock::now();
+      optimizer->step();
+      busy_seconds += SecondsSince(start);
+      batch_open = false;
+      int64_t rows = 0;
+      for (const Micro& m : micros) rows += m.rows;
+      EndBatch(open, rows, batch_loss);
+    }
+    return result;
   }
 
   // After a batch's step: progress, and at the epoch's end its metrics;
@@ -188,30 +317,6 @@ struct PipelineStageTrainer::State {
       next_batch = 1;
     }
     progress.MarkEnd();
-  }
-
-  absl::StatusOr<RemoteLoss> StepUnguarded(const at::Tensor& input,
-                                           const at::Tensor& labels,
-                                           const BatchPosition& position,
-                                           const DownstreamLoss& downstream) {
-    if (!progress.started()) {
-      batches_per_epoch = position.batches_per_epoch;
-      progress.Start(batches_per_epoch);
-    }
-    if (position.batch == 1) progress.BeginEpoch();
-    optimizer->zero_grad();
-    // A leaf of its own: its gradient is what goes back upstream.
-    const at::Tensor stage_input =
-        input.to(device, at::kFloat).detach().requires_grad_(true);
-    const at::Tensor output = model->forward(stage_input);
-    PNN_ASSIGN_OR_RETURN(const double loss,
-                         Backward(output, labels, position, downstream));
-    optimizer->step();
-    RemoteLoss result;
-    result.output_gradient = stage_input.grad();
-    result.loss = loss;
-    EndBatch(position, input.size(0), loss);
-    return result;
   }
 };
 
@@ -251,18 +356,15 @@ PipelineStageTrainer::Create(const SegmentTask& task,
       });
 }
 
-absl::StatusOr<RemoteLoss> PipelineStageTrainer::Step(
-    const at::Tensor& input, const at::Tensor& labels,
-    const BatchPosition& position, const DownstreamLoss& downstream) {
+absl::Status PipelineStageTrainer::Forward(const at::Tensor& input,
+                                           const at::Tensor& labels,
+                                           const BatchPosition& position,
+                                           PipelinePeer* downstream) {
   State& s = *state_;
   if (!s.failed.ok()) return s.failed;
   if (s.finished) {
     return absl::FailedPreconditionError(absl::StrCat(
         "pipeline stage ", s.task.segment_index(), " has finished training"));
-  }
-  if (absl::Status in_step = s.CheckPosition(position); !in_step.ok()) {
-    s.failed = in_step;
-    return in_step;
   }
   const int width = s.task.widths(0);
   if (!input.defined() || input.dim() != 2 || input.size(1) != width ||
@@ -275,17 +377,49 @@ absl::StatusOr<RemoteLoss> PipelineStageTrainer::Step(
         labels.defined() ? labels.numel() : 0, " labels"));
     return s.failed;
   }
-  if (!s.last && !downstream) {
+  if (!s.last && downstream == nullptr) {
     s.failed = absl::InvalidArgumentError(absl::StrCat(
         "pipeline stage ", s.task.segment_index(),
         " is a middle stage and needs the next stage (downstream)"));
     return s.failed;
   }
-  auto result = Guarded<RemoteLoss>("pipeline stage", [&] {
-    return s.StepUnguarded(input, labels, position, downstream);
-  });
+  const absl::Status status =
+      Guarded<bool>("pipeline stage", [&]() -> absl::StatusOr<bool> {
+        PNN_RETURN_IF_ERROR(
+            s.ForwardUnguarded(input, labels, position, downstream));
+        return true;
+      }).status();
+  if (!status.ok()) s.failed = status;
+  return status;
+}
+
+absl::StatusOr<RemoteLoss> PipelineStageTrainer::Backward(
+    int micro, PipelinePeer* downstream) {
+  State& s = *state_;
+  if (!s.failed.ok()) return s.failed;
+  if (!s.last && downstream == nullptr) {
+    s.failed = absl::InvalidArgumentError(absl::StrCat(
+        "pipeline stage ", s.task.segment_index(),
+        " is a middle stage and needs the next stage (downstream)"));
+    return s.failed;
+  }
+  auto result = Guarded<RemoteLoss>(
+      "pipeline stage", [&] { return s.BackwardUnguarded(micro, downstream); });
   if (!result.ok()) s.failed = result.status();
   return result;
+}
+
+absl::StatusOr<RemoteLoss> PipelineStageTrainer::Step(
+    const at::Tensor& input, const at::Tensor& labels,
+    const BatchPosition& position, const DownstreamLoss& downstream) {
+  const std::unique_ptr<PipelinePeer> peer =
+      downstream ? BlockingPipelinePeer(downstream) : nullptr;
+  BatchPosition whole = position;
+  whole.micro = 0;
+  whole.micro_batches = 1;
+  whole.batch_rows = input.defined() && input.dim() > 0 ? input.size(0) : 0;
+  PNN_RETURN_IF_ERROR(Forward(input, labels, whole, peer.get()));
+  return Backward(0, peer.get());
 }
 
 absl::StatusOr<pnn::v1::SegmentResult> PipelineStageTrainer::Finish() {
@@ -319,6 +453,7 @@ absl::StatusOr<pnn::v1::SegmentResult> PipelineStageTrainer::Finish() {
         *cost = AnalyticTrainingCost(widths, /*leading_activation=*/true,
                                      s.task.training());
         s.progress.FillMeasuredCost(cost);
+        FillPipelineCost(s.task, s.busy_seconds, cost);
         // The activations arrive with each batch; no data set is held.
         cost->set_dataset_bytes(0);
         s.finished = true;

@@ -3,15 +3,18 @@
 //
 // A pipeline trains the cut network end to end, one segment per stage. The
 // first stage reads the data and drives the batches (TrainSegment with
-// TrainOptions::remote_loss); every later stage is a PipelineStageTrainer
-// that is handed each batch's activations from the stage before it, runs
-// its segment forward, obtains the gradient of the loss with respect to its
-// output (the last stage: cross-entropy against the batch's classes; a
-// middle stage: from the rest of the pipeline), backpropagates, steps its
-// optimizer and returns the gradient with respect to its input. One
-// micro-batch per batch: the stages compute one after another, so the
-// result is exactly conventional training of the whole network with the
-// same seed (same initial weights, same data order, same updates).
+// TrainOptions::pipeline_peer); every later stage is a PipelineStageTrainer
+// that is handed each micro-batch's activations from the stage before it,
+// runs its segment forward, obtains the gradient of the loss with respect
+// to its output (the last stage: cross-entropy against the classes; a
+// middle stage: from the rest of the pipeline), backpropagates and returns
+// the gradient with respect to its input; after a batch's last micro-batch
+// it steps its optimizer once, on the gradients summed over the batch. The
+// loss is the batch's mean (a micro-batch's cross-entropy weighs by its
+// share of the batch's rows), so with one micro-batch per batch the result
+// is exactly conventional training of the whole network with the same seed
+// (same initial weights, same data order, same updates), and with more it
+// is the same up to the order of floating-point sums.
 //
 // Thread safety: a PipelineStageTrainer is not thread-safe; drive it from
 // one thread (the worker's training thread). The modules live behind a
@@ -33,13 +36,9 @@
 
 namespace pnn {
 
-// The rest of the pipeline after a middle stage: takes this stage's output
-// (detached) and the batch's classes, returns the gradient of the loss
-// with respect to that output and the batch's loss. The same contract as
-// TrainOptions::remote_loss.
-using DownstreamLoss = std::function<absl::StatusOr<RemoteLoss>(
-    const at::Tensor& output, const at::Tensor& labels,
-    const BatchPosition& position)>;
+// The rest of the pipeline after a middle stage, as one blocking call (see
+// RemoteLossFn, common/trainer.h).
+using DownstreamLoss = RemoteLossFn;
 
 class PipelineStageTrainer {
  public:
@@ -60,29 +59,46 @@ class PipelineStageTrainer {
   PipelineStageTrainer(const PipelineStageTrainer&) = delete;
   PipelineStageTrainer& operator=(const PipelineStageTrainer&) = delete;
 
-  // Trains on one batch. `input` is the previous stage's output,
-  // [batch, widths(0)], on any device; `labels` the batch's classes
-  // ([batch], integer). `position` must follow the previous call's (epoch
-  // 1 batch 1 first, then batch by batch, epoch by epoch, with a constant
-  // batches_per_epoch): a repeated or skipped batch would silently train
-  // the stages on different batches, so it is FAILED_PRECONDITION. A middle
-  // stage calls `downstream` once (the last stage never does). Returns
-  // d loss / d input (same shape as `input`) and the batch's mean loss.
-  // When position.checkpoint is set, on_checkpoint receives this stage's
-  // weights after the batch (after on_epoch at an epoch's end), so that
+  // Runs micro-batch position.micro of a batch forward and keeps its graph
+  // until Backward. `input` is the previous stage's output, [rows,
+  // widths(0)], on any device; `labels` its classes ([rows], integer). A
+  // batch opens with its first Forward, whose position must follow the
+  // previous batch's (epoch 1 batch 1 first, then batch by batch, epoch by
+  // epoch, with a constant batches_per_epoch) once every micro-batch of
+  // the previous batch has run backward: a repeated or skipped batch would
+  // silently train the stages on different batches, so it is
+  // FAILED_PRECONDITION, as is a micro-batch run twice or outside
+  // [0, position.micro_batches). A middle stage sends its output to
+  // `downstream` (PipelinePeer::Send; the last stage never does).
+  absl::Status Forward(const at::Tensor& input, const at::Tensor& labels,
+                       const BatchPosition& position, PipelinePeer* downstream);
+
+  // Runs micro-batch `micro` (forwarded, not yet backward) backward: the
+  // last stage from its cross-entropy, a middle stage from the gradient
+  // that downstream->Receive(micro) returns. Returns d loss / d input (the
+  // shape of its input) and the micro-batch's share of the batch's loss.
+  // After the batch's last micro-batch the optimizer steps; when
+  // position.checkpoint was set, on_checkpoint receives this stage's
+  // weights after the step (after on_epoch at an epoch's end), so that
   // every stage checkpoints the same batch.
   // Errors: a non-finite loss is FAILED_PRECONDITION ("training
   // diverged"); the downstream's error is returned as is; after any error
-  // the stage is spent and every later call returns that error.
+  // of Forward or Backward the stage is spent and every later call returns
+  // that error.
+  absl::StatusOr<RemoteLoss> Backward(int micro, PipelinePeer* downstream);
+
+  // A batch that is one micro-batch, with the rest of the pipeline as a
+  // blocking call: Forward, then Backward.
   absl::StatusOr<RemoteLoss> Step(const at::Tensor& input,
                                   const at::Tensor& labels,
                                   const BatchPosition& position,
                                   const DownstreamLoss& downstream);
 
   // Ends training and returns the segment's weights, per-epoch metrics and
-  // cost: the analytic figures, wall time and samples/s from the first
-  // batch to the last, peak RSS growth, the process's CPU time over the
-  // same span. Peer bytes are the caller's to fill in (it owns the
+  // cost: the analytic figures (activations: as many micro-batches as the
+  // schedule keeps), wall time and samples/s from the first batch to the
+  // last, the idle fraction, peak RSS growth, the process's CPU time over
+  // the same span. Peer bytes are the caller's to fill in (it owns the
   // transport). FAILED_PRECONDITION unless every epoch of
   // task.training().epochs() is complete, or after an error.
   absl::StatusOr<pnn::v1::SegmentResult> Finish();

@@ -2,14 +2,15 @@
 
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
+#include <dlfcn.h>
 #include <torch/cuda.h>
 #include <torch/serialize/archive.h>
 
-#include <dlfcn.h>
-
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <memory>
+#include <optional>
 #include <sstream>
 #include <utility>
 
@@ -18,6 +19,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/accounting.h"
 #include "common/job_spec.h"
+#include "common/pipeline_schedule.h"
 #include "common/status_macros.h"
 #include "common/tensor_codec.h"
 #include "common/training_internal.h"
@@ -38,6 +40,53 @@ constexpr uint64_t kShuffleStream = 0x7368756666ULL;
 constexpr uint64_t kNoiseStream = 0x6e6f697365ULL;
 
 enum class LossKind { kMse, kCrossEntropy };
+
+using Clock = std::chrono::steady_clock;
+
+double SecondsSince(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+// A RemoteLossFn as a PipelinePeer: Receive makes the blocking call with
+// the output that Send kept.
+class RemoteLossPeer final : public PipelinePeer {
+ public:
+  explicit RemoteLossPeer(RemoteLossFn loss) : loss_(std::move(loss)) {}
+
+  absl::Status Send(const at::Tensor& output, const at::Tensor& labels,
+                    const BatchPosition& position) override {
+    if (position.micro == 0) sent_.clear();
+    sent_.push_back({output, labels, position});
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<RemoteLoss> Receive(int micro) override {
+    if (micro < 0 || micro >= static_cast<int>(sent_.size())) {
+      return absl::InternalError(
+          "pipeline: gradient of a micro-batch never "
+          "sent");
+    }
+    const Sent& sent = sent_[static_cast<size_t>(micro)];
+    return loss_(sent.output, sent.labels, sent.position);
+  }
+
+ private:
+  struct Sent {
+    at::Tensor output;
+    at::Tensor labels;
+    BatchPosition position;
+  };
+  const RemoteLossFn loss_;
+  std::vector<Sent> sent_;
+};
+
+// A pipeline's first stage, as TrainingLoop sees it.
+struct FirstStage {
+  PipelinePeer* peer = nullptr;
+  int micro_batches = 1;
+  pnn::v1::PipelineSchedule schedule = pnn::v1::PIPELINE_SCHEDULE_GPIPE;
+  int stages = 2;
+};
 
 // Builds (input, target) on the CPU for the sample indices of one batch.
 using BatchFn =
@@ -87,6 +136,11 @@ class TrainingLoop {
   // earlier ones first); the measured cost goes into *cost.
   absl::StatusOr<std::vector<EpochMetrics>> Run(pnn::v1::TrainingCost* cost);
 
+  // Makes this loop a pipeline's first stage; call before Run.
+  void SetFirstStage(const FirstStage& stage) { stage_ = stage; }
+  // Seconds spent computing (batches, forward, backward, optimizer step).
+  double busy_seconds() const { return busy_seconds_; }
+
  private:
   // Continues from `state`: weights, optimizer and shuffle order.
   absl::Status Resume(const pnn::v1::TrainingState& state);
@@ -94,10 +148,13 @@ class TrainingLoop {
   // One optimizer step on the samples `indices`; returns the batch's loss.
   absl::StatusOr<double> TrainBatch(const at::Tensor& indices,
                                     const BatchPosition& position);
-  // Backpropagates the batch's loss, local or the pipeline's; returns it.
+  // TrainBatch for a pipeline's first stage: the batch's micro-batches in
+  // the schedule's order, one optimizer step.
+  absl::StatusOr<double> TrainPipelinedBatch(const at::Tensor& indices,
+                                             const BatchPosition& position);
+  // Backpropagates the batch's local loss; returns it.
   absl::StatusOr<double> Backward(const at::Tensor& output,
-                                  const at::Tensor& target,
-                                  const BatchPosition& position);
+                                  const at::Tensor& target);
   void EmitCheckpoint(int epoch, int64_t batch, bool with_state);
 
   MlpSegment& model_;
@@ -114,6 +171,8 @@ class TrainingLoop {
   int64_t batch_size_ = 1;
   int64_t batches_ = 1;
   internal::TrainingProgress progress_;
+  FirstStage stage_;
+  double busy_seconds_ = 0;
 };
 
 absl::StatusOr<std::vector<EpochMetrics>> TrainingLoop::Run(
@@ -201,12 +260,13 @@ absl::Status TrainingLoop::RunEpoch(int epoch) {
 
 absl::StatusOr<double> TrainingLoop::TrainBatch(const at::Tensor& indices,
                                                 const BatchPosition& position) {
+  if (stage_.peer != nullptr) return TrainPipelinedBatch(indices, position);
   auto [input, target] = make_batch_(indices);
   input = input.to(device_);
   target = target.to(device_);
   optimizer_->zero_grad();
   const at::Tensor output = model_->forward(input);
-  PNN_ASSIGN_OR_RETURN(const double loss, Backward(output, target, position));
+  PNN_ASSIGN_OR_RETURN(const double loss, Backward(output, target));
   optimizer_->step();
   PNN_RETURN_IF_ERROR(internal::CheckFiniteLoss(
       loss, position.epoch, position.batch,
@@ -214,26 +274,66 @@ absl::StatusOr<double> TrainingLoop::TrainBatch(const at::Tensor& indices,
   return loss;
 }
 
+absl::StatusOr<double> TrainingLoop::TrainPipelinedBatch(
+    const at::Tensor& indices, const BatchPosition& position) {
+  Clock::time_point start = Clock::now();
+  auto [input, target] = make_batch_(indices);
+  input = input.to(device_);
+  target = target.to(device_);
+  const std::vector<int64_t> sizes =
+      MicroBatchSizes(input.size(0), stage_.micro_batches);
+  const std::vector<at::Tensor> inputs = input.split_with_sizes(sizes);
+  const std::vector<at::Tensor> targets = target.split_with_sizes(sizes);
+  std::vector<at::Tensor> outputs(sizes.size());
+  optimizer_->zero_grad();
+  busy_seconds_ += SecondsSince(start);
+  BatchPosition micro = position;
+  micro.micro_batches = static_cast<int>(sizes.size());
+  micro.batch_rows = input.size(0);
+  double loss = 0;
+  for (const MicroBatchOp& op :
+       StageSchedule(stage_.schedule, 0, stage_.stages, micro.micro_batches)) {
+    micro.micro = op.micro;
+    at::Tensor& output = outputs[static_cast<size_t>(op.micro)];
+    if (op.forward) {
+      start = Clock::now();
+      output = model_->forward(inputs[static_cast<size_t>(op.micro)]);
+      busy_seconds_ += SecondsSince(start);
+      PNN_RETURN_IF_ERROR(stage_.peer->Send(
+          output.detach(), targets[static_cast<size_t>(op.micro)], micro));
+      continue;
+    }
+    PNN_ASSIGN_OR_RETURN(RemoteLoss remote, stage_.peer->Receive(op.micro));
+    if (!remote.output_gradient.defined() ||
+        !remote.output_gradient.sizes().equals(output.sizes())) {
+      return absl::DataLossError(absl::StrCat(
+          "the next pipeline stage returned a gradient of the wrong shape in "
+          "epoch ",
+          position.epoch, ", batch ", position.batch, ", micro-batch ",
+          op.micro + 1));
+    }
+    start = Clock::now();
+    output.backward(remote.output_gradient.to(device_));
+    output = at::Tensor();  // its graph is spent: free the activations
+    busy_seconds_ += SecondsSince(start);
+    loss += remote.loss;
+  }
+  start = Clock::now();
+  optimizer_->step();
+  busy_seconds_ += SecondsSince(start);
+  PNN_RETURN_IF_ERROR(
+      internal::CheckFiniteLoss(loss, position.epoch, position.batch,
+                                "lower the learning rate or the SIL kappa"));
+  return loss;
+}
+
 absl::StatusOr<double> TrainingLoop::Backward(const at::Tensor& output,
-                                              const at::Tensor& target,
-                                              const BatchPosition& position) {
-  if (!options_.remote_loss) {
-    const at::Tensor loss = loss_kind_ == LossKind::kMse
-                                ? at::mse_loss(output, target)
-                                : at::cross_entropy_loss(output, target);
-    loss.backward();
-    return loss.item<double>();
-  }
-  PNN_ASSIGN_OR_RETURN(RemoteLoss remote,
-                       options_.remote_loss(output.detach(), target, position));
-  if (!remote.output_gradient.defined() ||
-      !remote.output_gradient.sizes().equals(output.sizes())) {
-    return absl::DataLossError(absl::StrCat(
-        "the next pipeline stage returned a gradient of the wrong shape in "
-        "epoch ", position.epoch, ", batch ", position.batch));
-  }
-  output.backward(remote.output_gradient.to(device_));
-  return remote.loss;
+                                              const at::Tensor& target) {
+  const at::Tensor loss = loss_kind_ == LossKind::kMse
+                              ? at::mse_loss(output, target)
+                              : at::cross_entropy_loss(output, target);
+  loss.backward();
+  return loss.item<double>();
 }
 
 void TrainingLoop::EmitCheckpoint(int epoch, int64_t batch, bool with_state) {
@@ -413,10 +513,11 @@ absl::Status ValidateTarget(const SegmentTask& task) {
 absl::Status CheckSegmentRun(const SegmentTask& task,
                              const TrainOptions& options) {
   if (task.has_pipeline() &&
-      (task.segment_index() != 0 || !options.remote_loss)) {
+      (task.segment_index() != 0 ||
+       (!options.remote_loss && options.pipeline_peer == nullptr))) {
     return absl::InvalidArgumentError(
         "segment task: TrainSegment trains only the first stage of a "
-        "pipeline, with TrainOptions::remote_loss set");
+        "pipeline, with TrainOptions::pipeline_peer or remote_loss set");
   }
   if (task.has_resume() && task.resume().weights().segment_index() !=
                                task.segment_index()) {
@@ -539,7 +640,22 @@ absl::StatusOr<pnn::v1::SegmentResult> TrainCheckedSegment(
                     SegmentBatches(task, data, inputs),
                     last ? LossKind::kCrossEntropy : LossKind::kMse,
                     task.training(), task.seed(), device, options);
+  std::optional<RemoteLossPeer> blocking;
+  if (task.has_pipeline()) {
+    FirstStage stage;
+    stage.peer = options.pipeline_peer;
+    if (stage.peer == nullptr) {
+      stage.peer = &blocking.emplace(options.remote_loss);
+    }
+    stage.micro_batches = std::max(1, task.pipeline().micro_batches());
+    stage.schedule = task.pipeline().schedule();
+    stage.stages = task.segment_count();
+    loop.SetFirstStage(stage);
+  }
   PNN_ASSIGN_OR_RETURN(const std::vector<EpochMetrics> epochs, loop.Run(cost));
+  if (task.has_pipeline()) {
+    FillPipelineCost(task, loop.busy_seconds(), cost);
+  }
   result.set_segment_index(task.segment_index());
   *result.mutable_weights() = ExportWeights(model, task.segment_index());
   for (const auto& epoch : epochs) *result.add_epochs() = epoch;
@@ -554,6 +670,10 @@ absl::StatusOr<pnn::v1::SegmentResult> TrainCheckedSegment(
 }
 
 }  // namespace
+
+std::unique_ptr<PipelinePeer> BlockingPipelinePeer(RemoteLossFn loss) {
+  return std::make_unique<RemoteLossPeer>(std::move(loss));
+}
 
 absl::Status SetTrainingThreads(int threads) {
   if (threads < 0) {

@@ -9,13 +9,14 @@
 #ifndef PNN_COMMON_TRAINER_H_
 #define PNN_COMMON_TRAINER_H_
 
-#include <cstdint>
-#include <functional>
-#include <string>
-#include <vector>
-
 #include <ATen/core/Tensor.h>
 #include <c10/core/Device.h>
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "common/dataset.h"
@@ -33,13 +34,45 @@ struct BatchPosition {
   // The batch ends at an evaluation point (TrainOptions::
   // checkpoints_per_epoch): a checkpoint follows it.
   bool checkpoint = false;
+  // Model-parallel: this micro-batch (0-based) of the batch's
+  // micro_batches, and the rows of the whole batch (0: the micro-batch is
+  // the whole batch), whose mean loss the pipeline minimises.
+  int micro = 0;
+  int micro_batches = 1;
+  int64_t batch_rows = 0;
 };
 
-// What the rest of a model-parallel pipeline returns for one batch.
+// What the rest of a model-parallel pipeline returns for one micro-batch.
 struct RemoteLoss {
   at::Tensor output_gradient;  // d loss / d (this stage's output)
-  double loss = 0;             // the batch's mean loss
+  // The micro-batch's share of the batch's mean loss (the batch's mean
+  // loss when the micro-batch is the whole batch).
+  double loss = 0;
 };
+
+// The rest of a model-parallel pipeline seen from one stage, a micro-batch
+// at a time: Send hands a micro-batch's output (detached) on and may
+// return before the next stage has it; Receive waits for the gradient of
+// a micro-batch sent earlier in the same batch. Several micro-batches may
+// be in flight. Used by one training thread.
+class PipelinePeer {
+ public:
+  virtual ~PipelinePeer() = default;
+  virtual absl::Status Send(const at::Tensor& output, const at::Tensor& labels,
+                            const BatchPosition& position) = 0;
+  virtual absl::StatusOr<RemoteLoss> Receive(int micro) = 0;
+};
+
+// The rest of a pipeline as one blocking call per micro-batch: takes a
+// stage's output (detached), the micro-batch's classes and its position,
+// and returns the gradient of the loss with respect to that output.
+using RemoteLossFn = std::function<absl::StatusOr<RemoteLoss>(
+    const at::Tensor& output, const at::Tensor& labels,
+    const BatchPosition& position)>;
+
+// A PipelinePeer over a RemoteLossFn: Send keeps the output, Receive makes
+// the call with it (so nothing overlaps; for in-process pipelines).
+std::unique_ptr<PipelinePeer> BlockingPipelinePeer(RemoteLossFn loss);
 
 struct TrainOptions {
   // "cpu", "cuda" or "cuda:N". Asking for CUDA where there is none is a
@@ -72,11 +105,12 @@ struct TrainOptions {
   const pnn::v1::TrainingState* resume = nullptr;
   // Model-parallel first stage: instead of a local loss, the model's output
   // and the batch's target go to the rest of the pipeline, which returns
-  // the gradient of the loss with respect to that output.
-  std::function<absl::StatusOr<RemoteLoss>(
-      const at::Tensor& output, const at::Tensor& target,
-      const BatchPosition& position)>
-      remote_loss;
+  // the gradient of the loss with respect to that output. Either
+  // remote_loss (one call per batch, which blocks: one micro-batch) or
+  // pipeline_peer (not owned; the task's pipeline.micro_batches and
+  // schedule) is set.
+  RemoteLossFn remote_loss;
+  PipelinePeer* pipeline_peer = nullptr;
 };
 
 // Sets the process-wide intra-op thread count of torch and of OpenBLAS
@@ -101,8 +135,13 @@ absl::Status ValidateSegmentTask(const pnn::v1::SegmentTask& task,
 // Only the labels of `data` are read by SIL-input segments. Deterministic
 // for a given task and thread count.
 // A model-parallel task (task.pipeline set) trains the first stage: images
-// -> this stage's output, with options.remote_loss supplying the gradient;
-// later stages are trained by PipelineStageTrainer (common/pipeline.h).
+// -> this stage's output, with options.pipeline_peer (or remote_loss)
+// supplying the gradient; each batch is split into the task's
+// pipeline.micro_batches, run in its schedule's order
+// (common/pipeline_schedule.h), and the optimizer steps once per batch on
+// the gradients summed over its micro-batches. The result's cost has the
+// stage's idle fraction. Later stages are trained by PipelineStageTrainer
+// (common/pipeline.h).
 absl::StatusOr<pnn::v1::SegmentResult> TrainSegment(
     const pnn::v1::SegmentTask& task, const Dataset& data,
     const TrainOptions& options);

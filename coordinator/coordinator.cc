@@ -8,6 +8,7 @@
 #include <filesystem>
 
 #include "absl/strings/str_cat.h"
+#include "common/auto_cut.h"
 #include "common/dataset.h"
 #include "common/dataset_cache.h"
 #include "common/job_spec.h"
@@ -148,9 +149,16 @@ absl::StatusOr<Job> Coordinator::Submit(
         "already; leave the baseline off");
   }
   PNN_ASSIGN_OR_RETURN(const DatasetShape shape, assembler_->CheckData(spec));
+  // Cuts chosen by pnn need the data set's input width and classes.
+  PNN_ASSIGN_OR_RETURN(
+      pnn::v1::CutPlan cut_plan,
+      ApplyAutoCut(&spec, shape.input_width(), shape.num_classes));
   PNN_ASSIGN_OR_RETURN(
       JobRecord record,
       JobTable::Plan(request, spec, shape.input_width(), shape.num_classes));
+  if (cut_plan.segments_size() > 0) {
+    *record.job.mutable_cut_plan() = std::move(cut_plan);
+  }
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (shutting_down_ || !started_) {

@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/partition.h"
+#include "common/pipeline_schedule.h"
 #include "common/status_macros.h"
 #include "coordinator/proto_time.h"
 
@@ -19,6 +20,35 @@ namespace {
 using pnn::v1::Job;
 using pnn::v1::JobState;
 using pnn::v1::TaskState;
+
+// A model-parallel job's pipeline figures, once every stage has succeeded
+// (each stage's cost arrives with its result); cleared until then.
+void SummarizePipeline(const std::vector<TaskRecord>& tasks, Job* job) {
+  job->clear_pipeline();
+  if (job->spec().parallelism() != pnn::v1::PARALLELISM_MODEL_PARALLEL) {
+    return;
+  }
+  pnn::v1::PipelineReport report;
+  double least_idle = 1;
+  int stages = 0;
+  for (const TaskRecord& task : tasks) {
+    if (!task.is_stage()) continue;
+    if (task.status.state() != pnn::v1::TASK_STATE_SUCCEEDED) return;
+    const double idle = task.status.cost().idle_fraction();
+    report.add_stage_idle_fractions(idle);
+    least_idle = std::min(least_idle, idle);
+    report.set_activation_bytes(report.activation_bytes() +
+                                task.status.cost().activation_bytes());
+    ++stages;
+  }
+  if (stages == 0) return;
+  const int micro_batches = std::max(1, job->spec().pipeline().micro_batches());
+  report.set_micro_batches(micro_batches);
+  report.set_schedule(job->spec().pipeline().schedule());
+  report.set_bubble_formula(BubbleFormula(stages, micro_batches));
+  report.set_bubble_fraction(least_idle);
+  *job->mutable_pipeline() = std::move(report);
+}
 
 constexpr int kDefaultPageSize = 50;
 constexpr int kMaxPageSize = 1000;
@@ -399,6 +429,7 @@ void JobTable::Refresh(JobRecord& record) {
   record.job.set_bytes_received(received);
   record.job.set_checkpoint_bytes(checkpoints);
   record.job.set_peer_bytes(peer);
+  SummarizePipeline(record.tasks, &record.job);
 }
 
 void JobTable::Publish(JobRecord& record, const std::string& message) {

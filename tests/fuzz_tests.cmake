@@ -111,6 +111,8 @@ if(_fuzz_ok)
   get_target_property(_proto_bin pnn_proto BINARY_DIR)  # <build>/proto
   set(_job_pb_cc ${_proto_bin}/pnn/v1/job.pb.cc)
   set(_job_pb_h ${_proto_bin}/pnn/v1/job.pb.h)
+  set(_segment_pb_cc ${_proto_bin}/pnn/v1/segment.pb.cc)
+  set(_segment_pb_h ${_proto_bin}/pnn/v1/segment.pb.h)
   set(_fuzz_launcher)
   if(CCACHE_PROGRAM)
     set(_fuzz_launcher ${CCACHE_PROGRAM})
@@ -134,9 +136,15 @@ if(_fuzz_ok)
   pnn_fuzz_object(job_spec ${PROJECT_SOURCE_DIR}/common/job_spec.cc
                   ${_job_pb_h})
   pnn_fuzz_object(job.pb ${_job_pb_cc} ${_job_pb_h})
+  # auto_cut (and the accounting it uses) for specs that let pnn cut.
+  pnn_fuzz_object(auto_cut ${PROJECT_SOURCE_DIR}/common/auto_cut.cc
+                  ${_job_pb_h} ${_segment_pb_h})
+  pnn_fuzz_object(accounting ${PROJECT_SOURCE_DIR}/common/accounting.cc
+                  ${_job_pb_h} ${_segment_pb_h})
+  pnn_fuzz_object(segment.pb ${_segment_pb_cc} ${_segment_pb_h})
   pnn_fuzz_object(idx_fuzzer ${_fuzz_src}/idx_fuzzer.cc)
   pnn_fuzz_object(job_spec_fuzzer ${_fuzz_src}/job_spec_fuzzer.cc
-                  ${_job_pb_h})
+                  ${_job_pb_h} ${_segment_pb_h})
 
   function(pnn_fuzz_binary name)
     set(_objects)
@@ -153,7 +161,8 @@ if(_fuzz_ok)
   endfunction()
 
   pnn_fuzz_binary(idx_fuzzer idx_fuzzer idx)
-  pnn_fuzz_binary(job_spec_fuzzer job_spec_fuzzer job_spec job.pb)
+  pnn_fuzz_binary(job_spec_fuzzer job_spec_fuzzer job_spec auto_cut accounting
+                  job.pb segment.pb)
   add_custom_target(pnn_fuzzers ALL
     DEPENDS ${_fuzz_bin}/idx_fuzzer ${_fuzz_bin}/job_spec_fuzzer)
 

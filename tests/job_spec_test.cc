@@ -96,6 +96,31 @@ struct InvalidCase {
   const char* rule;
 };
 
+TEST(JobSpecTest, ModelParallelJobsDefaultToFourMicroBatchesPerStage) {
+  pnn::v1::JobSpec spec;
+  spec.set_parallelism(pnn::v1::PARALLELISM_MODEL_PARALLEL);
+  spec.mutable_model()->add_cut_after_layers(2);
+  spec.mutable_model()->add_cut_after_layers(4);
+  auto resolved = ResolveJobSpec(spec);
+  ASSERT_TRUE(resolved.ok()) << resolved.status();
+  EXPECT_EQ(resolved->pipeline().micro_batches(), 12);  // 3 stages
+  EXPECT_EQ(resolved->pipeline().schedule(), pnn::v1::PIPELINE_SCHEDULE_GPIPE);
+  // Never more micro-batches than a batch has rows.
+  spec.mutable_training()->set_batch_size(8);
+  resolved = ResolveJobSpec(spec);
+  ASSERT_TRUE(resolved.ok()) << resolved.status();
+  EXPECT_EQ(resolved->pipeline().micro_batches(), 8);
+  // Resolving again changes nothing.
+  auto again = ResolveJobSpec(*resolved);
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(again->pipeline().micro_batches(), 8);
+  // Other jobs have no pipeline.
+  spec.set_parallelism(pnn::v1::PARALLELISM_PARTITIONED);
+  resolved = ResolveJobSpec(spec);
+  ASSERT_TRUE(resolved.ok());
+  EXPECT_FALSE(resolved->has_pipeline());
+}
+
 TEST(JobSpecTest, InvalidSpecsNameTheFieldAndTheRule) {
   const std::vector<InvalidCase> cases = {
       {R"({"model": {"hidden_widths": [256, -3]}})", "model.hidden_widths[1]",
@@ -125,7 +150,19 @@ TEST(JobSpecTest, InvalidSpecsNameTheFieldAndTheRule) {
       {R"({"dataset": {"emnist_split": "../../etc/x"}})",
        "dataset.emnist_split", "split name"},
       {R"({"model": {"hidden_widths": [4], "cut_after_layers": [1]},
-           "device": "cuda:x"})", "device", "cuda:N"},
+           "device": "cuda:x"})",
+       "device", "cuda:N"},
+      {R"({"parallelism": "PARALLELISM_MODEL_PARALLEL",
+           "training": {"batch_size": 16}, "pipeline": {"micro_batches": 17}})",
+       "pipeline.micro_batches", "[1, training.batch_size = 16]"},
+      {R"({"parallelism": "PARALLELISM_MODEL_PARALLEL",
+           "pipeline": {"micro_batches": -2}})",
+       "pipeline.micro_batches", "got -2"},
+      {R"({"pipeline": {"micro_batches": 4}})", "pipeline",
+       "model_parallel jobs only"},
+      {R"({"parallelism": "PARALLELISM_CONVENTIONAL",
+           "pipeline": {"schedule": "PIPELINE_SCHEDULE_1F1B"}})",
+       "pipeline", "model_parallel jobs only"},
   };
   // Fault: 3.9 MiB names were accepted and kept with every job.
   const std::string long_name = R"({"name": ")" + std::string(257, 'n') + R"("})";

@@ -4,6 +4,7 @@
 #include <ATen/ATen.h>
 #include <grpcpp/grpcpp.h>
 
+#include <algorithm>
 #include <chrono>
 #include <functional>
 #include <memory>
@@ -51,9 +52,11 @@ class PipelineClusterTest : public ::testing::Test {
   void TearDown() override { cluster_.Shutdown(); }
 
   // 36-32-16-4 (cut after layer 1) or, with `three_stages`, 36-32-24-16-4
-  // cut after layers 1 and 2.
-  static pnn::v1::SubmitJobRequest Request(int epochs,
-                                           bool three_stages = false) {
+  // cut after layers 1 and 2. micro_batches 0: the default (4 per stage).
+  static pnn::v1::SubmitJobRequest Request(
+      int epochs, bool three_stages = false, int micro_batches = 0,
+      pnn::v1::PipelineSchedule schedule =
+          pnn::v1::PIPELINE_SCHEDULE_UNSPECIFIED) {
     pnn::v1::SubmitJobRequest request = LocalCluster::Request(epochs);
     auto* spec = request.mutable_spec();
     if (three_stages) {
@@ -63,6 +66,8 @@ class PipelineClusterTest : public ::testing::Test {
     }
     spec->mutable_training()->set_batch_size(kBatch);
     spec->set_parallelism(pnn::v1::PARALLELISM_MODEL_PARALLEL);
+    spec->mutable_pipeline()->set_micro_batches(micro_batches);
+    spec->mutable_pipeline()->set_schedule(schedule);
     return request;
   }
 
@@ -93,7 +98,8 @@ TEST_F(PipelineClusterTest, ModelParallelJobTrainsAcrossTwoWorkers) {
   cluster_.AddWorker();
   cluster_.AddWorker();
   cluster_.WaitForWorkers(2);
-  auto request = Request(/*epochs=*/2);
+  // One micro-batch per batch: the bytes below are one call per batch.
+  auto request = Request(/*epochs=*/2, false, /*micro_batches=*/1);
   request.mutable_spec()->set_evaluations_per_epoch(2);
   const std::string id = cluster_.Submit(request);
   const Job job = WaitForEnd(id);
@@ -133,6 +139,7 @@ TEST_F(PipelineClusterTest, ModelParallelJobTrainsAcrossTwoWorkers) {
   auto conventional = Request(/*epochs=*/2);
   conventional.mutable_spec()->set_parallelism(
       pnn::v1::PARALLELISM_CONVENTIONAL);
+  conventional.mutable_spec()->clear_pipeline();
   const Job whole = WaitForEnd(cluster_.Submit(conventional));
   ASSERT_EQ(whole.state(), pnn::v1::JOB_STATE_SUCCEEDED) << whole.message();
   EXPECT_NEAR(whole.test().accuracy(), job.test().accuracy(), 1e-9);
@@ -140,12 +147,104 @@ TEST_F(PipelineClusterTest, ModelParallelJobTrainsAcrossTwoWorkers) {
   EXPECT_EQ(whole.peer_bytes(), 0);
 }
 
+// Micro-batches over gRPC, several calls in flight: the same training as
+// one micro-batch per batch up to the order of sums, with the measured
+// bubble and the activations each schedule keeps in the job.
+TEST_F(PipelineClusterTest, MicroBatchedSchedulesTrainLikeOneMicroBatch) {
+  cluster_.AddWorker();
+  cluster_.AddWorker();
+  cluster_.WaitForWorkers(2);
+  const Job whole = WaitForEnd(cluster_.Submit(Request(2, false, 1)));
+  ASSERT_EQ(whole.state(), pnn::v1::JOB_STATE_SUCCEEDED) << whole.message();
+  EXPECT_EQ(whole.pipeline().micro_batches(), 1);
+  EXPECT_DOUBLE_EQ(whole.pipeline().bubble_formula(), 0.5);
+  for (auto schedule :
+       {pnn::v1::PIPELINE_SCHEDULE_GPIPE, pnn::v1::PIPELINE_SCHEDULE_1F1B}) {
+    const Job job = WaitForEnd(cluster_.Submit(Request(2, false, 4, schedule)));
+    ASSERT_EQ(job.state(), pnn::v1::JOB_STATE_SUCCEEDED) << job.message();
+    for (int e = 0; e < 2; ++e) {
+      EXPECT_NEAR(job.segments(1).epochs(e).train_loss(),
+                  whole.segments(1).epochs(e).train_loss(), 1e-4)
+          << schedule;
+    }
+    EXPECT_NEAR(job.test().accuracy(), whole.test().accuracy(), 0.01);
+    const pnn::v1::PipelineReport& pipeline = job.pipeline();
+    EXPECT_EQ(pipeline.micro_batches(), 4);
+    EXPECT_EQ(pipeline.schedule(), schedule);
+    EXPECT_DOUBLE_EQ(pipeline.bubble_formula(), 1.0 / 5);
+    ASSERT_EQ(pipeline.stage_idle_fractions_size(), 2);
+    for (double idle : pipeline.stage_idle_fractions()) {
+      EXPECT_GT(idle, 0);
+      EXPECT_LT(idle, 1);
+    }
+    EXPECT_DOUBLE_EQ(pipeline.bubble_fraction(),
+                     std::min(pipeline.stage_idle_fractions(0),
+                              pipeline.stage_idle_fractions(1)));
+    // GPipe keeps every micro-batch of a batch; 1F1B's first stage two
+    // (itself and the one in the last stage), the last stage one.
+    const bool gpipe = schedule == pnn::v1::PIPELINE_SCHEDULE_GPIPE;
+    EXPECT_EQ(job.segments(0).cost().micro_batches_kept(), gpipe ? 4 : 2);
+    EXPECT_EQ(job.segments(1).cost().micro_batches_kept(), gpipe ? 4 : 1);
+    EXPECT_EQ(pipeline.activation_bytes(),
+              job.segments(0).cost().activation_bytes() +
+                  job.segments(1).cost().activation_bytes());
+    if (gpipe) {
+      EXPECT_EQ(job.segments(0).cost().activation_bytes(),
+                whole.segments(0).cost().activation_bytes());
+    } else {
+      EXPECT_EQ(job.segments(0).cost().activation_bytes() * 2,
+                whole.segments(0).cost().activation_bytes());
+    }
+  }
+}
+
+// Cuts chosen by the coordinator: the job says where and what it predicted,
+// and trains with them; a budget no split fits is refused at submission.
+TEST_F(PipelineClusterTest, TheCoordinatorChoosesTheCutsWhenAsked) {
+  cluster_.AddWorker();
+  cluster_.AddWorker();
+  cluster_.WaitForWorkers(2);
+  auto request = Request(/*epochs=*/1);
+  request.mutable_spec()->mutable_model()->clear_cut_after_layers();
+  request.mutable_spec()->mutable_auto_cut()->set_segments(2);
+  const Job job = WaitForEnd(cluster_.Submit(request));
+  ASSERT_EQ(job.state(), pnn::v1::JOB_STATE_SUCCEEDED) << job.message();
+  // 36-32-16-4: the first layer (2 x 36 x 32 x 2 FLOPs) outweighs the rest
+  // (3 x (32 x 16 + 16 x 4) x 2).
+  ASSERT_EQ(job.cut_plan().cut_after_layers_size(), 1);
+  EXPECT_EQ(job.cut_plan().cut_after_layers(0), 1);
+  EXPECT_EQ(job.spec().model().cut_after_layers(0), 1);
+  EXPECT_FALSE(job.spec().has_auto_cut());
+  ASSERT_EQ(job.cut_plan().segments_size(), 2);
+  EXPECT_EQ(job.cut_plan().segments(0).training_flops_per_sample(),
+            2 * 2 * 36 * 32);
+  EXPECT_EQ(job.segments_size(), 2);
+  EXPECT_EQ(job.segments(1).first_layer(), 2);
+  // Four micro-batches per stage, counted once the stages were known.
+  EXPECT_EQ(job.spec().pipeline().micro_batches(), 8);
+
+  request.mutable_spec()->mutable_auto_cut()->Clear();
+  request.mutable_spec()->mutable_auto_cut()->set_device_memory_bytes(100);
+  grpc::ClientContext context;
+  AttachAuthToken(kToken, &context);
+  pnn::v1::SubmitJobResponse response;
+  const grpc::Status refused =
+      cluster_.stub()->SubmitJob(&context, request, &response);
+  EXPECT_EQ(refused.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(refused.error_message(),
+              HasSubstr("smallest budget that would work"));
+}
+
 TEST_F(PipelineClusterTest, ThreeStagesPassActivationsThroughTheMiddle) {
   for (int i = 0; i < 3; ++i) cluster_.AddWorker();
   cluster_.WaitForWorkers(3);
-  const Job job = WaitForEnd(cluster_.Submit(Request(/*epochs=*/1, true)));
+  // 1F1B with 6 micro-batches: the middle stage receives, forwards and
+  // answers several at once.
+  const Job job = WaitForEnd(cluster_.Submit(
+      Request(/*epochs=*/1, true, 6, pnn::v1::PIPELINE_SCHEDULE_1F1B)));
   ASSERT_EQ(job.state(), pnn::v1::JOB_STATE_SUCCEEDED) << job.message();
   ASSERT_EQ(job.segments_size(), 3);
+  EXPECT_EQ(job.segments(1).cost().micro_batches_kept(), 2);
   // The first two stages each send to the next one: cut widths 32 and 24.
   const int64_t batches = kTrainSamples / kBatch;
   EXPECT_GE(job.segments(0).cost().peer_bytes_sent(),

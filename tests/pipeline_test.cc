@@ -1,19 +1,22 @@
 // PipelineStageTrainer: a model-parallel pipeline run in-process (the first
-// stage through TrainSegment with remote_loss, later stages as
-// PipelineStageTrainer) must be conventional end-to-end training, to the
-// last bit of tolerance.
+// stage through TrainSegment with a pipeline peer, later stages as
+// PipelineStageTrainer) must be conventional end-to-end training: bit for
+// bit with one micro-batch per batch, and up to the order of floating-point
+// sums with several (GPipe and 1F1B).
 #include "common/pipeline.h"
 
 #include <ATen/ATen.h>
 
 #include <limits>
 #include <memory>
+#include <string>
 #include <utility>
 #include <vector>
 
 #include "common/job_spec.h"
 #include "common/model.h"
 #include "common/partition.h"
+#include "common/pipeline_schedule.h"
 #include "common/trainer.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -33,7 +36,9 @@ class PipelineTest : public ::testing::Test {
     data_ = MakeSyntheticDataset(options);
   }
 
-  pnn::v1::JobSpec Spec(std::vector<int> cuts, int epochs) {
+  pnn::v1::JobSpec Spec(
+      std::vector<int> cuts, int epochs, int micro_batches = 1,
+      pnn::v1::PipelineSchedule schedule = pnn::v1::PIPELINE_SCHEDULE_GPIPE) {
     pnn::v1::JobSpec spec;
     for (int width : {32, 24, 16}) {
       spec.mutable_model()->add_hidden_widths(width);
@@ -44,6 +49,8 @@ class PipelineTest : public ::testing::Test {
     spec.set_seed(11);
     spec.set_parallelism(pnn::v1::PARALLELISM_MODEL_PARALLEL);
     spec.set_evaluations_per_epoch(3);
+    spec.mutable_pipeline()->set_micro_batches(micro_batches);
+    spec.mutable_pipeline()->set_schedule(schedule);
     auto resolved = ResolveJobSpec(spec);
     EXPECT_TRUE(resolved.ok()) << resolved.status();
     return resolved.ok() ? *resolved : spec;
@@ -72,6 +79,25 @@ struct PipelineRun {
   std::vector<std::vector<std::pair<int, int64_t>>> checkpoints;
 };
 
+// The stage after a peer, in the same thread: a micro-batch sent is run
+// forward there at once, and receiving its gradient runs it backward.
+class InProcessPeer final : public PipelinePeer {
+ public:
+  InProcessPeer(PipelineStageTrainer* stage, PipelinePeer* next)
+      : stage_(stage), next_(next) {}
+  absl::Status Send(const at::Tensor& output, const at::Tensor& labels,
+                    const BatchPosition& position) override {
+    return stage_->Forward(output, labels, position, next_);
+  }
+  absl::StatusOr<RemoteLoss> Receive(int micro) override {
+    return stage_->Backward(micro, next_);
+  }
+
+ private:
+  PipelineStageTrainer* const stage_;
+  PipelinePeer* const next_;
+};
+
 PipelineRun RunPipeline(const std::vector<pnn::v1::SegmentTask>& tasks,
                         const Dataset& data) {
   PipelineRun run;
@@ -89,19 +115,14 @@ PipelineRun RunPipeline(const std::vector<pnn::v1::SegmentTask>& tasks,
     if (!stage.ok()) return run;
     stages[i] = *std::move(stage);
   }
-  // Stage i's downstream is stage i + 1's Step, recursively.
-  std::vector<DownstreamLoss> downstream(tasks.size() + 1);
+  // peers[i] is stage i, seen from stage i - 1.
+  std::vector<std::unique_ptr<InProcessPeer>> peers(tasks.size() + 1);
   for (size_t i = tasks.size() - 1; i >= 1; --i) {
-    PipelineStageTrainer* stage = stages[i].get();
-    const DownstreamLoss next = downstream[i + 1];
-    downstream[i] = [stage, next](const at::Tensor& output,
-                                  const at::Tensor& labels,
-                                  const BatchPosition& position) {
-      return stage->Step(output, labels, position, next);
-    };
+    peers[i] =
+        std::make_unique<InProcessPeer>(stages[i].get(), peers[i + 1].get());
   }
   TrainOptions first;
-  first.remote_loss = downstream[1];
+  first.pipeline_peer = peers[1].get();
   first.on_checkpoint = [&run](pnn::v1::Checkpoint checkpoint) {
     run.checkpoints[0].emplace_back(checkpoint.epoch(),
                                     checkpoint.batches_done());
@@ -119,14 +140,22 @@ PipelineRun RunPipeline(const std::vector<pnn::v1::SegmentTask>& tasks,
   return run;
 }
 
+struct PipelineCase {
+  std::vector<int> cuts;
+  int micro_batches;
+  pnn::v1::PipelineSchedule schedule;
+};
+
 class PipelineEqualsConventionalTest
     : public PipelineTest,
-      public ::testing::WithParamInterface<std::vector<int>> {};
+      public ::testing::WithParamInterface<PipelineCase> {};
 
 TEST_P(PipelineEqualsConventionalTest, SameWeightsAsTrainingTheWholeNetwork) {
-  const pnn::v1::JobSpec spec = Spec(GetParam(), /*epochs=*/3);
+  const PipelineCase& setting = GetParam();
+  const pnn::v1::JobSpec spec =
+      Spec(setting.cuts, /*epochs=*/3, setting.micro_batches, setting.schedule);
   const auto tasks = Plan(spec);
-  ASSERT_EQ(tasks.size(), GetParam().size() + 1);
+  ASSERT_EQ(tasks.size(), setting.cuts.size() + 1);
   const PipelineRun run = RunPipeline(tasks, data_);
   ASSERT_EQ(run.results.size(), tasks.size());
 
@@ -148,10 +177,18 @@ TEST_P(PipelineEqualsConventionalTest, SameWeightsAsTrainingTheWholeNetwork) {
   for (const auto& parameter : expected) {
     const at::Tensor* mine = actual.find(parameter.key());
     ASSERT_NE(mine, nullptr) << parameter.key();
-    EXPECT_TRUE(at::allclose(*mine, parameter.value(), /*rtol=*/1e-5,
-                             /*atol=*/1e-6))
-        << parameter.key() << " differs by up to "
-        << (*mine - parameter.value()).abs().max().item<double>();
+    // One micro-batch: the very same operations. Several: the batch's
+    // gradient is a sum over micro-batches, in another order.
+    if (setting.micro_batches == 1) {
+      EXPECT_TRUE(at::equal(*mine, parameter.value()))
+          << parameter.key() << " differs by up to "
+          << (*mine - parameter.value()).abs().max().item<double>();
+    } else {
+      EXPECT_TRUE(at::allclose(*mine, parameter.value(), /*rtol=*/1e-4,
+                               /*atol=*/1e-5))
+          << parameter.key() << " differs by up to "
+          << (*mine - parameter.value()).abs().max().item<double>();
+    }
   }
   // Every stage reports the pipeline's loss, the whole network's loss.
   for (const auto& result : run.results) {
@@ -163,6 +200,15 @@ TEST_P(PipelineEqualsConventionalTest, SameWeightsAsTrainingTheWholeNetwork) {
     EXPECT_GT(result.cost().parameter_bytes(), 0);
     EXPECT_GT(result.cost().wall_seconds(), 0);
     EXPECT_GT(result.cost().samples_per_second(), 0);
+    EXPECT_GE(result.cost().idle_fraction(), 0);
+    EXPECT_LT(result.cost().idle_fraction(), 1);
+  }
+  // What each stage keeps under its schedule (batches of 32 rows).
+  for (size_t i = 0; i < run.results.size(); ++i) {
+    const int kept =
+        MicroBatchesKept(setting.schedule, static_cast<int>(i),
+                         static_cast<int>(tasks.size()), setting.micro_batches);
+    EXPECT_EQ(run.results[i].cost().micro_batches_kept(), kept);
   }
   // Training actually happened: the loss fell.
   EXPECT_LT(run.results.back().epochs(2).train_loss(),
@@ -177,9 +223,85 @@ TEST_P(PipelineEqualsConventionalTest, SameWeightsAsTrainingTheWholeNetwork) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Cuts, PipelineEqualsConventionalTest,
-                         ::testing::Values(std::vector<int>{2},
-                                           std::vector<int>{1, 3}));
+INSTANTIATE_TEST_SUITE_P(
+    Cuts, PipelineEqualsConventionalTest,
+    ::testing::Values(PipelineCase{{2}, 1, pnn::v1::PIPELINE_SCHEDULE_GPIPE},
+                      PipelineCase{{1, 3}, 1, pnn::v1::PIPELINE_SCHEDULE_GPIPE},
+                      // 32-row batches in 5 micro-batches (7, 7, 6, 6, 6 rows);
+                      // the epoch's last batch has 8 rows.
+                      PipelineCase{{2}, 5, pnn::v1::PIPELINE_SCHEDULE_GPIPE},
+                      PipelineCase{{2}, 4, pnn::v1::PIPELINE_SCHEDULE_1F1B},
+                      PipelineCase{{1, 3}, 8, pnn::v1::PIPELINE_SCHEDULE_1F1B},
+                      // More micro-batches than the short last batch has rows.
+                      PipelineCase{
+                          {1, 3}, 12, pnn::v1::PIPELINE_SCHEDULE_GPIPE}),
+    // Stable names for ctest (the default prints the case's bytes).
+    [](const ::testing::TestParamInfo<PipelineCase>& info) {
+      std::string name = "Cut";
+      for (int cut : info.param.cuts) name += std::to_string(cut);
+      return name + "M" + std::to_string(info.param.micro_batches) +
+             (info.param.schedule == pnn::v1::PIPELINE_SCHEDULE_1F1B
+                  ? "OneFOneB"
+                  : "GPipe");
+    });
+
+TEST_F(PipelineTest, MicroBatchesOutOfStepSpendTheStage) {
+  auto tasks = Plan(Spec({2}, 1, 2));
+  auto stage = PipelineStageTrainer::Create(tasks[1], {});
+  ASSERT_TRUE(stage.ok()) << stage.status();
+  const at::Tensor input = at::randn({4, 24});
+  const at::Tensor labels = at::zeros({4}, at::kLong);
+  BatchPosition position{/*epoch=*/1, /*batch=*/1, /*batches_per_epoch=*/2};
+  position.micro_batches = 2;
+  position.batch_rows = 8;
+  ASSERT_TRUE((*stage)->Forward(input, labels, position, nullptr).ok());
+  // Backward of a micro-batch that never ran forward.
+  EXPECT_EQ((*stage)->Backward(1, nullptr).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  auto other = PipelineStageTrainer::Create(tasks[1], {});
+  ASSERT_TRUE(other.ok());
+  ASSERT_TRUE((*other)->Forward(input, labels, position, nullptr).ok());
+  // The same micro-batch twice.
+  const absl::Status twice =
+      (*other)->Forward(input, labels, position, nullptr);
+  EXPECT_EQ(twice.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(twice.message()), HasSubstr("out of step"));
+}
+
+TEST_F(PipelineTest, MicroBatchLossesSumToTheBatchMean) {
+  auto tasks = Plan(Spec({2}, 1, 2));
+  auto split = PipelineStageTrainer::Create(tasks[1], {});
+  auto whole = PipelineStageTrainer::Create(tasks[1], {});
+  ASSERT_TRUE(split.ok() && whole.ok());
+  const at::Tensor input = at::randn({6, 24});
+  const at::Tensor labels = at::tensor({0, 1, 2, 3, 0, 1}, at::kLong);
+  auto one = (*whole)->Step(input, labels, BatchPosition{1, 1, 2}, nullptr);
+  ASSERT_TRUE(one.ok()) << one.status();
+  BatchPosition position{1, 1, 2};
+  position.micro_batches = 2;
+  position.batch_rows = 6;
+  double loss = 0;
+  std::vector<at::Tensor> gradients;
+  for (int micro = 0; micro < 2; ++micro) {
+    position.micro = micro;
+    // 4 rows, then 2: unequal micro-batches weigh by their rows.
+    const int64_t begin = micro == 0 ? 0 : 4;
+    const int64_t end = micro == 0 ? 4 : 6;
+    ASSERT_TRUE((*split)
+                    ->Forward(input.slice(0, begin, end),
+                              labels.slice(0, begin, end), position, nullptr)
+                    .ok());
+  }
+  for (int micro = 0; micro < 2; ++micro) {
+    auto step = (*split)->Backward(micro, nullptr);
+    ASSERT_TRUE(step.ok()) << step.status();
+    loss += step->loss;
+    gradients.push_back(step->output_gradient);
+  }
+  EXPECT_NEAR(loss, one->loss, 1e-6);
+  EXPECT_TRUE(at::allclose(at::cat(gradients), one->output_gradient,
+                           /*rtol=*/1e-5, /*atol=*/1e-7));
+}
 
 TEST_F(PipelineTest, RefusesTasksItCannotTrain) {
   auto tasks = Plan(Spec({2}, 1));

@@ -43,6 +43,9 @@ WorkerMetrics::WorkerMetrics(prometheus::Registry& registry)
       training_memory(AddGauge(registry, "pnn_worker_training_memory_bytes",
                                "Peak resident memory growth of the running "
                                "segment's training.")),
+      pipeline_idle(AddGauge(registry, "pnn_worker_pipeline_idle_ratio",
+                             "Share of the last finished pipeline stage's "
+                             "training time it spent not computing.")),
       busy(AddGauge(registry, "pnn_worker_busy",
                     "1 while a segment is training, else 0.")),
       network_sent_bytes(

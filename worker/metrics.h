@@ -38,6 +38,9 @@ struct WorkerMetrics {
   // workers).
   prometheus::Counter& samples_trained;
   prometheus::Gauge& training_memory;
+  // Model-parallel: the idle fraction of the last pipeline stage that
+  // finished here (TrainingCost.idle_fraction).
+  prometheus::Gauge& pipeline_idle;
   prometheus::Gauge& busy;
   prometheus::Counter& network_sent_bytes;
   prometheus::Counter& network_received_bytes;

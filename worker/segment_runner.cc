@@ -405,6 +405,9 @@ void SegmentRunner::Loop() {
     if (options_.metrics != nullptr) {
       options_.metrics->RecordOutcome(status);
       options_.metrics->busy.Set(0);
+      if (status.ok() && job->task.has_pipeline()) {
+        options_.metrics->pipeline_idle.Set(result.cost().idle_fraction());
+      }
     }
     if (status.ok()) {
       LogLine(absl::StrCat(Describe(job->task), " done in ", seconds, " s"));
@@ -530,12 +533,12 @@ absl::Status SegmentRunner::RunSegment(Job& job,
 
   TrainOptions train_options =
       MakeTrainOptions(options_, task, *job.observer, should_stop);
-  // The first stage of a pipeline: every batch's output goes to the next
-  // stage, whose answer is the gradient to backpropagate.
+  // The first stage of a pipeline: every micro-batch's output goes to the
+  // next stage, whose answer is the gradient to backpropagate.
   std::unique_ptr<PipelineLink> link;
   if (HasNextStage(task)) {
     link = PipelineLink::Connect(options_, task, should_stop);
-    train_options.remote_loss = link->AsRemoteLoss();
+    train_options.pipeline_peer = link.get();
   } else if (task.has_pipeline()) {
     // A one-stage pipeline is the whole network on this worker.
     task.clear_pipeline();

@@ -3,11 +3,11 @@
 // to the task's observer. Free of gRPC so it can be driven directly.
 //
 // Model-parallel tasks (task.pipeline set) are pipeline stages. The first
-// stage trains like any segment, but sends every batch's output to the next
-// stage (DownstreamStage, StageForward over gRPC) and backpropagates the
-// gradient it gets back. A later stage does not read the data: the
-// StageForward calls of the previous stage are handed over here
-// (SubmitStageBatch) and served on the training thread by a StageRunner
+// stage trains like any segment, but sends every micro-batch's output to the
+// next stage (DownstreamStage, StageForward over gRPC, several calls in
+// flight) and backpropagates the gradients it gets back. A later stage does not
+// read the data: the StageForward calls of the previous stage are handed over
+// here (SubmitStageBatch) and served on the training thread by a StageRunner
 // (worker/stage_runner.h). A request with `finish` ends the stage's task
 // with its result.
 //
@@ -54,17 +54,23 @@ class SegmentObserver {
 
 // The next stage of a model-parallel pipeline, seen from the stage that
 // sends it activations. worker/stage_client.h implements it over gRPC;
-// tests may fake it. Used by one training thread at a time.
+// tests may fake it. Thread-safe: calls may be in flight together (one per
+// micro-batch of a batch).
 class DownstreamStage {
  public:
+  // Cancels the calls in flight and waits until each has called its
+  // `done`.
   virtual ~DownstreamStage() = default;
-  // One StageForward call. Blocks until the answer, or until
-  // `should_stop` (polled every few tens of milliseconds) returns true,
-  // which abandons the call with CANCELLED. Returns the call's status
-  // (UNAVAILABLE while the next stage's task has not started there).
-  virtual absl::Status Forward(const pnn::v1::StageForwardRequest& request,
-                               pnn::v1::StageForwardResponse* response,
-                               const std::function<bool()>& should_stop) = 0;
+  // Starts one StageForward call and returns at once; `done` runs exactly
+  // once, on another thread, with the call's status (UNAVAILABLE while the
+  // next stage's task has not started there), after *response is filled.
+  // `request` and `response` must stay valid until then.
+  virtual void Start(const pnn::v1::StageForwardRequest& request,
+                     pnn::v1::StageForwardResponse* response,
+                     std::function<void(const absl::Status&)> done) = 0;
+  // Cancels every call in flight: each `done` gets CANCELLED (unless the
+  // call finished first).
+  virtual void CancelAll() = 0;
 };
 
 struct SegmentRunnerOptions {

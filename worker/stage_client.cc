@@ -2,8 +2,11 @@
 
 #include <chrono>
 #include <condition_variable>
+#include <map>
+#include <memory>
 #include <mutex>
 #include <utility>
+#include <vector>
 
 #include "pnn/v1/worker.grpc.pb.h"
 #include "rpc/auth.h"
@@ -20,41 +23,55 @@ class GrpcStage final : public DownstreamStage {
         stub_(pnn::v1::Worker::NewStub(
             MakeChannel(address, options_.credentials))) {}
 
-  absl::Status Forward(const pnn::v1::StageForwardRequest& request,
-                       pnn::v1::StageForwardResponse* response,
-                       const std::function<bool()>& should_stop) override {
-    grpc::ClientContext context;
-    AttachAuthToken(options_.auth_token, &context);
-    context.set_deadline(std::chrono::system_clock::now() +
-                         std::chrono::milliseconds(options_.call_timeout_ms));
-    // The callback API so that this thread can watch should_stop and
-    // cancel the call, instead of blocking in it until the deadline.
-    std::mutex mutex;
-    std::condition_variable finished;
-    bool done = false;
-    grpc::Status status;
-    stub_->async()->StageForward(
-        &context, &request, response, [&](grpc::Status result) {
-          std::lock_guard<std::mutex> lock(mutex);
-          status = std::move(result);
-          done = true;
-          finished.notify_all();
-        });
-    bool cancelled = false;
-    std::unique_lock<std::mutex> lock(mutex);
-    while (!finished.wait_for(lock, std::chrono::milliseconds(20),
-                              [&] { return done; })) {
-      if (!cancelled && should_stop && should_stop()) {
-        context.TryCancel();
-        cancelled = true;
-      }
+  ~GrpcStage() override {
+    CancelAll();
+    std::unique_lock<std::mutex> lock(mutex_);
+    idle_.wait(lock, [this] { return in_flight_.empty(); });
+  }
+
+  void Start(const pnn::v1::StageForwardRequest& request,
+             pnn::v1::StageForwardResponse* response,
+             std::function<void(const absl::Status&)> done) override {
+    auto context = std::make_shared<grpc::ClientContext>();
+    AttachAuthToken(options_.auth_token, context.get());
+    context->set_deadline(std::chrono::system_clock::now() +
+                          std::chrono::milliseconds(options_.call_timeout_ms));
+    grpc::ClientContext* const raw = context.get();
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      in_flight_.emplace(raw, std::move(context));
     }
-    return FromGrpcStatus(status);
+    // The callback API: several micro-batches are in flight at once and
+    // no thread blocks in a call.
+    stub_->async()->StageForward(
+        raw, &request, response,
+        [this, raw, done = std::move(done)](grpc::Status status) {
+          done(FromGrpcStatus(status));
+          std::lock_guard<std::mutex> lock(mutex_);
+          in_flight_.erase(raw);
+          idle_.notify_all();
+        });
+  }
+
+  void CancelAll() override {
+    // Cancelled outside the lock (a cancellation may complete its call on
+    // this thread); the copies keep the contexts alive meanwhile.
+    std::vector<std::shared_ptr<grpc::ClientContext>> calls;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      for (const auto& [raw, context] : in_flight_) calls.push_back(context);
+    }
+    for (const auto& context : calls) context->TryCancel();
   }
 
  private:
   const StageClientOptions options_;
   const std::unique_ptr<pnn::v1::Worker::Stub> stub_;
+  std::mutex mutex_;
+  std::condition_variable idle_;
+  // Each call's context, until its completion has run.
+  std::map<grpc::ClientContext*, std::shared_ptr<grpc::ClientContext>>
+      in_flight_;  // guarded by mutex_
 };
 
 }  // namespace

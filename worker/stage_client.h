@@ -21,14 +21,15 @@ struct StageClientOptions {
   // Null: plaintext. Otherwise the worker's own TLS client credentials
   // (its certificate doubles as a client certificate for mutual TLS).
   std::shared_ptr<grpc::ChannelCredentials> credentials;
-  // One call carries a batch through every later stage and back; a call
-  // that takes longer than this is DEADLINE_EXCEEDED.
+  // One call carries a micro-batch through every later stage and back
+  // (behind the others of its batch); a call that takes longer than this
+  // is DEADLINE_EXCEEDED.
   int64_t call_timeout_ms = 300000;
 };
 
 // A DownstreamStage that calls Worker.StageForward at `address` over one
-// channel. Forward() is cancellable: it polls its should_stop every 20 ms
-// while the call is in flight and cancels the call when it turns true.
+// channel with gRPC's callback API: several calls in flight at once, each
+// cancellable (CancelAll); destroying it cancels and waits for them.
 std::unique_ptr<DownstreamStage> ConnectStage(
     const std::string& address, const StageClientOptions& options);
 

@@ -1,8 +1,11 @@
 // The worker's training thread for a model-parallel pipeline stage after
-// the first. Such a stage reads no data: it serves the batches that the
-// previous stage's StageForward calls hand over (SegmentRunner::
-// SubmitStageBatch queues them) with a PipelineStageTrainer, and a middle
-// stage sends its own output on to the next stage (PipelineLink). A call
+// the first. Such a stage reads no data: it serves the micro-batches that
+// the previous stage's StageForward calls hand over (SegmentRunner::
+// SubmitStageBatch queues them; several are in flight) with a
+// PipelineStageTrainer, in the order of the task's schedule
+// (common/pipeline_schedule.h), answering each call with its gradient when
+// its backward has run; a middle stage sends its own output on to the
+// next stage (PipelineLink). A call
 // with `finish` ends the task with the stage's result. Plain segments, and
 // a pipeline's first stage, are run by SegmentRunner itself.
 //
@@ -18,6 +21,7 @@
 #include <string>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "pnn/v1/segment.pb.h"
 #include "worker/segment_runner.h"
 
@@ -76,6 +80,13 @@ class StageRunner {
   absl::Status End(const absl::Status& status);
   // Serves calls until the task ends; returns how.
   absl::Status Serve(pnn::v1::SegmentResult* result);
+  // The next call, waiting up to stage_idle_timeout_ms; CANCELLED when
+  // stopped, DEADLINE_EXCEEDED when none came (the caller End()s).
+  absl::StatusOr<StageCall> NextCall();
+  // Trains the batch that `first` (any of its micro-batches) opens: its
+  // micro-batches in the schedule's order, each call answered with its
+  // gradient once its backward has run.
+  absl::Status ServeBatch(StageCall first);
   // Answers `finish`: the stages after this one first, so that every stage
   // has its result before the first stage reports success.
   absl::Status FinishStage(pnn::v1::SegmentResult* result);

@@ -10,7 +10,8 @@
 //                         (ParseJobSpecJson); width and class count come
 //                         from a hash of the input, so examples/*.json are
 //                         valid seeds as they are.
-// Then, as the coordinator does: ResolveJobSpec; ValidateAgainstData against
+// Then, as the coordinator does: ResolveJobSpec (and, with auto_cut,
+// ApplyAutoCut for the input's shape); ValidateAgainstData against
 // that shape and two fixed ones (784 x 10, and the largest width with 256
 // classes); when valid, NetworkWidths + CutNetwork and the per-segment
 // training configs. Checked invariants (a violation calls __builtin_trap):
@@ -28,6 +29,7 @@
 #include <vector>
 
 #include "absl/strings/string_view.h"
+#include "common/auto_cut.h"
 #include "common/job_spec.h"
 #include "google/protobuf/stubs/logging.h"
 #include "google/protobuf/util/message_differencer.h"
@@ -216,10 +218,28 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     spec = std::move(*parsed);
   }
 
-  const auto resolved = pnn::ResolveJobSpec(spec);
+  auto resolved = pnn::ResolveJobSpec(spec);
   if (!resolved.ok()) {
     CheckError(resolved.status());
     return 0;
+  }
+  if (resolved->has_auto_cut()) {
+    // As the coordinator: pnn chooses the cuts once the data set's shape is
+    // known and has passed ValidateAgainstData.
+    const absl::Status valid =
+        pnn::ValidateAgainstData(*resolved, input_width, num_classes);
+    if (!valid.ok()) {
+      CheckError(valid);
+      return 0;
+    }
+    const auto plan = pnn::ApplyAutoCut(&*resolved, input_width, num_classes);
+    if (!plan.ok()) {
+      CheckError(plan.status());
+      return 0;
+    }
+    FUZZ_CHECK(!resolved->has_auto_cut());
+    FUZZ_CHECK(plan->segments_size() ==
+               resolved->model().cut_after_layers_size() + 1);
   }
   CheckResolved(*resolved);
   CheckAgainstData(*resolved, input_width, num_classes);

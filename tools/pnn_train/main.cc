@@ -18,7 +18,9 @@
 #include "absl/flags/usage.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "common/auto_cut.h"
 #include "common/comparison.h"
 #include "common/cpu_budget.h"
 #include "common/dataset.h"
@@ -205,6 +207,14 @@ int main(int argc, char** argv) {
   std::cerr << "pnn-train: " << data->train.size() << " training and "
             << data->test.size() << " test samples, " << data->rows << "x"
             << data->cols << " pixels, " << data->num_classes << " classes\n";
+  // Cuts chosen by pnn need the data set's shape.
+  auto cut_plan =
+      pnn::ApplyAutoCut(&*resolved, data->input_width(), data->num_classes);
+  if (!cut_plan.ok()) return Fail(std::string(cut_plan.status().message()));
+  if (cut_plan->segments_size() > 0) {
+    std::cerr << "pnn-train: cuts chosen: after layer(s) "
+              << absl::StrJoin(cut_plan->cut_after_layers(), ",") << "\n";
+  }
 
   pnn::ComparisonOptions options;
   options.threads = pnn::ResolveThreadCount(absl::GetFlag(FLAGS_threads));

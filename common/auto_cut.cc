@@ -1,0 +1,175 @@
+#include "common/auto_cut.h"
+
+#include <algorithm>
+#include <cstdint>
+#include <limits>
+
+#include "absl/strings/str_cat.h"
+#include "common/accounting.h"
+#include "common/job_spec.h"
+
+namespace pnn {
+namespace {
+
+using pnn::v1::CutPlan;
+
+// Predicted cost of the segment of linear layers [first, last] (1-based).
+CutPlan::Segment Estimate(const std::vector<int>& widths, int first, int last,
+                          const pnn::v1::TrainingConfig& training) {
+  const std::vector<int> segment(widths.begin() + (first - 1),
+                                 widths.begin() + last + 1);
+  const pnn::v1::TrainingCost cost =
+      AnalyticTrainingCost(segment, /*leading_activation=*/first > 1, training);
+  int64_t flops = cost.training_flops_per_sample();
+  // AnalyticTrainingCost counts 3 x forward for every layer, but nothing
+  // asks for the gradient of the data: the network's first layer costs 2 x
+  // forward. Without this the cut chooser would load the last segment.
+  if (first == 1) flops -= 2 * int64_t{widths[0]} * widths[1];
+  CutPlan::Segment estimate;
+  estimate.set_first_layer(first);
+  estimate.set_last_layer(last);
+  estimate.set_training_flops_per_sample(flops);
+  estimate.set_training_memory_bytes(
+      cost.parameter_bytes() + cost.gradient_bytes() +
+      cost.optimizer_state_bytes() + cost.activation_bytes());
+  return estimate;
+}
+
+int64_t Objective(const CutPlan::Segment& segment, bool memory) {
+  return memory ? segment.training_memory_bytes()
+                : segment.training_flops_per_sample();
+}
+
+// The objective of every segment [first, last] (1-based, first <= last),
+// computed once: the search looks each up many times.
+using CostTable = std::vector<std::vector<int64_t>>;
+
+CostTable Costs(const std::vector<int>& widths, bool memory,
+                const pnn::v1::TrainingConfig& training) {
+  const int layers = static_cast<int>(widths.size()) - 1;
+  CostTable costs(layers + 1, std::vector<int64_t>(layers + 1, 0));
+  for (int first = 1; first <= layers; ++first) {
+    for (int last = first; last <= layers; ++last) {
+      costs[first][last] =
+          Objective(Estimate(widths, first, last, training), memory);
+    }
+  }
+  return costs;
+}
+
+// The cuts of the table's layers into `segments` parts that minimise the
+// largest part's objective (dynamic programming over prefixes: best[k][i]
+// is the least largest cost of the first i layers in k parts).
+std::vector<int> Balance(const CostTable& costs, int segments) {
+  const int layers = static_cast<int>(costs.size()) - 1;
+  constexpr int64_t kNone = std::numeric_limits<int64_t>::max();
+  std::vector<std::vector<int64_t>> best(
+      segments + 1, std::vector<int64_t>(layers + 1, kNone));
+  std::vector<std::vector<int>> from(segments + 1,
+                                     std::vector<int>(layers + 1, 0));
+  best[0][0] = 0;
+  for (int k = 1; k <= segments; ++k) {
+    for (int i = k; i <= layers; ++i) {
+      for (int j = k - 1; j < i; ++j) {
+        if (best[k - 1][j] == kNone) continue;
+        const int64_t cost = std::max(best[k - 1][j], costs[j + 1][i]);
+        if (cost < best[k][i]) {
+          best[k][i] = cost;
+          from[k][i] = j;
+        }
+      }
+    }
+  }
+  std::vector<int> cuts;
+  for (int k = segments, i = layers; k > 1; --k) {
+    i = from[k][i];
+    cuts.push_back(i);
+  }
+  std::reverse(cuts.begin(), cuts.end());
+  return cuts;
+}
+
+CutPlan PlanFor(const std::vector<int>& widths, const std::vector<int>& cuts,
+                const pnn::v1::TrainingConfig& training) {
+  CutPlan plan;
+  int first = 1;
+  for (int cut : cuts) {
+    plan.add_cut_after_layers(cut);
+    *plan.add_segments() = Estimate(widths, first, cut, training);
+    first = cut + 1;
+  }
+  *plan.add_segments() =
+      Estimate(widths, first, static_cast<int>(widths.size()) - 1, training);
+  return plan;
+}
+
+int64_t Largest(const CutPlan& plan, bool memory) {
+  int64_t largest = 0;
+  for (const auto& segment : plan.segments()) {
+    largest = std::max(largest, Objective(segment, memory));
+  }
+  return largest;
+}
+
+}  // namespace
+
+absl::StatusOr<CutPlan> ChooseCuts(const pnn::v1::JobSpec& resolved,
+                                   const std::vector<int>& network_widths) {
+  const pnn::v1::AutoCutSpec& request = resolved.auto_cut();
+  const pnn::v1::TrainingConfig& training = resolved.training();
+  const int layers = static_cast<int>(network_widths.size()) - 1;
+  CutPlan plan;
+  if (request.device_memory_bytes() == 0) {
+    const bool memory =
+        request.objective() == pnn::v1::BALANCE_OBJECTIVE_TRAINING_MEMORY;
+    const CostTable costs = Costs(network_widths, memory, training);
+    plan =
+        PlanFor(network_widths, Balance(costs, request.segments()), training);
+  } else {
+    // The fewest segments that fit; the least largest segment over every
+    // count is the smallest budget that could work.
+    const CostTable costs = Costs(network_widths, /*memory=*/true, training);
+    int64_t smallest = std::numeric_limits<int64_t>::max();
+    bool found = false;
+    for (int segments = 2; segments <= layers && !found; ++segments) {
+      plan = PlanFor(network_widths, Balance(costs, segments), training);
+      const int64_t largest = Largest(plan, true);
+      smallest = std::min(smallest, largest);
+      found = largest <= request.device_memory_bytes();
+    }
+    if (!found) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "auto_cut.device_memory_bytes: ", request.device_memory_bytes(),
+          " bytes per device cannot hold any segment split of this model "
+          "(training memory: parameters, gradients, optimizer state and a "
+          "batch of ",
+          training.batch_size(),
+          " rows' activations); the smallest budget that would work is ",
+          smallest, " bytes, or lower training.batch_size"));
+    }
+  }
+  *plan.mutable_request() = request;
+  return plan;
+}
+
+absl::StatusOr<CutPlan> ApplyAutoCut(pnn::v1::JobSpec* resolved,
+                                     int input_width, int num_classes) {
+  if (!resolved->has_auto_cut()) return CutPlan();
+  const std::vector<int> widths =
+      NetworkWidths(*resolved, input_width, num_classes);
+  auto plan = ChooseCuts(*resolved, widths);
+  if (!plan.ok()) return plan.status();
+  auto* cuts = resolved->mutable_model()->mutable_cut_after_layers();
+  cuts->Clear();
+  for (int cut : plan->cut_after_layers()) cuts->Add(cut);
+  resolved->clear_auto_cut();
+  if (resolved->parallelism() == pnn::v1::PARALLELISM_MODEL_PARALLEL &&
+      resolved->pipeline().micro_batches() == 0) {
+    // Resolving ran before the stage count was known.
+    resolved->mutable_pipeline()->set_micro_batches(
+        std::min(4 * (cuts->size() + 1), resolved->training().batch_size()));
+  }
+  return plan;
+}
+
+}  // namespace pnn
