@@ -313,7 +313,7 @@ class Prometheus:
         return float(result[0]["value"][1]) if result else None
 
 
-def check_prometheus(repo, prometheus, workers):
+def wait_targets_up(prometheus, workers):
     def targets_up():
         up = {}
         for r in prometheus.query('up{job=~"pnn-.*"}'):
@@ -323,6 +323,10 @@ def check_prometheus(repo, prometheus, workers):
         return ok, up
     wait_for(f"Prometheus scrapes the coordinator and {workers} workers (up)",
              targets_up, timeout=90, interval=2)
+
+
+def check_prometheus(repo, prometheus, workers):
+    wait_targets_up(prometheus, workers)
 
     with open(os.path.join(repo, "deploy/grafana/dashboards/pnn.json")) as f:
         dashboard = json.load(f)
@@ -351,6 +355,10 @@ def example_job(ctx):
         raise dc.Failure(f"worker threads {threads}: --threads=0 should "
                          "follow each container's `cpus: 1` quota")
     log("ok: each worker trains with 1 thread (its CPU quota)")
+    # Scraped before the job: rate panels (increase() of the finished-jobs
+    # counter) need a sample from before a job that ends within one scrape
+    # interval.
+    wait_targets_up(ctx["prometheus"], 3)
     # deploy/README.md's quick start, word for word but for the port: pnnctl
     # from the image, on the host's network, through the published port.
     started = time.monotonic()
