@@ -75,10 +75,7 @@ class StreamingWorker final : public pnn::v1::Worker::Service {
     update.mutable_started()->set_device("cpu");
     writer->Write(update);
     if (finish_) {
-      MlpSegment model(task.first_layer(),
-                       std::vector<int>(task.widths().begin(),
-                                        task.widths().end()),
-                       task.activation());
+      SegmentModel model(pnn::TaskArchitecture(task));
       update.Clear();
       *update.mutable_result()->mutable_weights() =
           ExportWeights(model, task.segment_index());

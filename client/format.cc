@@ -144,16 +144,51 @@ std::string RelativeTime(const google::protobuf::Timestamp* timestamp,
                          absl::ToDoubleSeconds(ToTime(*timestamp) - *origin));
 }
 
-std::string Network(const Job& job) {
-  std::vector<std::string> widths;
-  widths.push_back(job.input_width() > 0 ? absl::StrCat(job.input_width())
-                                         : "in");
-  for (int width : job.spec().model().hidden_widths()) {
-    widths.push_back(absl::StrCat(width));
+// A layer list, compactly: "1x28x28 > conv 32k5 > max_pool 2 > flatten >
+// linear 10".
+std::string LayerList(const Job& job) {
+  std::vector<std::string> parts;
+  parts.push_back(job.image_shape().empty()
+                      ? "in"
+                      : absl::StrJoin(job.image_shape(), "x"));
+  for (const pnn::v1::LayerSpec& layer : job.spec().model().layers()) {
+    if (layer.has_conv2d()) {
+      parts.push_back(absl::StrCat("conv ", layer.conv2d().out_channels(), "k",
+                                   layer.conv2d().kernel()));
+    } else if (layer.has_max_pool() || layer.has_avg_pool()) {
+      parts.push_back(absl::StrCat(
+          layer.has_max_pool() ? "max_pool " : "avg_pool ",
+          layer.has_max_pool() ? layer.max_pool().kernel()
+                               : layer.avg_pool().kernel()));
+    } else if (layer.has_flatten()) {
+      parts.push_back("flatten");
+    } else if (layer.has_linear()) {
+      const int out = layer.linear().out_features();
+      parts.push_back(absl::StrCat(
+          "linear ", out > 0 ? absl::StrCat(out)
+                             : absl::StrCat(job.num_classes())));
+    } else if (layer.has_dropout()) {
+      parts.push_back(absl::StrCat("dropout ", layer.dropout().p()));
+    }
   }
-  widths.push_back(job.num_classes() > 0 ? absl::StrCat(job.num_classes())
-                                         : "classes");
-  std::string out = absl::StrJoin(widths, "-");
+  return absl::StrJoin(parts, " > ");
+}
+
+std::string Network(const Job& job) {
+  std::string out;
+  if (!job.spec().model().layers().empty()) {
+    out = LayerList(job);
+  } else {
+    std::vector<std::string> widths;
+    widths.push_back(job.input_width() > 0 ? absl::StrCat(job.input_width())
+                                           : "in");
+    for (int width : job.spec().model().hidden_widths()) {
+      widths.push_back(absl::StrCat(width));
+    }
+    widths.push_back(job.num_classes() > 0 ? absl::StrCat(job.num_classes())
+                                           : "classes");
+    out = absl::StrJoin(widths, "-");
+  }
   if (job.spec().model().cut_after_layers_size() > 0) {
     absl::StrAppend(&out, ", cut after layer(s) ",
                     absl::StrJoin(job.spec().model().cut_after_layers(), ","),

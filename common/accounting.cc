@@ -25,22 +25,23 @@ int64_t ReadStatusKilobytes(const std::string& key) {
 }  // namespace
 
 pnn::v1::TrainingCost AnalyticTrainingCost(
-    const std::vector<int>& widths, bool leading_activation,
-    const pnn::v1::TrainingConfig& config) {
+    const Architecture& architecture, const pnn::v1::TrainingConfig& config) {
   pnn::v1::TrainingCost cost;
+  const auto shapes = InferShapes(architecture);
+  if (!shapes.ok()) return cost;
   int64_t parameters = 0;
   int64_t flops = 0;
-  int64_t activation_elements = widths.empty() ? 0 : widths.front();
-  if (leading_activation && !widths.empty()) {
-    activation_elements += widths.front();
-  }
-  for (size_t i = 1; i < widths.size(); ++i) {
-    const int64_t in = widths[i - 1];
-    const int64_t out = widths[i];
-    parameters += in * out + out;
-    flops += 2 * in * out;
-    activation_elements += out;
-    if (i + 1 < widths.size()) activation_elements += out;
+  const int64_t input = Elements(architecture.input_shape);
+  int64_t activation_elements = input;
+  if (architecture.leading_activation) activation_elements += input;
+  for (size_t i = 0; i < shapes->size(); ++i) {
+    const LayerShape& shape = (*shapes)[i];
+    const pnn::v1::LayerSpec& layer = architecture.layers[i];
+    parameters += shape.parameters;
+    flops += shape.forward_flops;
+    const int64_t out = Elements(shape.output);
+    if (!layer.has_flatten()) activation_elements += out;
+    if (IsWeighted(layer) && i + 1 < shapes->size()) activation_elements += out;
   }
   constexpr int64_t kFloatBytes = 4;
   cost.set_parameter_count(parameters);

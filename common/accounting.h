@@ -6,22 +6,25 @@
 #include <cstdint>
 #include <vector>
 
+#include "common/layers.h"
 #include "pnn/v1/job.pb.h"
 #include "pnn/v1/segment.pb.h"
 
 namespace pnn {
 
-// Analytic cost of training a chain of linear layers with boundary `widths`
-// at `batch_size` with `config`'s optimizer (float32 everywhere):
-//  parameters  P = sum(in*out + out); gradients P; Adam 2P, SGD with
-//  momentum P, plain SGD 0;
-//  activations = 4 bytes * batch * (input + every linear output + every
-//  activation output), i.e. what autograd keeps for the backward pass;
-//  forward FLOPs/sample = sum(2*in*out); training = 3x forward.
-// `leading_activation`: the segment starts with an activation (after a cut).
+// Analytic cost of training the layers of `architecture` at `batch_size`
+// with `config`'s optimizer (float32 everywhere):
+//  parameters  P = sum over convolutions and linear layers; gradients P;
+//  Adam 2P, SGD with momentum P, plain SGD 0;
+//  activations = 4 bytes * batch * (the input, the leading activation's
+//  output, every layer's output but a flatten's (a view), every
+//  activation's output), i.e. what autograd keeps for the backward pass;
+//  forward FLOPs/sample = 2 x the multiply-adds of convolutions and linear
+//  layers; training = 3x forward.
+// An architecture whose shapes do not fit counts nothing (validated specs
+// always fit).
 pnn::v1::TrainingCost AnalyticTrainingCost(
-    const std::vector<int>& widths, bool leading_activation,
-    const pnn::v1::TrainingConfig& config);
+    const Architecture& architecture, const pnn::v1::TrainingConfig& config);
 
 // Resident set size of this process now and its peak (Linux /proc).
 int64_t CurrentRssBytes();

@@ -13,21 +13,24 @@ namespace {
 
 using pnn::v1::CutPlan;
 
-// Predicted cost of the segment of linear layers [first, last] (1-based).
-CutPlan::Segment Estimate(const std::vector<int>& widths, int first, int last,
+// Predicted cost of the segment of layers [first, last] (1-based).
+CutPlan::Segment Estimate(const Architecture& network, int first, int last,
                           const pnn::v1::TrainingConfig& training) {
-  const std::vector<int> segment(widths.begin() + (first - 1),
-                                 widths.begin() + last + 1);
-  const pnn::v1::TrainingCost cost =
-      AnalyticTrainingCost(segment, /*leading_activation=*/first > 1, training);
+  CutPlan::Segment estimate;
+  estimate.set_first_layer(first);
+  estimate.set_last_layer(last);
+  const absl::StatusOr<Architecture> segment =
+      SliceNetwork(network, first, last);
+  if (!segment.ok()) return estimate;  // the network was validated
+  const pnn::v1::TrainingCost cost = AnalyticTrainingCost(*segment, training);
   int64_t flops = cost.training_flops_per_sample();
   // AnalyticTrainingCost counts 3 x forward for every layer, but nothing
   // asks for the gradient of the data: the network's first layer costs 2 x
   // forward. Without this the cut chooser would load the last segment.
-  if (first == 1) flops -= 2 * int64_t{widths[0]} * widths[1];
-  CutPlan::Segment estimate;
-  estimate.set_first_layer(first);
-  estimate.set_last_layer(last);
+  if (first == 1) {
+    const auto shapes = InferShapes(*segment);
+    if (shapes.ok()) flops -= shapes->front().forward_flops;
+  }
   estimate.set_training_flops_per_sample(flops);
   estimate.set_training_memory_bytes(
       cost.parameter_bytes() + cost.gradient_bytes() +
@@ -44,14 +47,14 @@ int64_t Objective(const CutPlan::Segment& segment, bool memory) {
 // computed once: the search looks each up many times.
 using CostTable = std::vector<std::vector<int64_t>>;
 
-CostTable Costs(const std::vector<int>& widths, bool memory,
+CostTable Costs(const Architecture& network, bool memory,
                 const pnn::v1::TrainingConfig& training) {
-  const int layers = static_cast<int>(widths.size()) - 1;
+  const int layers = network.last_layer();
   CostTable costs(layers + 1, std::vector<int64_t>(layers + 1, 0));
   for (int first = 1; first <= layers; ++first) {
     for (int last = first; last <= layers; ++last) {
       costs[first][last] =
-          Objective(Estimate(widths, first, last, training), memory);
+          Objective(Estimate(network, first, last, training), memory);
     }
   }
   return costs;
@@ -89,17 +92,17 @@ std::vector<int> Balance(const CostTable& costs, int segments) {
   return cuts;
 }
 
-CutPlan PlanFor(const std::vector<int>& widths, const std::vector<int>& cuts,
+CutPlan PlanFor(const Architecture& network, const std::vector<int>& cuts,
                 const pnn::v1::TrainingConfig& training) {
   CutPlan plan;
   int first = 1;
   for (int cut : cuts) {
     plan.add_cut_after_layers(cut);
-    *plan.add_segments() = Estimate(widths, first, cut, training);
+    *plan.add_segments() = Estimate(network, first, cut, training);
     first = cut + 1;
   }
   *plan.add_segments() =
-      Estimate(widths, first, static_cast<int>(widths.size()) - 1, training);
+      Estimate(network, first, network.last_layer(), training);
   return plan;
 }
 
@@ -114,25 +117,25 @@ int64_t Largest(const CutPlan& plan, bool memory) {
 }  // namespace
 
 absl::StatusOr<CutPlan> ChooseCuts(const pnn::v1::JobSpec& resolved,
-                                   const std::vector<int>& network_widths) {
+                                   const Architecture& network) {
   const pnn::v1::AutoCutSpec& request = resolved.auto_cut();
   const pnn::v1::TrainingConfig& training = resolved.training();
-  const int layers = static_cast<int>(network_widths.size()) - 1;
+  const int layers = network.last_layer();
   CutPlan plan;
   if (request.device_memory_bytes() == 0) {
     const bool memory =
         request.objective() == pnn::v1::BALANCE_OBJECTIVE_TRAINING_MEMORY;
-    const CostTable costs = Costs(network_widths, memory, training);
+    const CostTable costs = Costs(network, memory, training);
     plan =
-        PlanFor(network_widths, Balance(costs, request.segments()), training);
+        PlanFor(network, Balance(costs, request.segments()), training);
   } else {
     // The fewest segments that fit; the least largest segment over every
     // count is the smallest budget that could work.
-    const CostTable costs = Costs(network_widths, /*memory=*/true, training);
+    const CostTable costs = Costs(network, /*memory=*/true, training);
     int64_t smallest = std::numeric_limits<int64_t>::max();
     bool found = false;
     for (int segments = 2; segments <= layers && !found; ++segments) {
-      plan = PlanFor(network_widths, Balance(costs, segments), training);
+      plan = PlanFor(network, Balance(costs, segments), training);
       const int64_t largest = Largest(plan, true);
       smallest = std::min(smallest, largest);
       found = largest <= request.device_memory_bytes();
@@ -153,11 +156,12 @@ absl::StatusOr<CutPlan> ChooseCuts(const pnn::v1::JobSpec& resolved,
 }
 
 absl::StatusOr<CutPlan> ApplyAutoCut(pnn::v1::JobSpec* resolved,
-                                     int input_width, int num_classes) {
+                                     const ImageShape& image,
+                                     int num_classes) {
   if (!resolved->has_auto_cut()) return CutPlan();
-  const std::vector<int> widths =
-      NetworkWidths(*resolved, input_width, num_classes);
-  auto plan = ChooseCuts(*resolved, widths);
+  auto network = NetworkArchitecture(*resolved, image, num_classes);
+  if (!network.ok()) return network.status();
+  auto plan = ChooseCuts(*resolved, *network);
   if (!plan.ok()) return plan.status();
   auto* cuts = resolved->mutable_model()->mutable_cut_after_layers();
   cuts->Clear();

@@ -9,26 +9,28 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "common/layers.h"
 #include "pnn/v1/job.pb.h"
 
 namespace pnn {
 
-// Chooses the cuts for `resolved` (auto_cut set, no cut points) on the
-// network of boundary widths `network_widths` (input, hidden..., classes).
+// Chooses the cuts for `resolved` (auto_cut set, no cut points) on
+// `network` (NetworkArchitecture).
 // Returns the plan: the request, the cuts and each segment's predicted
 // training FLOPs per sample and training memory. Ties go to the cuts found
 // first (the earliest). INVALID_ARGUMENT when no split into 2 or more
 // segments fits auto_cut.device_memory_bytes, saying the smallest budget
 // that would work.
 absl::StatusOr<pnn::v1::CutPlan> ChooseCuts(
-    const pnn::v1::JobSpec& resolved, const std::vector<int>& network_widths);
+    const pnn::v1::JobSpec& resolved, const Architecture& network);
 
 // For a spec with auto_cut: ChooseCuts, then the cuts go into
 // spec->model().cut_after_layers and auto_cut is cleared (it stays in the
 // plan), so the spec reads like one with explicit cuts. A spec without
 // auto_cut is left alone and gets an empty plan.
 absl::StatusOr<pnn::v1::CutPlan> ApplyAutoCut(pnn::v1::JobSpec* resolved,
-                                              int input_width, int num_classes);
+                                              const ImageShape& image,
+                                              int num_classes);
 
 }  // namespace pnn
 

@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "common/job_spec.h"
 #include "common/model.h"
 #include "common/partition.h"
@@ -45,16 +46,17 @@ absl::StatusOr<RunReport> RunConventional(const pnn::v1::JobSpec& spec,
                                           const ComparisonOptions& options) {
   RunReport report;
   report.set_mode("conventional");
-  const std::vector<int> widths =
-      NetworkWidths(spec, data.input_width(), data.num_classes);
-  MlpSegment network(/*first_layer=*/1, widths, spec.model().activation());
+  PNN_ASSIGN_OR_RETURN(
+      const Architecture architecture,
+      NetworkArchitecture(spec, data.image_shape(), data.num_classes));
+  SegmentModel network(architecture);
   InitializeWeights(network, spec.seed());
   TrainOptions train =
       MakeTrainOptions(spec, options, "conventional", spec.training().epochs());
   absl::Status evaluation_status;
   train.on_epoch = [&](const pnn::v1::EpochMetrics& metrics,
-                       const MlpSegment& model) {
-    MlpSegment live = model;
+                       const SegmentModel& model) {
+    SegmentModel live = model;
     auto test = Evaluate(live, data.test, data.num_classes, spec.device());
     if (!test.ok()) {
       evaluation_status = test.status();
@@ -103,7 +105,9 @@ void AddSegmentReport(const pnn::v1::SegmentTask& task,
   segment->set_segment_index(task.segment_index());
   segment->set_first_layer(task.first_layer());
   segment->set_last_layer(task.last_layer());
-  *segment->mutable_widths() = task.widths();
+  std::vector<std::string> layers;
+  for (const auto& layer : task.layers()) layers.push_back(DescribeLayer(layer));
+  segment->set_layers(absl::StrJoin(layers, ", "));
   *segment->mutable_epochs() = result.epochs();
   *segment->mutable_cost() = result.cost();
   report->set_wall_seconds(report->wall_seconds() +
@@ -122,7 +126,7 @@ absl::StatusOr<TrainedSegments> TrainSegments(const pnn::v1::JobSpec& spec,
   pnn::v1::JobSpec partitioned = spec;
   partitioned.set_parallelism(pnn::v1::PARALLELISM_PARTITIONED);
   PNN_ASSIGN_OR_RETURN(std::vector<pnn::v1::SegmentTask> tasks,
-                       PlanSegmentTasks(partitioned, data.input_width(),
+                       PlanSegmentTasks(partitioned, data.image_shape(),
                                         data.num_classes, "local"));
   const int segment_count = static_cast<int>(tasks.size());
   TrainedSegments trained;
@@ -137,7 +141,7 @@ absl::StatusOr<TrainedSegments> TrainSegments(const pnn::v1::JobSpec& spec,
     TrainOptions train =
         MakeTrainOptions(spec, options, label, task.training().epochs());
     train.on_epoch = [&, index, label](const pnn::v1::EpochMetrics& metrics,
-                                       const MlpSegment& model) {
+                                       const SegmentModel& model) {
       trained.snapshots[index].push_back(ExportWeights(model, index));
       Report(options,
              absl::StrFormat("[%s] epoch %d/%d  loss %.4f  %.0f samples/s  "
@@ -159,7 +163,7 @@ absl::StatusOr<TrainedSegments> TrainSegments(const pnn::v1::JobSpec& spec,
 // trains fewer epochs contributes its final weights).
 absl::Status EvaluateEpochs(const TrainedSegments& trained,
                             const pnn::v1::JobSpec& spec, const Dataset& data,
-                            RunReport* report) {
+                            const Architecture& network, RunReport* report) {
   size_t max_epochs = 0;
   for (const auto& per_segment : trained.snapshots) {
     max_epochs = std::max(max_epochs, per_segment.size());
@@ -169,8 +173,7 @@ absl::Status EvaluateEpochs(const TrainedSegments& trained,
     for (const auto& per_segment : trained.snapshots) {
       joint.push_back(per_segment[std::min(epoch, per_segment.size() - 1)]);
     }
-    PNN_ASSIGN_OR_RETURN(MlpSegment joined,
-                         AssembleNetwork(joint, spec.model().activation()));
+    PNN_ASSIGN_OR_RETURN(SegmentModel joined, AssembleNetwork(joint, network));
     PNN_ASSIGN_OR_RETURN(pnn::v1::TestResult test,
                          Evaluate(joined, data.test, data.num_classes,
                                   spec.device()));
@@ -186,7 +189,7 @@ absl::Status EvaluateEpochs(const TrainedSegments& trained,
 // result afterwards.
 absl::StatusOr<pnn::v1::TestResult> Recover(
     const pnn::v1::JobSpec& spec, const pnn::v1::TrainingConfig& recovery,
-    const Dataset& data, const ComparisonOptions& options, MlpSegment& joined,
+    const Dataset& data, const ComparisonOptions& options, SegmentModel& joined,
     RunReport* report) {
   TrainOptions train =
       MakeTrainOptions(spec, options, "recovery", recovery.epochs());
@@ -213,10 +216,12 @@ absl::StatusOr<RunReport> RunPartitioned(const pnn::v1::JobSpec& spec,
   report.set_mode("partitioned");
   PNN_ASSIGN_OR_RETURN(const TrainedSegments trained,
                        TrainSegments(spec, data, options, &report));
-  PNN_RETURN_IF_ERROR(EvaluateEpochs(trained, spec, data, &report));
-  PNN_ASSIGN_OR_RETURN(MlpSegment joined,
-                       AssembleNetwork(trained.finished,
-                                       spec.model().activation()));
+  PNN_ASSIGN_OR_RETURN(
+      const Architecture network,
+      NetworkArchitecture(spec, data.image_shape(), data.num_classes));
+  PNN_RETURN_IF_ERROR(EvaluateEpochs(trained, spec, data, network, &report));
+  PNN_ASSIGN_OR_RETURN(SegmentModel joined,
+                       AssembleNetwork(trained.finished, network));
   PNN_ASSIGN_OR_RETURN(pnn::v1::TestResult test,
                        Evaluate(joined, data.test, data.num_classes,
                                 spec.device()));
@@ -241,13 +246,14 @@ absl::StatusOr<pnn::v1::ComparisonReport> RunComparison(
     const pnn::v1::JobSpec& resolved, const Dataset& data,
     const ComparisonOptions& options) {
   PNN_RETURN_IF_ERROR(
-      ValidateAgainstData(resolved, data.input_width(), data.num_classes));
+      ValidateAgainstData(resolved, data.image_shape(), data.num_classes));
   pnn::v1::ComparisonReport report;
   *report.mutable_spec() = resolved;
   auto* info = report.mutable_dataset();
   info->set_directory(data.directory);
   info->set_train_samples(data.train.size());
   info->set_test_samples(data.test.size());
+  info->set_image_channels(data.channels);
   info->set_image_rows(data.rows);
   info->set_image_cols(data.cols);
   info->set_num_classes(data.num_classes);

@@ -89,10 +89,38 @@ std::set<std::string> EmnistSplits(const std::vector<std::string>& files) {
   return splits;
 }
 
+// The image shape of an IDX images header: [N, rows, cols] is one
+// channel, [N, channels, rows, cols] more (as stored, before transposing).
+absl::StatusOr<ImageShape> StoredImageShape(const std::vector<int32_t>& dims,
+                                            const std::string& path) {
+  if (dims.size() != 3 && dims.size() != 4) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        path, ": expected a 3-dimensional IDX array (images x rows x "
+              "columns) or a 4-dimensional one (images x channels x rows x "
+              "columns), got ",
+        dims.size(), " dimensions"));
+  }
+  ImageShape shape;
+  shape.channels = dims.size() == 4 ? dims[1] : 1;
+  shape.rows = dims[dims.size() - 2];
+  shape.cols = dims[dims.size() - 1];
+  if (shape.size() > kMaxImagePixels) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        path, ": images of ", shape.channels, "x", shape.rows, "x", shape.cols,
+        " values exceed the limit of ", kMaxImagePixels));
+  }
+  return shape;
+}
+
+ImageShape Oriented(ImageShape stored, bool transpose) {
+  if (transpose) std::swap(stored.rows, stored.cols);
+  return stored;
+}
+
 absl::StatusOr<Split> LoadSplit(const std::string& images_path,
                                 const std::string& labels_path,
                                 bool transpose, int64_t limit,
-                                DatasetContent content, int* rows, int* cols) {
+                                DatasetContent content, ImageShape* shape) {
   IdxArray images;
   if (content == DatasetContent::kLabelsOnly) {
     // The header is enough: the shape and the count to check the labels.
@@ -101,12 +129,8 @@ absl::StatusOr<Split> LoadSplit(const std::string& images_path,
     PNN_ASSIGN_OR_RETURN(images, ReadIdxFile(images_path));
   }
   PNN_ASSIGN_OR_RETURN(IdxArray labels, ReadIdxFile(labels_path));
-  if (images.dims.size() != 3) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        images_path, ": expected a 3-dimensional IDX array (images x rows x "
-                     "columns), got ",
-        images.dims.size(), " dimensions"));
-  }
+  PNN_ASSIGN_OR_RETURN(const ImageShape stored,
+                       StoredImageShape(images.dims, images_path));
   if (labels.dims.size() != 1) {
     return absl::InvalidArgumentError(absl::StrCat(
         labels_path, ": expected a 1-dimensional IDX array of labels, got ",
@@ -119,25 +143,19 @@ absl::StatusOr<Split> LoadSplit(const std::string& images_path,
   }
   const int64_t count =
       limit > 0 ? std::min<int64_t>(limit, images.items()) : images.items();
-  const int r = images.dims[1];
-  const int c = images.dims[2];
-  if (int64_t{r} * c > kMaxImagePixels) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        images_path, ": images of ", r, "x", c, " pixels exceed the limit of ",
-        kMaxImagePixels, " pixels"));
-  }
   Split split;
   if (content == DatasetContent::kAll) {
-    at::Tensor pixels =
-        at::from_blob(images.data.data(), {count, r, c}, at::kByte);
-    if (transpose) pixels = pixels.transpose(1, 2);
+    at::Tensor pixels = at::from_blob(
+        images.data.data(), {count, stored.channels, stored.rows, stored.cols},
+        at::kByte);
+    if (transpose) pixels = pixels.transpose(2, 3);
     // One conversion; the float tensor is the only copy kept.
-    split.images = pixels.reshape({count, r * c}).to(at::kFloat).div_(255.0f);
+    split.images =
+        pixels.reshape({count, stored.size()}).to(at::kFloat).div_(255.0f);
   }
   split.labels =
       at::from_blob(labels.data.data(), {count}, at::kByte).to(at::kLong);
-  *rows = transpose ? c : r;
-  *cols = transpose ? r : c;
+  *shape = Oriented(stored, transpose);
   return split;
 }
 
@@ -166,17 +184,21 @@ absl::StatusOr<DatasetFiles> LocateDataset(const std::string& directory,
   const std::string& split = spec.emnist_split();
   if (!split.empty()) {
     const std::string prefix = absl::StrCat("emnist-", split, "-");
-    files.train_images = FindFile(directory, {prefix + "train-images-idx3-ubyte"});
+    files.train_images = FindFile(directory, {prefix + "train-images-idx3-ubyte",
+                                              prefix + "train-images-idx4-ubyte"});
     files.train_labels = FindFile(directory, {prefix + "train-labels-idx1-ubyte"});
-    files.test_images = FindFile(directory, {prefix + "test-images-idx3-ubyte"});
+    files.test_images = FindFile(directory, {prefix + "test-images-idx3-ubyte",
+                                             prefix + "test-images-idx4-ubyte"});
     files.test_labels = FindFile(directory, {prefix + "test-labels-idx1-ubyte"});
   } else {
     files.train_images = FindFile(
-        directory, {"train-images-idx3-ubyte", "train-images.idx3-ubyte"});
+        directory, {"train-images-idx3-ubyte", "train-images.idx3-ubyte",
+                    "train-images-idx4-ubyte"});
     files.train_labels = FindFile(
         directory, {"train-labels-idx1-ubyte", "train-labels.idx1-ubyte"});
     files.test_images = FindFile(
-        directory, {"t10k-images-idx3-ubyte", "t10k-images.idx3-ubyte"});
+        directory, {"t10k-images-idx3-ubyte", "t10k-images.idx3-ubyte",
+                    "t10k-images-idx4-ubyte"});
     files.test_labels = FindFile(
         directory, {"t10k-labels-idx1-ubyte", "t10k-labels.idx1-ubyte"});
   }
@@ -195,7 +217,8 @@ absl::StatusOr<DatasetFiles> LocateDataset(const std::string& directory,
     }
     return absl::NotFoundError(absl::StrCat(
         "data set in ", directory, " is incomplete: expected ",
-        split.empty() ? "train-images-idx3-ubyte, train-labels-idx1-ubyte, "
+        split.empty() ? "train-images-idx3-ubyte (or idx4 for images with "
+                        "channels), train-labels-idx1-ubyte, "
                         "t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte"
                       : absl::StrCat("emnist-", split,
                                      "-{train,test}-{images-idx3,labels-idx1}"
@@ -224,26 +247,32 @@ absl::StatusOr<Dataset> LoadDataset(const std::string& directory,
   PNN_ASSIGN_OR_RETURN(DatasetFiles files, LocateDataset(directory, spec));
   Dataset dataset;
   dataset.directory = directory;
-  int test_rows = 0;
-  int test_cols = 0;
+  ImageShape train_shape;
+  ImageShape test_shape;
   try {
     PNN_ASSIGN_OR_RETURN(
         dataset.train,
         LoadSplit(files.train_images, files.train_labels, files.transpose,
-                  spec.train_limit(), content, &dataset.rows, &dataset.cols));
+                  spec.train_limit(), content, &train_shape));
     PNN_ASSIGN_OR_RETURN(
         dataset.test,
         LoadSplit(files.test_images, files.test_labels, files.transpose,
-                  spec.test_limit(), content, &test_rows, &test_cols));
+                  spec.test_limit(), content, &test_shape));
   } catch (const std::exception& error) {
     return absl::InternalError(
         absl::StrCat("loading ", directory, ": ", error.what()));
   }
-  if (test_rows != dataset.rows || test_cols != dataset.cols) {
+  dataset.channels = train_shape.channels;
+  dataset.rows = train_shape.rows;
+  dataset.cols = train_shape.cols;
+  if (test_shape.channels != train_shape.channels ||
+      test_shape.rows != train_shape.rows ||
+      test_shape.cols != train_shape.cols) {
     return absl::InvalidArgumentError(absl::StrCat(
-        files.test_images, ": images are ", test_rows, "x", test_cols,
-        " but the training images (", files.train_images, ") are ",
-        dataset.rows, "x", dataset.cols));
+        files.test_images, ": images are ", test_shape.channels, "x",
+        test_shape.rows, "x", test_shape.cols, " but the training images (",
+        files.train_images, ") are ", train_shape.channels, "x",
+        train_shape.rows, "x", train_shape.cols));
   }
   const int64_t train_max = dataset.train.labels.max().item<int64_t>();
   const int64_t test_max = dataset.test.labels.max().item<int64_t>();
@@ -269,16 +298,11 @@ absl::StatusOr<DatasetShape> ReadDatasetShape(
                        ReadIdxDims(files.train_images));
   PNN_ASSIGN_OR_RETURN(std::vector<int32_t> test_dims,
                        ReadIdxDims(files.test_images));
-  if (train_dims.size() != 3 || test_dims.size() != 3) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "images in ", directory, " must be 3-dimensional IDX arrays"));
-  }
-  if (int64_t{train_dims[1]} * train_dims[2] > kMaxImagePixels) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        files.train_images, ": images of ", train_dims[1], "x", train_dims[2],
-        " pixels exceed the limit of ", kMaxImagePixels, " pixels"));
-  }
-  if (train_dims[1] != test_dims[1] || train_dims[2] != test_dims[2]) {
+  PNN_ASSIGN_OR_RETURN(const ImageShape stored,
+                       StoredImageShape(train_dims, files.train_images));
+  if (train_dims.size() != test_dims.size() ||
+      !std::equal(train_dims.begin() + 1, train_dims.end(),
+                  test_dims.begin() + 1)) {
     return absl::InvalidArgumentError(absl::StrCat(
         files.test_images, ": image size differs from ", files.train_images));
   }
@@ -296,8 +320,10 @@ absl::StatusOr<DatasetShape> ReadDatasetShape(
   shape.train_samples = limited(train_dims[0], spec.train_limit());
   shape.test_samples = limited(test_dims[0], spec.test_limit());
   // Same orientation rule as LoadDataset.
-  shape.rows = files.transpose ? train_dims[2] : train_dims[1];
-  shape.cols = files.transpose ? train_dims[1] : train_dims[2];
+  const ImageShape image = Oriented(stored, files.transpose);
+  shape.channels = image.channels;
+  shape.rows = image.rows;
+  shape.cols = image.cols;
   PNN_RETURN_IF_ERROR(CheckClassesNumbered(
       train_labels.data.data(), static_cast<int64_t>(train_labels.items()),
       files.train_labels));
@@ -334,7 +360,7 @@ absl::StatusOr<std::string> ResolveDatasetDirectory(
 
 Dataset MakeSyntheticDataset(const SyntheticDatasetOptions& options) {
   auto generator = at::detail::createCPUGenerator(options.seed);
-  const int width = options.rows * options.cols;
+  const int width = options.channels * options.rows * options.cols;
   const auto float_options = at::TensorOptions().dtype(at::kFloat);
   const at::Tensor prototypes =
       at::empty({options.num_classes, width}, float_options)
@@ -353,6 +379,7 @@ Dataset MakeSyntheticDataset(const SyntheticDatasetOptions& options) {
   Dataset dataset;
   dataset.train = make_split(options.train_samples);
   dataset.test = make_split(options.test_samples);
+  dataset.channels = options.channels;
   dataset.rows = options.rows;
   dataset.cols = options.cols;
   dataset.num_classes = options.num_classes;
@@ -368,6 +395,9 @@ absl::Status WriteDatasetAsIdx(const Dataset& dataset,
     IdxArray images;
     images.dims = {static_cast<int32_t>(split.size()), dataset.rows,
                    dataset.cols};
+    if (dataset.channels > 1) {
+      images.dims.insert(images.dims.begin() + 1, dataset.channels);
+    }
     const at::Tensor bytes =
         split.images.mul(255.0f).round_().clamp_(0, 255).to(at::kByte)
             .contiguous();
@@ -379,7 +409,10 @@ absl::Status WriteDatasetAsIdx(const Dataset& dataset,
     labels.data.assign(label_bytes.data_ptr<uint8_t>(),
                        label_bytes.data_ptr<uint8_t>() + label_bytes.numel());
     PNN_RETURN_IF_ERROR(WriteIdxFile(
-        (fs::path(directory) / (prefix + "-images-idx3-ubyte.gz")).string(),
+        (fs::path(directory) /
+         (prefix + (dataset.channels > 1 ? "-images-idx4-ubyte.gz"
+                                         : "-images-idx3-ubyte.gz")))
+            .string(),
         images, /*gzip=*/true));
     return WriteIdxFile(
         (fs::path(directory) / (prefix + "-labels-idx1-ubyte.gz")).string(),

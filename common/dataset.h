@@ -10,6 +10,7 @@
 #include <ATen/core/Tensor.h>
 
 #include "absl/status/statusor.h"
+#include "common/layers.h"
 #include "pnn/v1/job.pb.h"
 
 namespace pnn {
@@ -17,8 +18,8 @@ namespace pnn {
 // Where Debian's dataset-* packages install their files.
 inline constexpr char kDefaultDataRoot[] = "/usr/share/datasets";
 
-// Largest image (rows x columns) a data set may have: far beyond the
-// MNIST family, small enough that widths stay in int range.
+// Largest image (channels x rows x columns) a data set may have: far
+// beyond the MNIST family, small enough that widths stay in int range.
 inline constexpr int64_t kMaxImagePixels = int64_t{1} << 24;
 
 struct DatasetFiles {
@@ -36,7 +37,9 @@ absl::StatusOr<DatasetFiles> LocateDataset(const std::string& directory,
                                            const pnn::v1::DatasetSpec& spec);
 
 struct Split {
-  at::Tensor images;  // float32 [N, rows * cols], values in [0, 1]
+  // float32 [N, channels * rows * cols] (each image [channels, rows, cols]
+  // row-major), values in [0, 1].
+  at::Tensor images;
   at::Tensor labels;  // int64 [N]
   int64_t size() const { return labels.defined() ? labels.size(0) : 0; }
 };
@@ -44,12 +47,14 @@ struct Split {
 struct Dataset {
   Split train;
   Split test;
+  int channels = 1;
   int rows = 0;
   int cols = 0;
   int num_classes = 0;  // 1 + the largest label in either split
   std::string directory;
 
-  int input_width() const { return rows * cols; }
+  int input_width() const { return channels * rows * cols; }
+  ImageShape image_shape() const { return {channels, rows, cols}; }
   int64_t memory_bytes() const;
 };
 
@@ -57,7 +62,9 @@ struct Dataset {
 // reading and converting the images is most of a load's time and memory.
 enum class DatasetContent { kAll, kLabelsOnly };
 
-// Reads, validates and converts the files. Checks that images and labels
+// Reads, validates and converts the files. Images are IDX arrays of
+// unsigned bytes [N, rows, cols] (one channel) or [N, channels, rows,
+// cols]. Checks that images and labels
 // agree in count, that train and test images have the same size, and that
 // every label is below 256 (IDX unsigned bytes) and test labels appear in
 // the training classes. Applies spec.train_limit / test_limit. With
@@ -72,10 +79,12 @@ absl::StatusOr<Dataset> LoadDataset(
 struct DatasetShape {
   int64_t train_samples = 0;
   int64_t test_samples = 0;
+  int channels = 1;
   int rows = 0;
   int cols = 0;
   int num_classes = 0;
-  int input_width() const { return rows * cols; }
+  int input_width() const { return channels * rows * cols; }
+  ImageShape image_shape() const { return {channels, rows, cols}; }
 };
 absl::StatusOr<DatasetShape> ReadDatasetShape(
     const std::string& directory, const pnn::v1::DatasetSpec& spec);
@@ -92,6 +101,7 @@ struct SyntheticDatasetOptions {
   int num_classes = 4;
   int64_t train_samples = 512;
   int64_t test_samples = 256;
+  int channels = 1;
   int rows = 6;
   int cols = 6;
   float noise = 0.35f;
@@ -100,7 +110,8 @@ struct SyntheticDatasetOptions {
 Dataset MakeSyntheticDataset(const SyntheticDatasetOptions& options);
 
 // Writes `dataset` as MNIST-named IDX files (gzip) into `directory`,
-// quantised to bytes; for tests of the file path and of the services.
+// quantised to bytes ([N, rows, cols], or [N, channels, rows, cols] for
+// more than one channel); for tests of the file path and of the services.
 absl::Status WriteDatasetAsIdx(const Dataset& dataset,
                                const std::string& directory);
 

@@ -89,7 +89,7 @@ absl::Status ValidateDevice(absl::string_view device) {
 // validator per part of the spec, in the order the spec reads.
 void ApplyDefaults(JobSpec* spec) {
   auto* model = spec->mutable_model();
-  if (model->hidden_widths().empty()) {
+  if (model->hidden_widths().empty() && model->layers().empty()) {
     for (int i = 0; i < kDefaultHiddenLayers; ++i) {
       model->add_hidden_widths(kDefaultHiddenWidth);
     }
@@ -99,7 +99,8 @@ void ApplyDefaults(JobSpec* spec) {
   }
   // With auto_cut the cuts are chosen once the data set's shape is known
   // (common/auto_cut.h).
-  if (model->cut_after_layers().empty() && !spec->has_auto_cut()) {
+  if (model->cut_after_layers().empty() && !spec->has_auto_cut() &&
+      model->layers().empty()) {
     model->add_cut_after_layers(
         std::min(kDefaultCutAfterLayer, model->hidden_widths_size()));
   }
@@ -128,9 +129,57 @@ void ApplyDefaults(JobSpec* spec) {
   if (!spec->has_resume_checkpoints()) spec->set_resume_checkpoints(true);
 }
 
-// The network's shape: layer count, widths, activation, cut points.
-absl::Status ValidateModel(const pnn::v1::ModelSpec& model,
-                           const SpecLimits& limits) {
+// The cut points: strictly increasing, within the network. A layer list
+// has no default cut (where a convolutional network can be cut is the
+// user's call, or auto_cut's).
+absl::Status ValidateCuts(const JobSpec& spec) {
+  const pnn::v1::ModelSpec& model = spec.model();
+  const int layers = CuttableLayers(model);
+  const char* what = model.layers().empty() ? "linear layers" : "layers";
+  if (model.cut_after_layers().empty() && !spec.has_auto_cut() &&
+      spec.parallelism() != pnn::v1::PARALLELISM_CONVENTIONAL) {
+    return Invalid("model.cut_after_layers",
+                   absl::StrCat("a layer list has no default cut; give the "
+                                "cut points (1-based, in [1, ",
+                                layers - 1, "]) or auto_cut"));
+  }
+  int previous_cut = 0;
+  for (int i = 0; i < model.cut_after_layers_size(); ++i) {
+    const int cut = model.cut_after_layers(i);
+    if (cut <= previous_cut || cut >= layers) {
+      return Invalid(
+          absl::StrCat("model.cut_after_layers[", i, "]"),
+          absl::StrCat("cut points must be strictly increasing and between 1 "
+                       "and ",
+                       layers - 1, " (the network has ", layers, " ", what,
+                       "), got ", cut));
+    }
+    previous_cut = cut;
+  }
+  return absl::OkStatus();
+}
+
+// The network's shape: hidden widths or a layer list, the activation, the
+// cut points.
+absl::Status ValidateModel(JobSpec* spec, const SpecLimits& limits) {
+  pnn::v1::ModelSpec& model = *spec->mutable_model();
+  if (!pnn::v1::Activation_IsValid(model.activation())) {
+    return Invalid("model.activation", "unknown activation");
+  }
+  if (!model.layers().empty()) {
+    if (!model.hidden_widths().empty()) {
+      return Invalid("model",
+                     "give hidden_widths (a fully connected network) or "
+                     "layers (a layer list), not both");
+    }
+    if (model.layers_size() > limits.max_layers) {
+      return Invalid("model.layers",
+                     absl::StrCat("at most ", limits.max_layers,
+                                  " layers, got ", model.layers_size()));
+    }
+    PNN_RETURN_IF_ERROR(ResolveLayerList(&model, limits.max_width));
+    return ValidateCuts(*spec);
+  }
   const int layers = model.hidden_widths_size() + 1;
   if (layers > limits.max_layers) {
     return Invalid("model.hidden_widths",
@@ -146,28 +195,12 @@ absl::Status ValidateModel(const pnn::v1::ModelSpec& model,
                                   ", got ", width));
     }
   }
-  if (!pnn::v1::Activation_IsValid(model.activation())) {
-    return Invalid("model.activation", "unknown activation");
-  }
   if (layers < 2) {
     return Invalid("model.hidden_widths",
                    "a network to cut needs at least one hidden layer "
                    "(two linear layers)");
   }
-  int previous_cut = 0;
-  for (int i = 0; i < model.cut_after_layers_size(); ++i) {
-    const int cut = model.cut_after_layers(i);
-    if (cut <= previous_cut || cut >= layers) {
-      return Invalid(
-          absl::StrCat("model.cut_after_layers[", i, "]"),
-          absl::StrCat("cut points must be strictly increasing and between 1 "
-                       "and ",
-                       layers - 1, " (the network has ", layers,
-                       " linear layers), got ", cut));
-    }
-    previous_cut = cut;
-  }
-  return absl::OkStatus();
+  return ValidateCuts(*spec);
 }
 
 absl::Status ValidateSil(const pnn::v1::SilSpec& sil, const SpecLimits& limits) {
@@ -193,7 +226,7 @@ absl::Status ValidateSil(const pnn::v1::SilSpec& sil, const SpecLimits& limits) 
 absl::Status ValidateAutoCut(const JobSpec& spec) {
   if (!spec.has_auto_cut()) return absl::OkStatus();
   const pnn::v1::AutoCutSpec& cut = spec.auto_cut();
-  const int layers = spec.model().hidden_widths_size() + 1;
+  const int layers = CuttableLayers(spec.model());
   if (!spec.model().cut_after_layers().empty()) {
     return Invalid("auto_cut",
                    "give model.cut_after_layers or auto_cut, "
@@ -221,7 +254,7 @@ absl::Status ValidateAutoCut(const JobSpec& spec) {
     return Invalid(
         "auto_cut.segments",
         absl::StrCat("must be between 2 and ", layers, " (the network has ",
-                     layers, " linear layers), got ", cut.segments()));
+                     layers, " layers), got ", cut.segments()));
   }
   if (cut.device_memory_bytes() < 0) {
     return Invalid(
@@ -366,7 +399,7 @@ absl::StatusOr<JobSpec> ResolveJobSpec(const JobSpec& spec,
   }
   JobSpec out = spec;
   ApplyDefaults(&out);
-  PNN_RETURN_IF_ERROR(ValidateModel(out.model(), limits));
+  PNN_RETURN_IF_ERROR(ValidateModel(&out, limits));
   PNN_RETURN_IF_ERROR(ValidateSil(out.sil(), limits));
   PNN_RETURN_IF_ERROR(ValidateAutoCut(out));
   PNN_RETURN_IF_ERROR(ResolveTrainingSections(&out, limits));
@@ -376,21 +409,23 @@ absl::StatusOr<JobSpec> ResolveJobSpec(const JobSpec& spec,
   return out;
 }
 
-absl::Status ValidateAgainstData(const JobSpec& resolved, int input_width,
-                                 int num_classes, const SpecLimits& limits) {
+absl::Status ValidateAgainstData(const JobSpec& resolved,
+                                 const ImageShape& image, int num_classes,
+                                 const SpecLimits& limits) {
   if (num_classes < 2) {
     return Invalid("dataset", absl::StrCat("needs at least 2 classes, the "
                                            "labels show ",
                                            num_classes));
   }
-  const std::vector<int> widths =
-      NetworkWidths(resolved, input_width, num_classes);
+  PNN_ASSIGN_OR_RETURN(const Architecture network,
+                       NetworkArchitecture(resolved, image, num_classes));
+  PNN_ASSIGN_OR_RETURN(const std::vector<LayerShape> shapes,
+                       InferShapes(network));
   int64_t parameters = 0;
-  for (size_t i = 1; i < widths.size(); ++i) {
-    parameters += int64_t{widths[i - 1]} * widths[i] + widths[i];
-  }
+  for (const LayerShape& shape : shapes) parameters += shape.parameters;
   if (parameters > limits.max_parameters) {
-    return Invalid("model.hidden_widths",
+    return Invalid(resolved.model().layers().empty() ? "model.hidden_widths"
+                                                     : "model.layers",
                    absl::StrCat("the network would have ", parameters,
                                 " parameters; the limit is ",
                                 limits.max_parameters));
@@ -398,44 +433,18 @@ absl::Status ValidateAgainstData(const JobSpec& resolved, int input_width,
   if (resolved.sil().distribution() == pnn::v1::SIL_DISTRIBUTION_ORTHOGONAL) {
     for (int i = 0; i < resolved.model().cut_after_layers_size(); ++i) {
       const int cut = resolved.model().cut_after_layers(i);
-      if (widths[cut] < num_classes) {
+      const int64_t elements = Elements(shapes[cut - 1].output);
+      if (elements < num_classes) {
         return Invalid(
             absl::StrCat("model.cut_after_layers[", i, "]"),
             absl::StrCat("SIL_DISTRIBUTION_ORTHOGONAL needs the cut's width "
                          "(",
-                         widths[cut], ") to be at least the class count (",
+                         elements, ") to be at least the class count (",
                          num_classes, ")"));
       }
     }
   }
   return absl::OkStatus();
-}
-
-std::vector<int> NetworkWidths(const JobSpec& resolved, int input_width,
-                               int num_classes) {
-  std::vector<int> widths;
-  widths.push_back(input_width);
-  for (int width : resolved.model().hidden_widths()) widths.push_back(width);
-  widths.push_back(num_classes);
-  return widths;
-}
-
-std::vector<SegmentLayout> CutNetwork(const JobSpec& resolved,
-                                      const std::vector<int>& network_widths) {
-  std::vector<int> bounds = {0};
-  for (int cut : resolved.model().cut_after_layers()) bounds.push_back(cut);
-  bounds.push_back(static_cast<int>(network_widths.size()) - 1);
-  std::vector<SegmentLayout> segments;
-  for (size_t s = 0; s + 1 < bounds.size(); ++s) {
-    SegmentLayout layout;
-    layout.index = static_cast<int>(s);
-    layout.first_layer = bounds[s] + 1;
-    layout.last_layer = bounds[s + 1];
-    layout.widths.assign(network_widths.begin() + bounds[s],
-                         network_widths.begin() + bounds[s + 1] + 1);
-    segments.push_back(std::move(layout));
-  }
-  return segments;
 }
 
 TrainingConfig SegmentTrainingConfig(const JobSpec& resolved, int index) {

@@ -8,11 +8,13 @@
 
 #include <cstdint>
 #include <string>
-#include "absl/strings/string_view.h"
 #include <vector>
+
+#include "absl/strings/string_view.h"
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "common/layers.h"
 #include "pnn/v1/job.pb.h"
 
 namespace pnn {
@@ -49,29 +51,13 @@ struct SpecLimits {
 absl::StatusOr<pnn::v1::JobSpec> ResolveJobSpec(
     const pnn::v1::JobSpec& spec, const SpecLimits& limits = SpecLimits());
 
-// Checks a resolved spec against the data set's shape: class count vs the
-// SIL settings (orthogonal rows need width >= classes) and the parameter
-// budget of the whole network.
+// Checks a resolved spec against the data set's shape: every layer fits
+// the shape before it (a layer list), the class count vs the SIL settings
+// (orthogonal rows need a cut of at least as many elements as classes) and
+// the parameter budget of the whole network.
 absl::Status ValidateAgainstData(const pnn::v1::JobSpec& resolved,
-                                 int input_width, int num_classes,
+                                 const ImageShape& image, int num_classes,
                                  const SpecLimits& limits = SpecLimits());
-
-// Widths of the network's layer boundaries: input, hidden..., classes.
-std::vector<int> NetworkWidths(const pnn::v1::JobSpec& resolved,
-                               int input_width, int num_classes);
-
-// One segment of the cut network: linear layers [first_layer, last_layer]
-// (1-based, inclusive) and the widths of its boundaries.
-struct SegmentLayout {
-  int index = 0;
-  int first_layer = 0;
-  int last_layer = 0;
-  std::vector<int> widths;  // last_layer - first_layer + 2 entries
-};
-
-// Cuts `network_widths` at the resolved spec's cut points.
-std::vector<SegmentLayout> CutNetwork(const pnn::v1::JobSpec& resolved,
-                                      const std::vector<int>& network_widths);
 
 // The resolved hyperparameters of segment `index` (overrides merged with the
 // job's defaults) and of the recovery epochs.

@@ -2,23 +2,25 @@
 
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
-#include <torch/nn/functional/activation.h>
 
 #include <cmath>
 #include <exception>
 #include <string>
+#include <utility>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "common/status_macros.h"
 #include "common/tensor_codec.h"
 
 namespace pnn {
 namespace {
 
-std::string ParameterName(int layer, const char* kind) {
-  return absl::StrCat("linear", layer, ".", kind);
-}
+using pnn::v1::LayerSpec;
+
+// Keeps dropout masks independent of the weight-initialisation stream.
+constexpr uint64_t kDropoutStream = 0x64726f70ULL;
 
 // Deterministic per-layer seed (splitmix64 of seed and layer).
 uint64_t LayerSeed(uint64_t seed, int layer) {
@@ -30,21 +32,39 @@ uint64_t LayerSeed(uint64_t seed, int layer) {
 
 }  // namespace
 
-MlpSegmentImpl::MlpSegmentImpl(int first_layer, std::vector<int> widths,
-                               pnn::v1::Activation activation)
-    : first_layer_(first_layer),
-      widths_(std::move(widths)),
-      activation_(activation) {
-  for (size_t i = 0; i + 1 < widths_.size(); ++i) {
-    const int layer = first_layer_ + static_cast<int>(i);
-    linears_.push_back(register_module(
-        absl::StrCat("linear", layer),
-        torch::nn::Linear(widths_[i], widths_[i + 1])));
+SegmentModelImpl::SegmentModelImpl(Architecture architecture)
+    : architecture_(std::move(architecture)) {
+  const auto shapes = InferShapes(architecture_);
+  if (!shapes.ok()) throw std::invalid_argument(shapes.status().ToString());
+  const size_t count = architecture_.layers.size();
+  convs_.assign(count, torch::nn::Conv2d(nullptr));
+  linears_.assign(count, torch::nn::Linear(nullptr));
+  dropout_generators_.resize(count);
+  for (size_t i = 0; i < count; ++i) {
+    const LayerSpec& layer = architecture_.layers[i];
+    const int index = architecture_.first_layer + static_cast<int>(i);
+    const SampleShape& in = (*shapes)[i].input;
+    if (layer.has_conv2d()) {
+      const auto& conv = layer.conv2d();
+      convs_[i] = register_module(
+          ParameterPrefix(layer, index),
+          torch::nn::Conv2d(torch::nn::Conv2dOptions(in[0], conv.out_channels(),
+                                                     conv.kernel())
+                                .stride(conv.stride())
+                                .padding(conv.padding())));
+    } else if (layer.has_linear()) {
+      linears_[i] = register_module(
+          ParameterPrefix(layer, index),
+          torch::nn::Linear(in[0], layer.linear().out_features()));
+    } else if (layer.has_dropout()) {
+      dropout_generators_[i] = at::detail::createCPUGenerator(
+          LayerSeed(kDropoutStream, index));
+    }
   }
 }
 
-at::Tensor MlpSegmentImpl::Activate(const at::Tensor& x) const {
-  switch (activation_) {
+at::Tensor SegmentModelImpl::Activate(const at::Tensor& x) const {
+  switch (architecture_.activation) {
     case pnn::v1::ACTIVATION_TANH:
       return at::tanh(x);
     case pnn::v1::ACTIVATION_GELU:
@@ -56,54 +76,114 @@ at::Tensor MlpSegmentImpl::Activate(const at::Tensor& x) const {
   }
 }
 
-at::Tensor MlpSegmentImpl::forward(at::Tensor x) {
+at::Tensor SegmentModelImpl::ApplyLayer(size_t position, const at::Tensor& x) {
+  const LayerSpec& layer = architecture_.layers[position];
+  switch (layer.kind_case()) {
+    case LayerSpec::kConv2D:
+      return convs_[position]->forward(x);
+    case LayerSpec::kLinear:
+      return linears_[position]->forward(x);
+    case LayerSpec::kMaxPool:
+      return at::max_pool2d(x, {layer.max_pool().kernel()},
+                            {layer.max_pool().stride()},
+                            {layer.max_pool().padding()});
+    case LayerSpec::kAvgPool:
+      return at::avg_pool2d(x, {layer.avg_pool().kernel()},
+                            {layer.avg_pool().stride()},
+                            {layer.avg_pool().padding()});
+    case LayerSpec::kFlatten:
+      return x.flatten(1);
+    case LayerSpec::kDropout: {
+      const double p = layer.dropout().p();
+      if (!is_training() || p == 0) return x;
+      // Masks drawn on the CPU from the layer's own stream: reproducible,
+      // and the same on every device.
+      const at::Tensor keep =
+          at::empty(x.sizes(), at::kFloat)
+              .bernoulli_(1.0 - p, dropout_generators_[position])
+              .to(x.device());
+      return x * keep / (1.0 - p);
+    }
+    default:
+      return x;
+  }
+}
+
+at::Tensor SegmentModelImpl::forward(at::Tensor x) {
+  const SampleShape& shape = architecture_.input_shape;
+  if (x.dim() == 2 && shape.size() > 1) {
+    std::vector<int64_t> sizes = {x.size(0)};
+    sizes.insert(sizes.end(), shape.begin(), shape.end());
+    x = x.reshape(sizes);
+  }
   // A segment after a cut starts with the activation its predecessor's last
   // layer would have applied in the whole network.
-  if (first_layer_ > 1) x = Activate(x);
-  for (size_t i = 0; i < linears_.size(); ++i) {
-    x = linears_[i]->forward(x);
-    if (i + 1 < linears_.size()) x = Activate(x);
+  if (architecture_.leading_activation) x = Activate(x);
+  const size_t count = architecture_.layers.size();
+  for (size_t i = 0; i < count; ++i) {
+    x = ApplyLayer(i, x);
+    if (IsWeighted(architecture_.layers[i]) && i + 1 < count) x = Activate(x);
   }
   return x;
 }
 
-void InitializeWeights(MlpSegment& model, uint64_t seed) {
-  at::NoGradGuard no_grad;
-  for (size_t i = 0; i < model->linears().size(); ++i) {
-    const auto& linear = model->linears()[i];
-    auto generator = at::detail::createCPUGenerator(
-        LayerSeed(seed, model->first_layer() + static_cast<int>(i)));
-    const double bound = 1.0 / std::sqrt(static_cast<double>(
-                                   linear->weight.size(1)));
-    // Draw on the CPU so the values do not depend on the device.
-    at::Tensor weight = at::empty(linear->weight.sizes(), at::kFloat);
-    weight.uniform_(-bound, bound, generator);
-    at::Tensor bias = at::empty(linear->bias.sizes(), at::kFloat);
-    bias.uniform_(-bound, bound, generator);
-    linear->weight.copy_(weight);
-    linear->bias.copy_(bias);
+std::vector<SegmentModelImpl::Weighted> SegmentModelImpl::weighted_layers()
+    const {
+  std::vector<Weighted> layers;
+  for (size_t i = 0; i < architecture_.layers.size(); ++i) {
+    const int index = architecture_.first_layer + static_cast<int>(i);
+    if (!convs_[i].is_empty()) {
+      layers.push_back({index, convs_[i]->weight, convs_[i]->bias});
+    } else if (!linears_[i].is_empty()) {
+      layers.push_back({index, linears_[i]->weight, linears_[i]->bias});
+    }
+  }
+  return layers;
+}
+
+void SegmentModelImpl::SeedDropout(uint64_t seed) {
+  for (size_t i = 0; i < architecture_.layers.size(); ++i) {
+    if (!architecture_.layers[i].has_dropout()) continue;
+    const int index = architecture_.first_layer + static_cast<int>(i);
+    dropout_generators_[i] =
+        at::detail::createCPUGenerator(LayerSeed(seed ^ kDropoutStream, index));
   }
 }
 
-pnn::v1::SegmentWeights ExportWeights(const MlpSegment& model,
+void InitializeWeights(SegmentModel& model, uint64_t seed) {
+  at::NoGradGuard no_grad;
+  for (const auto& layer : model->weighted_layers()) {
+    auto generator =
+        at::detail::createCPUGenerator(LayerSeed(seed, layer.layer));
+    // fan_in: inputs per output (in_features, or in_channels x k x k).
+    const double fan_in =
+        static_cast<double>(layer.weight.numel() / layer.weight.size(0));
+    const double bound = 1.0 / std::sqrt(fan_in);
+    // Draw on the CPU so the values do not depend on the device.
+    at::Tensor weight = at::empty(layer.weight.sizes(), at::kFloat);
+    weight.uniform_(-bound, bound, generator);
+    at::Tensor bias = at::empty(layer.bias.sizes(), at::kFloat);
+    bias.uniform_(-bound, bound, generator);
+    layer.weight.copy_(weight);
+    layer.bias.copy_(bias);
+  }
+  model->SeedDropout(seed);
+}
+
+pnn::v1::SegmentWeights ExportWeights(const SegmentModel& model,
                                       int segment_index) {
   pnn::v1::SegmentWeights weights;
   weights.set_segment_index(segment_index);
   weights.set_first_layer(model->first_layer());
   weights.set_last_layer(model->last_layer());
-  for (size_t i = 0; i < model->linears().size(); ++i) {
-    const int layer = model->first_layer() + static_cast<int>(i);
-    const auto& linear = model->linears()[i];
-    *weights.add_tensors() =
-        TensorToProto(ParameterName(layer, "weight"), linear->weight);
-    *weights.add_tensors() =
-        TensorToProto(ParameterName(layer, "bias"), linear->bias);
+  for (const auto& parameter : model->named_parameters()) {
+    *weights.add_tensors() = TensorToProto(parameter.key(), parameter.value());
   }
   return weights;
 }
 
 absl::Status ImportWeights(const pnn::v1::SegmentWeights& weights,
-                           MlpSegment& model) {
+                           SegmentModel& model) {
   absl::flat_hash_map<std::string, const pnn::v1::Tensor*> by_name;
   for (const auto& tensor : weights.tensors()) {
     if (!by_name.emplace(tensor.name(), &tensor).second) {
@@ -111,85 +191,52 @@ absl::Status ImportWeights(const pnn::v1::SegmentWeights& weights,
           absl::StrCat("weights: tensor \"", tensor.name(), "\" appears twice"));
     }
   }
-  if (by_name.size() != 2 * model->linears().size()) {
+  auto parameters = model->named_parameters();
+  if (by_name.size() != parameters.size()) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "weights: expected ", 2 * model->linears().size(),
-        " tensors for linear layers ", model->first_layer(), "..",
-        model->last_layer(), ", got ", by_name.size()));
+        "weights: expected ", parameters.size(), " tensors for layers ",
+        model->first_layer(), "..", model->last_layer(), ", got ",
+        by_name.size()));
   }
   at::NoGradGuard no_grad;
-  for (size_t i = 0; i < model->linears().size(); ++i) {
-    const int layer = model->first_layer() + static_cast<int>(i);
-    const auto& linear = model->linears()[i];
-    for (const char* kind : {"weight", "bias"}) {
-      const std::string name = ParameterName(layer, kind);
-      auto it = by_name.find(name);
-      if (it == by_name.end()) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("weights: tensor \"", name, "\" is missing"));
-      }
-      PNN_ASSIGN_OR_RETURN(at::Tensor value, TensorFromProto(*it->second));
-      at::Tensor target =
-          std::string(kind) == "weight" ? linear->weight : linear->bias;
-      if (value.sizes() != target.sizes()) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "weights: tensor \"", name, "\" has shape ",
-            c10::str(value.sizes()), ", the model needs ",
-            c10::str(target.sizes())));
-      }
-      if (!at::isfinite(value).all().item<bool>()) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "weights: tensor \"", name, "\" contains NaN or Inf"));
-      }
-      target.copy_(value);
+  for (auto& parameter : parameters) {
+    const std::string& name = parameter.key();
+    auto it = by_name.find(name);
+    if (it == by_name.end()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("weights: tensor \"", name, "\" is missing"));
     }
+    // Shape first: the message's payload is decoded only when it has the
+    // size the model needs (a worker's result is untrusted input).
+    const auto& shape = it->second->shape();
+    if (!parameter.value().sizes().equals(
+            c10::IntArrayRef(shape.data(), shape.size()))) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "weights: tensor \"", name, "\" has shape [",
+          absl::StrJoin(shape, ", "), "], the model needs ",
+          c10::str(parameter.value().sizes())));
+    }
+    PNN_ASSIGN_OR_RETURN(at::Tensor value, TensorFromProto(*it->second));
+    if (!at::isfinite(value).all().item<bool>()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "weights: tensor \"", name, "\" contains NaN or Inf"));
+    }
+    parameter.value().copy_(value);
   }
   return absl::OkStatus();
 }
 
-absl::StatusOr<MlpSegment> ModelFromWeights(
-    const pnn::v1::SegmentWeights& weights, pnn::v1::Activation activation) {
-  const int first = weights.first_layer();
-  const int last = weights.last_layer();
-  if (first < 1 || last < first || last - first > 1024) {
+absl::StatusOr<SegmentModel> ModelFromWeights(
+    const pnn::v1::SegmentWeights& weights, const Architecture& architecture) {
+  if (weights.first_layer() != architecture.first_layer ||
+      weights.last_layer() != architecture.last_layer()) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "weights: invalid layer range ", first, "..", last));
-  }
-  std::vector<int> widths;
-  for (int layer = first; layer <= last; ++layer) {
-    const std::string name = ParameterName(layer, "weight");
-    const pnn::v1::Tensor* found = nullptr;
-    for (const auto& tensor : weights.tensors()) {
-      if (tensor.name() == name) found = &tensor;
-    }
-    if (found == nullptr || found->shape_size() != 2 || found->shape(0) < 1 ||
-        found->shape(1) < 1 || found->shape(0) > INT32_MAX ||
-        found->shape(1) > INT32_MAX) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "weights: tensor \"", name, "\" is missing or not a matrix"));
-    }
-    // The module below is allocated from the declared shapes: they must be
-    // backed by the bytes actually received, so that a message cannot make
-    // this process allocate more than it carries (a worker's result is
-    // untrusted input).
-    const int64_t elements = found->shape(0) * found->shape(1);  // < 2^62
-    if (found->data().size() % sizeof(float) != 0 ||
-        static_cast<int64_t>(found->data().size() / sizeof(float)) != elements) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "weights: tensor \"", name, "\": shape [", found->shape(0), ", ",
-          found->shape(1), "] does not match its ", found->data().size(),
-          " bytes of float32 data"));
-    }
-    if (widths.empty()) widths.push_back(static_cast<int>(found->shape(1)));
-    if (widths.back() != found->shape(1)) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "weights: tensor \"", name, "\" takes ", found->shape(1),
-          " inputs but the previous layer has ", widths.back(), " outputs"));
-    }
-    widths.push_back(static_cast<int>(found->shape(0)));
+        "weights: layers ", weights.first_layer(), "..", weights.last_layer(),
+        " where layers ", architecture.first_layer, "..",
+        architecture.last_layer(), " were expected"));
   }
   try {
-    MlpSegment model(first, widths, activation);
+    SegmentModel model(architecture);
     PNN_RETURN_IF_ERROR(ImportWeights(weights, model));
     return model;
   } catch (const std::exception& error) {  // e.g. out of memory
@@ -198,44 +245,53 @@ absl::StatusOr<MlpSegment> ModelFromWeights(
   }
 }
 
-absl::StatusOr<MlpSegment> JoinSegments(const std::vector<MlpSegment>& parts) {
+absl::StatusOr<SegmentModel> JoinSegments(
+    const std::vector<SegmentModel>& parts) {
   if (parts.empty()) {
     return absl::InvalidArgumentError("JoinSegments: no segments");
   }
-  std::vector<int> widths = parts.front()->widths();
+  Architecture joined_architecture = parts.front()->architecture();
   for (size_t i = 1; i < parts.size(); ++i) {
-    const MlpSegment& previous = parts[i - 1];
-    const MlpSegment& part = parts[i];
-    if (part->first_layer() != previous->last_layer() + 1 ||
-        part->widths().front() != previous->widths().back() ||
-        part->activation() != previous->activation()) {
+    const Architecture& previous = parts[i - 1]->architecture();
+    const Architecture& part = parts[i]->architecture();
+    if (part.first_layer != previous.last_layer() + 1 ||
+        part.activation != previous.activation) {
       return absl::InvalidArgumentError(absl::StrCat(
-          "JoinSegments: segment ", i, " (layers ", part->first_layer(), "..",
-          part->last_layer(), ") does not continue segment ", i - 1,
-          " (layers ", previous->first_layer(), "..", previous->last_layer(),
-          ")"));
+          "JoinSegments: segment ", i, " (layers ", part.first_layer, "..",
+          part.last_layer(), ") does not continue segment ", i - 1,
+          " (layers ", previous.first_layer, "..", previous.last_layer(), ")"));
     }
-    widths.insert(widths.end(), part->widths().begin() + 1,
-                  part->widths().end());
+    joined_architecture.layers.insert(joined_architecture.layers.end(),
+                                      part.layers.begin(), part.layers.end());
   }
-  MlpSegment joined(parts.front()->first_layer(), widths,
-                    parts.front()->activation());
-  at::NoGradGuard no_grad;
-  size_t next = 0;
-  for (const MlpSegment& part : parts) {
-    for (const auto& linear : part->linears()) {
-      joined->linears()[next]->weight.copy_(linear->weight);
-      joined->linears()[next]->bias.copy_(linear->bias);
-      ++next;
+  try {
+    SegmentModel joined(joined_architecture);
+    auto targets = joined->named_parameters();
+    at::NoGradGuard no_grad;
+    for (const SegmentModel& part : parts) {
+      for (const auto& parameter : part->named_parameters()) {
+        at::Tensor* target = targets.find(parameter.key());
+        if (target == nullptr ||
+            !target->sizes().equals(parameter.value().sizes())) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              "JoinSegments: parameter ", parameter.key(),
+              " does not fit the joined network (do the segments continue "
+              "each other's shapes?)"));
+        }
+        target->copy_(parameter.value());
+      }
     }
+    return joined;
+  } catch (const std::exception& error) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("JoinSegments: ", error.what()));
   }
-  return joined;
 }
 
-absl::StatusOr<MlpSegment> AssembleNetwork(
+absl::StatusOr<SegmentModel> AssembleNetwork(
     const std::vector<pnn::v1::SegmentWeights>& segments,
-    pnn::v1::Activation activation) {
-  std::vector<MlpSegment> parts;
+    const Architecture& network) {
+  std::vector<SegmentModel> parts;
   try {
     for (size_t i = 0; i < segments.size(); ++i) {
       if (segments[i].segment_index() != static_cast<int>(i)) {
@@ -243,12 +299,23 @@ absl::StatusOr<MlpSegment> AssembleNetwork(
             "assembly: expected segment ", i, ", got segment ",
             segments[i].segment_index()));
       }
-      auto part = ModelFromWeights(segments[i], activation);
+      const auto slice = SliceNetwork(network, segments[i].first_layer(),
+                                      segments[i].last_layer());
+      const absl::StatusOr<SegmentModel> part =
+          slice.ok() ? ModelFromWeights(segments[i], *slice)
+                     : absl::StatusOr<SegmentModel>(slice.status());
       if (!part.ok()) {
         return absl::InvalidArgumentError(absl::StrCat(
             "assembly: segment ", i, ": ", part.status().message()));
       }
       parts.push_back(*part);
+    }
+    if (!parts.empty() && (parts.front()->first_layer() != 1 ||
+                           parts.back()->last_layer() != network.last_layer())) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "assembly: the segments cover layers ", parts.front()->first_layer(),
+          "..", parts.back()->last_layer(), ", the network has layers 1..",
+          network.last_layer()));
     }
     return JoinSegments(parts);
   } catch (const std::exception& error) {

@@ -1,85 +1,102 @@
-// Fully connected networks and their segments, as libtorch modules.
+// Networks and their segments as libtorch modules, built from a layer
+// architecture (common/layers.h): convolutions, pooling, flatten, linear
+// layers and dropout, with the job's activation after every weighted layer
+// but the architecture's last.
 //
-// A network of L linear layers is  x -> lin1 -> act -> lin2 -> ... -> linL.
-// A segment covers linear layers [first, last] of it; a segment that does
-// not start at the input begins with the activation of the layer before the
-// cut, so the segments' composition performs exactly the network's
-// operations in the network's order (and joining is bit-exact).
+// A segment that does not start at the input begins with the activation of
+// the layer before its cut when that layer is weighted, so the segments'
+// composition performs exactly the network's operations in the network's
+// order (and joining is bit-exact).
 //
-// Parameters are named "linear<L>.weight" / "linear<L>.bias" with the
-// network-wide layer index L, which is what makes segments joinable by name.
+// Parameters are named "<kind><L>.weight" / "<kind><L>.bias" (kind "conv"
+// or "linear") with the network-wide layer index L, which is what makes
+// segments joinable by name. A module takes its input as [batch,
+// ...input_shape] or flattened as [batch, elements]; images arrive flat.
 // Modules are not thread-safe; give each thread its own.
 #ifndef PNN_COMMON_MODEL_H_
 #define PNN_COMMON_MODEL_H_
 
-#include <cstdint>
-#include <vector>
-
+#include <ATen/core/Generator.h>
 #include <torch/nn/module.h>
+#include <torch/nn/modules/conv.h>
 #include <torch/nn/modules/linear.h>
 #include <torch/nn/pimpl.h>
 
+#include <cstdint>
+#include <vector>
+
 #include "absl/status/statusor.h"
+#include "common/layers.h"
 #include "pnn/v1/job.pb.h"
 #include "pnn/v1/segment.pb.h"
 
 namespace pnn {
 
-class MlpSegmentImpl : public torch::nn::Module {
+class SegmentModelImpl : public torch::nn::Module {
  public:
-  // `widths` are the boundary widths (input, hidden..., output) of linear
-  // layers first_layer .. first_layer + widths.size() - 2.
-  MlpSegmentImpl(int first_layer, std::vector<int> widths,
-                 pnn::v1::Activation activation);
+  // `architecture` must fit its input (InferShapes); throws otherwise.
+  explicit SegmentModelImpl(Architecture architecture);
 
   at::Tensor forward(at::Tensor x);
 
-  int first_layer() const { return first_layer_; }
-  int last_layer() const {
-    return first_layer_ + static_cast<int>(linears_.size()) - 1;
-  }
-  const std::vector<int>& widths() const { return widths_; }
-  pnn::v1::Activation activation() const { return activation_; }
-  const std::vector<torch::nn::Linear>& linears() const { return linears_; }
+  int first_layer() const { return architecture_.first_layer; }
+  int last_layer() const { return architecture_.last_layer(); }
+  const Architecture& architecture() const { return architecture_; }
+
+  // A weighted layer's parameters (shared with the module).
+  struct Weighted {
+    int layer = 0;  // network-wide index
+    at::Tensor weight;
+    at::Tensor bias;
+  };
+  std::vector<Weighted> weighted_layers() const;
+  // Seeds the dropout masks of every dropout layer from (seed, layer).
+  void SeedDropout(uint64_t seed);
 
  private:
   at::Tensor Activate(const at::Tensor& x) const;
+  at::Tensor ApplyLayer(size_t position, const at::Tensor& x);
 
-  int first_layer_;
-  std::vector<int> widths_;
-  pnn::v1::Activation activation_;
+  Architecture architecture_;
+  // One entry per layer; a null holder where the layer has no such module.
+  std::vector<torch::nn::Conv2d> convs_;
   std::vector<torch::nn::Linear> linears_;
+  std::vector<at::Generator> dropout_generators_;
 };
-TORCH_MODULE(MlpSegment);
+TORCH_MODULE(SegmentModel);
 
-// Re-initialises every linear layer like PyTorch's default (uniform in
-// +-1/sqrt(fan_in)) from a generator seeded by (seed, layer index), so a
-// layer starts identically whether it lives in a segment or in the whole
-// network, whatever else the process does with torch's global RNG.
-void InitializeWeights(MlpSegment& model, uint64_t seed);
+// Re-initialises every weighted layer like PyTorch's default (uniform in
+// +-1/sqrt(fan_in), weight and bias) from a generator seeded by (seed,
+// layer index), so a layer starts identically whether it lives in a
+// segment or in the whole network, whatever else the process does with
+// torch's global RNG. Seeds the dropout masks the same way.
+void InitializeWeights(SegmentModel& model, uint64_t seed);
 
 // Snapshot of the parameters as a message (CPU float32 copies).
-pnn::v1::SegmentWeights ExportWeights(const MlpSegment& model,
+pnn::v1::SegmentWeights ExportWeights(const SegmentModel& model,
                                       int segment_index);
 
 // Copies `weights` into `model`; every parameter must be present with the
 // right shape and finite values, and no extra tensor may appear.
 absl::Status ImportWeights(const pnn::v1::SegmentWeights& weights,
-                           MlpSegment& model);
+                           SegmentModel& model);
 
-// Builds a module for `weights` (widths taken from the tensors' shapes).
-absl::StatusOr<MlpSegment> ModelFromWeights(
-    const pnn::v1::SegmentWeights& weights, pnn::v1::Activation activation);
+// Builds a module of `architecture` holding `weights`, whose layer range
+// must be the architecture's.
+absl::StatusOr<SegmentModel> ModelFromWeights(
+    const pnn::v1::SegmentWeights& weights, const Architecture& architecture);
 
 // Joins consecutive segments into one network covering all their layers;
 // parameters are copied, the inputs are left untouched.
-absl::StatusOr<MlpSegment> JoinSegments(const std::vector<MlpSegment>& parts);
+absl::StatusOr<SegmentModel> JoinSegments(
+    const std::vector<SegmentModel>& parts);
 
-// Joins trained segments, ordered by segment index, into the whole network
-// (ModelFromWeights of each, then JoinSegments).
-absl::StatusOr<MlpSegment> AssembleNetwork(
+// Joins trained segments, ordered by segment index, into `network` (the
+// whole network's architecture): ModelFromWeights of each segment's slice,
+// then JoinSegments.
+absl::StatusOr<SegmentModel> AssembleNetwork(
     const std::vector<pnn::v1::SegmentWeights>& segments,
-    pnn::v1::Activation activation);
+    const Architecture& network);
 
 }  // namespace pnn
 

@@ -16,7 +16,6 @@ pnn::v1::SegmentTask NewTask(const pnn::v1::JobSpec& resolved,
                              int num_classes, const std::string& job_id) {
   pnn::v1::SegmentTask task;
   task.set_job_id(job_id);
-  task.set_activation(resolved.model().activation());
   *task.mutable_dataset() = resolved.dataset();
   task.set_seed(resolved.seed());
   task.set_num_classes(num_classes);
@@ -28,15 +27,13 @@ pnn::v1::SegmentTask NewTask(const pnn::v1::JobSpec& resolved,
 // The unsplit network is one segment that reads the data and learns the
 // classes: the same task type, no SIL.
 pnn::v1::SegmentTask ConventionalTask(const pnn::v1::JobSpec& resolved,
-                                      const std::vector<int>& widths,
+                                      const Architecture& network,
                                       int num_classes,
                                       const std::string& job_id) {
   pnn::v1::SegmentTask task = NewTask(resolved, num_classes, job_id);
   task.set_segment_index(0);
   task.set_segment_count(1);
-  task.set_first_layer(1);
-  task.set_last_layer(static_cast<int>(widths.size()) - 1);
-  for (int width : widths) task.add_widths(width);
+  SetTaskArchitecture(network, &task);
   *task.mutable_training() = resolved.training();
   task.set_resume_checkpoints(resolved.resume_checkpoints());
   return task;
@@ -47,13 +44,12 @@ pnn::v1::SegmentTask ConventionalTask(const pnn::v1::JobSpec& resolved,
 pnn::v1::SegmentTask PartTask(const pnn::v1::JobSpec& resolved,
                               const SegmentLayout& segment, int segment_count,
                               const std::vector<at::Tensor>& sil,
-                              int num_classes, const std::string& job_id) {
+                              const Architecture& network, int num_classes,
+                              const std::string& job_id) {
   pnn::v1::SegmentTask task = NewTask(resolved, num_classes, job_id);
   task.set_segment_index(segment.index);
   task.set_segment_count(segment_count);
-  task.set_first_layer(segment.first_layer);
-  task.set_last_layer(segment.last_layer);
-  for (int width : segment.widths) task.add_widths(width);
+  SetTaskArchitecture(segment.architecture, &task);
   if (resolved.parallelism() == pnn::v1::PARALLELISM_MODEL_PARALLEL) {
     // End to end: every stage trains with the job's training config, and
     // its neighbours are filled in when all stages are placed. A stage
@@ -72,6 +68,14 @@ pnn::v1::SegmentTask PartTask(const pnn::v1::JobSpec& resolved,
   if (segment.index > 0 && !sequential) {
     *task.mutable_input_sil() = TensorToProto(
         absl::StrCat("sil", segment.index), sil[segment.index - 1]);
+  } else if (segment.index > 0) {
+    // The layers before the segment, which AttachUpstream's weights fill.
+    auto* upstream = task.mutable_upstream();
+    upstream->mutable_layers()->Assign(
+        network.layers.begin(),
+        network.layers.begin() + (segment.first_layer() - 1));
+    upstream->mutable_input_shape()->Assign(network.input_shape.begin(),
+                                            network.input_shape.end());
   }
   if (segment.index + 1 < segment_count) {
     *task.mutable_target_sil() = TensorToProto(
@@ -83,32 +87,33 @@ pnn::v1::SegmentTask PartTask(const pnn::v1::JobSpec& resolved,
 }  // namespace
 
 absl::StatusOr<std::vector<pnn::v1::SegmentTask>> PlanSegmentTasks(
-    const pnn::v1::JobSpec& resolved, int input_width, int num_classes,
-    const std::string& job_id) {
-  PNN_RETURN_IF_ERROR(ValidateAgainstData(resolved, input_width, num_classes));
-  const std::vector<int> widths =
-      NetworkWidths(resolved, input_width, num_classes);
-  const std::vector<SegmentLayout> layout = CutNetwork(resolved, widths);
-  std::vector<int> cut_widths;
-  for (int cut : resolved.model().cut_after_layers()) {
-    cut_widths.push_back(widths[cut]);
+    const pnn::v1::JobSpec& resolved, const ImageShape& image,
+    int num_classes, const std::string& job_id) {
+  PNN_RETURN_IF_ERROR(ValidateAgainstData(resolved, image, num_classes));
+  PNN_ASSIGN_OR_RETURN(const Architecture network,
+                       NetworkArchitecture(resolved, image, num_classes));
+  PNN_ASSIGN_OR_RETURN(const std::vector<SegmentLayout> layout,
+                       CutNetwork(resolved, network));
+  std::vector<SampleShape> cut_shapes;
+  for (size_t s = 1; s < layout.size(); ++s) {
+    cut_shapes.push_back(layout[s].architecture.input_shape);
   }
   std::vector<at::Tensor> sil;
   try {
     PNN_ASSIGN_OR_RETURN(sil, DrawSilTables(resolved.sil(), resolved.seed(),
-                                            num_classes, cut_widths));
+                                            num_classes, cut_shapes));
   } catch (const std::exception& error) {
     return absl::InternalError(
         absl::StrCat("drawing SIL tables: ", error.what()));
   }
   std::vector<pnn::v1::SegmentTask> tasks;
   if (resolved.parallelism() == pnn::v1::PARALLELISM_CONVENTIONAL) {
-    tasks.push_back(ConventionalTask(resolved, widths, num_classes, job_id));
+    tasks.push_back(ConventionalTask(resolved, network, num_classes, job_id));
     return tasks;
   }
   for (const SegmentLayout& segment : layout) {
     tasks.push_back(PartTask(resolved, segment,
-                             static_cast<int>(layout.size()), sil,
+                             static_cast<int>(layout.size()), sil, network,
                              num_classes, job_id));
   }
   return tasks;
@@ -116,7 +121,8 @@ absl::StatusOr<std::vector<pnn::v1::SegmentTask>> PlanSegmentTasks(
 
 bool NeedsUpstream(const pnn::v1::SegmentTask& task) {
   return task.segment_index() > 0 && !task.has_pipeline() &&
-         task.input_case() == pnn::v1::SegmentTask::INPUT_NOT_SET;
+         task.input_case() != pnn::v1::SegmentTask::kInputSil &&
+         task.upstream().segments_size() != task.segment_index();
 }
 
 absl::Status AttachUpstream(
@@ -129,7 +135,7 @@ absl::Status AttachUpstream(
         " are available"));
   }
   auto* upstream = task->mutable_upstream();
-  upstream->Clear();
+  upstream->clear_segments();
   for (int i = 0; i < task->segment_index(); ++i) {
     if (finished[i].segment_index() != i) {
       return absl::FailedPreconditionError(

@@ -9,23 +9,25 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "common/layers.h"
 #include "pnn/v1/job.pb.h"
 #include "pnn/v1/segment.pb.h"
 
 namespace pnn {
 
-// Cuts the resolved spec's network (input_width -> ... -> num_classes),
+// Cuts the resolved spec's network on images of `image` (NetworkArchitecture),
 // draws the SIL tables and returns one self-contained task per segment.
 // In the synthetic-labels mode each task carries only the SIL tables of its
 // own cuts: no task refers to another segment, so all can train at once.
-// In the previous-outputs mode, tasks after the first need AttachUpstream
-// with the earlier segments' results before they can run. A conventional
+// In the previous-outputs mode, tasks after the first carry the layers
+// before them (task.upstream's layers) and need AttachUpstream with the
+// earlier segments' results before they can run. A conventional
 // job is one task for the whole network; a model-parallel job has one
 // pipeline stage per segment (task.pipeline set, no SIL), whose
 // downstream addresses the scheduler fills in.
 absl::StatusOr<std::vector<pnn::v1::SegmentTask>> PlanSegmentTasks(
-    const pnn::v1::JobSpec& resolved, int input_width, int num_classes,
-    const std::string& job_id);
+    const pnn::v1::JobSpec& resolved, const ImageShape& image,
+    int num_classes, const std::string& job_id);
 
 // True when `task` still waits for upstream segments' weights.
 bool NeedsUpstream(const pnn::v1::SegmentTask& task);

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "common/accounting.h"
 #include "common/model.h"
 #include "common/pipeline_schedule.h"
@@ -42,19 +43,17 @@ absl::Status ValidateStageTask(const SegmentTask& task) {
         "); the first stage trains with TrainSegment"));
   }
   const int layers = task.last_layer() - task.first_layer() + 1;
-  if (task.first_layer() < 2 || layers < 1 ||
-      task.widths_size() != layers + 1) {
+  if (task.first_layer() < 2 || layers < 1 || task.layers_size() != layers ||
+      task.input_shape().empty()) {
     return absl::InvalidArgumentError(absl::StrCat(
         "pipeline stage: layers ", task.first_layer(), "..", task.last_layer(),
-        " need ", layers + 1, " widths, got ", task.widths_size(),
-        " (a stage after the first starts at layer 2 or later)"));
+        " need ", std::max(layers, 0), " layer specs and an input shape, got ",
+        task.layers_size(),
+        " layer specs (a stage after the first starts at layer 2 or later)"));
   }
-  for (int width : task.widths()) {
-    if (width < 1) {
-      return absl::InvalidArgumentError(
-          "pipeline stage: every width must be positive");
-    }
-  }
+  const auto shapes =
+      InferShapes(TaskArchitecture(task), "pipeline stage layers");
+  if (!shapes.ok()) return shapes.status();
   const TrainingConfig& training = task.training();
   if (training.epochs() < 1 || training.batch_size() < 1 ||
       !(training.learning_rate() > 0) ||
@@ -68,11 +67,11 @@ absl::Status ValidateStageTask(const SegmentTask& task) {
         "pipeline stage: num_classes must be >= 2");
   }
   const bool last = task.segment_index() + 1 == task.segment_count();
-  if (last && task.widths(task.widths_size() - 1) != task.num_classes()) {
+  if (last && shapes->back().output != SampleShape{task.num_classes()}) {
     return absl::InvalidArgumentError(absl::StrCat(
         "pipeline stage: the last stage must output ", task.num_classes(),
-        " class scores, its widths end with ",
-        task.widths(task.widths_size() - 1)));
+        " class scores, its layers output ",
+        ShapeString(shapes->back().output)));
   }
   if (task.input_case() != SegmentTask::INPUT_NOT_SET ||
       task.has_target_sil()) {
@@ -103,7 +102,7 @@ struct PipelineStageTrainer::State {
   SegmentTask task;
   TrainOptions options;
   c10::Device device{c10::kCPU};
-  MlpSegment model{nullptr};
+  SegmentModel model{nullptr};
   std::unique_ptr<torch::optim::Optimizer> optimizer;
   bool last = false;
 
@@ -343,10 +342,7 @@ PipelineStageTrainer::Create(const SegmentTask& task,
         state->task = task;
         state->device = device;
         state->last = task.segment_index() + 1 == task.segment_count();
-        const std::vector<int> widths(task.widths().begin(),
-                                      task.widths().end());
-        state->model =
-            MlpSegment(task.first_layer(), widths, task.activation());
+        state->model = SegmentModel(TaskArchitecture(task));
         InitializeWeights(state->model, task.seed());
         state->model->to(device);
         state->model->train();
@@ -366,14 +362,16 @@ absl::Status PipelineStageTrainer::Forward(const at::Tensor& input,
     return absl::FailedPreconditionError(absl::StrCat(
         "pipeline stage ", s.task.segment_index(), " has finished training"));
   }
-  const int width = s.task.widths(0);
-  if (!input.defined() || input.dim() != 2 || input.size(1) != width ||
-      input.size(0) < 1 || !labels.defined() || labels.dim() != 1 ||
+  const SampleShape& shape = s.model->architecture().input_shape;
+  if (!input.defined() || input.dim() != static_cast<int64_t>(shape.size()) + 1 ||
+      !input.sizes().slice(1).equals(shape) || input.size(0) < 1 ||
+      !labels.defined() || labels.dim() != 1 ||
       labels.size(0) != input.size(0)) {
     s.failed = absl::InvalidArgumentError(absl::StrCat(
         "pipeline stage ", s.task.segment_index(),
-        " takes activations [batch, ", width, "] and one label per row; got ",
-        input.defined() ? input.dim() : 0, " dimensions and ",
+        " takes activations [batch, ", absl::StrJoin(shape, ", "),
+        "] and one label per row; got ",
+        input.defined() ? c10::str(input.sizes()) : "none", " and ",
         labels.defined() ? labels.numel() : 0, " labels"));
     return s.failed;
   }
@@ -447,10 +445,8 @@ absl::StatusOr<pnn::v1::SegmentResult> PipelineStageTrainer::Finish() {
         for (const auto& epoch : s.progress.epochs()) {
           *result.add_epochs() = epoch;
         }
-        const std::vector<int> widths(s.task.widths().begin(),
-                                      s.task.widths().end());
         pnn::v1::TrainingCost* cost = result.mutable_cost();
-        *cost = AnalyticTrainingCost(widths, /*leading_activation=*/true,
+        *cost = AnalyticTrainingCost(s.model->architecture(),
                                      s.task.training());
         s.progress.FillMeasuredCost(cost);
         FillPipelineCost(s.task, s.busy_seconds, cost);

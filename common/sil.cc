@@ -17,11 +17,13 @@ constexpr uint64_t kSilStream = 0x51c0ffee5eedULL;
 
 absl::StatusOr<std::vector<at::Tensor>> DrawSilTables(
     const pnn::v1::SilSpec& spec, uint64_t seed, int num_classes,
-    const std::vector<int>& cut_widths) {
+    const std::vector<std::vector<int64_t>>& cut_shapes) {
   std::vector<at::Tensor> tables;
   const double kappa = spec.has_kappa() ? spec.kappa() : 1.0;
-  for (size_t cut = 0; cut < cut_widths.size(); ++cut) {
-    const int width = cut_widths[cut];
+  for (size_t cut = 0; cut < cut_shapes.size(); ++cut) {
+    // Drawn flat, then shaped: a [width] cut draws what it always drew.
+    int64_t width = 1;
+    for (int64_t d : cut_shapes[cut]) width *= d;
     auto generator = at::detail::createCPUGenerator(
         seed ^ (kSilStream * (cut + 1)));
     const auto options = at::TensorOptions().dtype(at::kFloat);
@@ -41,7 +43,8 @@ absl::StatusOr<std::vector<at::Tensor>> DrawSilTables(
         at::Tensor gaussian =
             at::empty({width, num_classes}, options).normal_(0.0, 1.0, generator);
         at::Tensor q = std::get<0>(at::linalg_qr(gaussian, "reduced"));
-        table = q.t().contiguous() * (kappa * std::sqrt(double{width}));
+        table = q.t().contiguous() *
+                (kappa * std::sqrt(static_cast<double>(width)));
         break;
       }
       default:
@@ -49,7 +52,9 @@ absl::StatusOr<std::vector<at::Tensor>> DrawSilTables(
                     .uniform_(0.0, kappa, generator);
         break;
     }
-    tables.push_back(table);
+    std::vector<int64_t> shape = {num_classes};
+    shape.insert(shape.end(), cut_shapes[cut].begin(), cut_shapes[cut].end());
+    tables.push_back(table.reshape(shape).contiguous());
   }
   return tables;
 }

@@ -13,13 +13,16 @@
 
 namespace pnn {
 
-// Draws the SIL table of every cut: a [num_classes, width] float32 CPU
-// tensor per entry of `cut_widths`. Deterministic in (spec, seed, cut
-// index, width): the same job always gets the same tables. Errors when
-// orthogonal rows are asked for a cut narrower than the class count.
+// Draws the SIL table of every cut: a [num_classes, ...shape] float32 CPU
+// tensor per entry of `cut_shapes` (the per-sample shape of the cut's
+// activation: [width], or [channels, height, width] at a convolutional
+// cut). The distribution applies element-wise; orthogonal rows are
+// orthogonal over the flattened shape. Deterministic in (spec, seed, cut
+// index, shape): the same job always gets the same tables. Errors when
+// orthogonal rows are asked for a cut of fewer elements than classes.
 absl::StatusOr<std::vector<at::Tensor>> DrawSilTables(
     const pnn::v1::SilSpec& spec, uint64_t seed, int num_classes,
-    const std::vector<int>& cut_widths);
+    const std::vector<std::vector<int64_t>>& cut_shapes);
 
 }  // namespace pnn
 

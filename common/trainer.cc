@@ -17,6 +17,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "common/accounting.h"
 #include "common/job_spec.h"
 #include "common/pipeline_schedule.h"
@@ -117,7 +118,7 @@ void LoadOptimizerState(const std::string& bytes,
 // share. One Run per instance.
 class TrainingLoop {
  public:
-  TrainingLoop(MlpSegment& model, int segment_index, int64_t samples,
+  TrainingLoop(SegmentModel& model, int segment_index, int64_t samples,
                const BatchFn& make_batch, LossKind loss_kind,
                const TrainingConfig& config, uint64_t seed,
                c10::Device device, const TrainOptions& options)
@@ -157,7 +158,7 @@ class TrainingLoop {
                                   const at::Tensor& target);
   void EmitCheckpoint(int epoch, int64_t batch, bool with_state);
 
-  MlpSegment& model_;
+  SegmentModel& model_;
   const int segment_index_;
   const int64_t samples_;
   const BatchFn make_batch_;
@@ -368,32 +369,49 @@ absl::Status ApplyThreads(const TrainOptions& options) {
 }
 
 absl::Status CheckSilTable(const pnn::v1::Tensor& table, const char* field,
-                           int classes, int width) {
-  if (table.shape_size() != 2 || table.shape(0) != classes ||
-      table.shape(1) != width) {
+                           int classes, const SampleShape& shape) {
+  SampleShape expected = {classes};
+  expected.insert(expected.end(), shape.begin(), shape.end());
+  if (!std::equal(table.shape().begin(), table.shape().end(),
+                  expected.begin(), expected.end())) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "segment task: ", field, " must have shape [", classes, ", ", width,
-        "] (classes x cut width), got ", table.shape_size(), " dimensions"));
+        "segment task: ", field, " must have shape [",
+        absl::StrJoin(expected, ", "), "] (classes x the cut's shape), got [",
+        absl::StrJoin(table.shape(), ", "), "]"));
   }
   return absl::OkStatus();
 }
 
-// ValidateSegmentTask, by section. Layers, widths and the segment's place
+// The per-sample shape of the segment's output (the task's layers fit).
+SampleShape OutputShape(const SegmentTask& task) {
+  const auto shapes = InferShapes(TaskArchitecture(task), "segment task layers");
+  return shapes.ok() && !shapes->empty() ? shapes->back().output
+                                         : SampleShape{};
+}
+
+// ValidateSegmentTask, by section. Layers, shapes and the segment's place
 // in the network.
 absl::Status ValidateLayout(const SegmentTask& task) {
   const int layers = task.last_layer() - task.first_layer() + 1;
-  if (task.first_layer() < 1 || layers < 1 ||
-      task.widths_size() != layers + 1) {
+  if (task.first_layer() < 1 || layers < 1 || task.layers_size() != layers) {
     return absl::InvalidArgumentError(absl::StrCat(
         "segment task: layers ", task.first_layer(), "..", task.last_layer(),
-        " need ", layers + 1, " widths, got ", task.widths_size()));
+        " need ", std::max(layers, 0), " layer specs, got ",
+        task.layers_size()));
   }
-  for (int width : task.widths()) {
-    if (width < 1) {
+  if (task.input_shape().empty() || task.input_shape_size() > 3) {
+    return absl::InvalidArgumentError(
+        "segment task: input_shape must be [features] or [channels, height, "
+        "width]");
+  }
+  for (int64_t d : task.input_shape()) {
+    if (d < 1 || d > (int64_t{1} << 24)) {
       return absl::InvalidArgumentError(
-          "segment task: every width must be positive");
+          "segment task: every input_shape dimension must be in [1, 2^24]");
     }
   }
+  PNN_RETURN_IF_ERROR(
+      InferShapes(TaskArchitecture(task), "segment task layers").status());
   if (task.segment_count() < 1 || task.segment_index() < 0 ||
       task.segment_index() >= task.segment_count()) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -448,11 +466,15 @@ absl::Status ValidateInput(const SegmentTask& task, const Dataset& data) {
           "segment task: the first segment reads the data set; it takes no "
           "input_sil or upstream");
     }
-    if (task.first_layer() != 1 || task.widths(0) != data.input_width()) {
+    const SampleShape image = {data.channels, data.rows, data.cols};
+    const SampleShape input(task.input_shape().begin(),
+                            task.input_shape().end());
+    if (task.first_layer() != 1 ||
+        (input != image && input != SampleShape{data.input_width()})) {
       return absl::FailedPreconditionError(absl::StrCat(
-          "segment task: the first segment takes ", task.widths(0),
-          " inputs at layer ", task.first_layer(), " but the data set's images "
-          "have ", data.input_width(), " pixels"));
+          "segment task: the first segment takes inputs of shape ",
+          ShapeString(input), " at layer ", task.first_layer(),
+          " but the data set's images are ", ShapeString(image)));
     }
   } else if (task.has_pipeline()) {
     if (task.input_case() != SegmentTask::INPUT_NOT_SET) {
@@ -461,13 +483,17 @@ absl::Status ValidateInput(const SegmentTask& task, const Dataset& data) {
           "stage; it takes no input_sil or upstream");
     }
   } else if (task.input_case() == SegmentTask::kInputSil) {
-    PNN_RETURN_IF_ERROR(CheckSilTable(task.input_sil(), "input_sil",
-                                      task.num_classes(), task.widths(0)));
+    PNN_RETURN_IF_ERROR(CheckSilTable(
+        task.input_sil(), "input_sil", task.num_classes(),
+        SampleShape(task.input_shape().begin(), task.input_shape().end())));
   } else if (task.input_case() == SegmentTask::kUpstream) {
-    if (task.upstream().segments_size() != task.segment_index()) {
+    if (task.upstream().segments_size() != task.segment_index() ||
+        task.upstream().layers_size() != task.first_layer() - 1) {
       return absl::InvalidArgumentError(absl::StrCat(
           "segment task: upstream must hold the ", task.segment_index(),
-          " previous segments, got ", task.upstream().segments_size()));
+          " previous segments and layers 1..", task.first_layer() - 1,
+          ", got ", task.upstream().segments_size(), " segments and ",
+          task.upstream().layers_size(), " layers"));
     }
   } else {
     return absl::InvalidArgumentError(
@@ -480,17 +506,17 @@ absl::Status ValidateInput(const SegmentTask& task, const Dataset& data) {
 // What the segment learns: the classes (the last segment), the next
 // stage's gradient (a pipeline stage) or a target SIL table.
 absl::Status ValidateTarget(const SegmentTask& task) {
-  const int output_width = task.widths(task.widths_size() - 1);
+  const SampleShape output = OutputShape(task);
   if (task.segment_index() + 1 == task.segment_count()) {
     if (task.has_target_sil()) {
       return absl::InvalidArgumentError(
           "segment task: the last segment learns the classes; it takes no "
           "target_sil");
     }
-    if (output_width != task.num_classes()) {
+    if (output != SampleShape{task.num_classes()}) {
       return absl::InvalidArgumentError(absl::StrCat(
           "segment task: the last segment must output ", task.num_classes(),
-          " class scores, its widths end with ", output_width));
+          " class scores, its layers output ", ShapeString(output)));
     }
   } else if (task.has_pipeline()) {
     if (task.has_target_sil()) {
@@ -504,7 +530,7 @@ absl::Status ValidateTarget(const SegmentTask& task) {
           "segment task: a segment that ends at a cut needs target_sil");
     }
     PNN_RETURN_IF_ERROR(CheckSilTable(task.target_sil(), "target_sil",
-                                      task.num_classes(), output_width));
+                                      task.num_classes(), output));
   }
   return absl::OkStatus();
 }
@@ -543,19 +569,20 @@ struct SegmentInputs {
 absl::StatusOr<at::Tensor> UpstreamOutputs(const SegmentTask& task,
                                            const Dataset& data,
                                            c10::Device device) {
-  std::vector<MlpSegment> upstream;
-  for (const auto& weights : task.upstream().segments()) {
-    PNN_ASSIGN_OR_RETURN(MlpSegment part,
-                         ModelFromWeights(weights, task.activation()));
-    upstream.push_back(part);
-  }
-  PNN_ASSIGN_OR_RETURN(MlpSegment chain, JoinSegments(upstream));
-  if (chain->last_layer() + 1 != task.first_layer() ||
-      chain->widths().back() != task.widths(0)) {
+  const Architecture architecture = UpstreamArchitecture(task);
+  PNN_ASSIGN_OR_RETURN(
+      const std::vector<LayerShape> shapes,
+      InferShapes(architecture, "segment task upstream layers"));
+  const SampleShape input(task.input_shape().begin(), task.input_shape().end());
+  if (shapes.empty() || shapes.back().output != input) {
     return absl::InvalidArgumentError(
         "segment task: upstream segments do not end where this segment "
         "starts");
   }
+  const std::vector<pnn::v1::SegmentWeights> weights(
+      task.upstream().segments().begin(), task.upstream().segments().end());
+  PNN_ASSIGN_OR_RETURN(SegmentModel chain,
+                       AssembleNetwork(weights, architecture));
   chain->to(device);
   chain->eval();
   at::NoGradGuard no_grad;
@@ -626,16 +653,15 @@ BatchFn SegmentBatches(const SegmentTask& task, const Dataset& data,
 absl::StatusOr<pnn::v1::SegmentResult> TrainCheckedSegment(
     const SegmentTask& task, const Dataset& data, c10::Device device,
     const TrainOptions& options) {
-  const std::vector<int> widths(task.widths().begin(), task.widths().end());
-  MlpSegment model(task.first_layer(), widths, task.activation());
+  const Architecture architecture = TaskArchitecture(task);
+  SegmentModel model(architecture);
   InitializeWeights(model, task.seed());
   PNN_ASSIGN_OR_RETURN(const SegmentInputs inputs,
                        LoadSegmentInputs(task, data, device));
   const bool last = task.segment_index() + 1 == task.segment_count();
   pnn::v1::SegmentResult result;
   pnn::v1::TrainingCost* cost = result.mutable_cost();
-  *cost = AnalyticTrainingCost(
-      widths, /*leading_activation=*/task.first_layer() > 1, task.training());
+  *cost = AnalyticTrainingCost(architecture, task.training());
   TrainingLoop loop(model, task.segment_index(), data.train.size(),
                     SegmentBatches(task, data, inputs),
                     last ? LossKind::kCrossEntropy : LossKind::kMse,
@@ -733,14 +759,16 @@ absl::StatusOr<pnn::v1::SegmentResult> TrainSegment(
 }
 
 absl::StatusOr<NetworkTrainingResult> TrainNetwork(
-    MlpSegment& network, const Split& train, const TrainingConfig& config,
+    SegmentModel& network, const Split& train, const TrainingConfig& config,
     uint64_t seed, const TrainOptions& options) {
   PNN_RETURN_IF_ERROR(ApplyThreads(options));
   PNN_ASSIGN_OR_RETURN(const c10::Device device, ResolveDevice(options.device));
-  if (network->widths().front() != train.images.size(1)) {
+  const int64_t inputs = Elements(network->architecture().input_shape);
+  if (!train.images.defined() || inputs != train.images.size(1)) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "network takes ", network->widths().front(), " inputs, the images have ",
-        train.images.size(1), " pixels"));
+        "network takes ", ShapeString(network->architecture().input_shape),
+        " inputs, the images have ",
+        train.images.defined() ? train.images.size(1) : 0, " pixels"));
   }
   return Guarded<NetworkTrainingResult>("training network", [&]()
       -> absl::StatusOr<NetworkTrainingResult> {
@@ -749,8 +777,7 @@ absl::StatusOr<NetworkTrainingResult> TrainNetwork(
                             train.labels.index_select(0, indices));
     };
     NetworkTrainingResult result;
-    result.cost = AnalyticTrainingCost(network->widths(),
-                                       network->first_layer() > 1, config);
+    result.cost = AnalyticTrainingCost(network->architecture(), config);
     TrainingLoop loop(network, /*segment_index=*/0, train.size(), make_batch,
                       LossKind::kCrossEntropy, config, seed, device, options);
     PNN_ASSIGN_OR_RETURN(result.epochs, loop.Run(&result.cost));
@@ -759,7 +786,7 @@ absl::StatusOr<NetworkTrainingResult> TrainNetwork(
   });
 }
 
-absl::StatusOr<pnn::v1::TestResult> Evaluate(MlpSegment& network,
+absl::StatusOr<pnn::v1::TestResult> Evaluate(SegmentModel& network,
                                              const Split& test, int num_classes,
                                              const std::string& device_name) {
   PNN_ASSIGN_OR_RETURN(const c10::Device device, ResolveDevice(device_name));

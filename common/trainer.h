@@ -82,7 +82,7 @@ struct TrainOptions {
   int threads = 0;
   // After every epoch, on the training thread, with the live model (copy
   // what you need with ExportWeights).
-  std::function<void(const pnn::v1::EpochMetrics&, const MlpSegment&)>
+  std::function<void(const pnn::v1::EpochMetrics&, const SegmentModel&)>
       on_epoch;
   // Every `batch_report_interval` batches: epoch (1-based), batches done in
   // the epoch, batches per epoch, mean loss so far in the epoch.
@@ -156,13 +156,13 @@ struct NetworkTrainingResult {
 // the recovery epochs of a joined network. Shuffles with the same stream
 // as TrainSegment, so both see the data in the same order.
 absl::StatusOr<NetworkTrainingResult> TrainNetwork(
-    MlpSegment& network, const Split& train,
+    SegmentModel& network, const Split& train,
     const pnn::v1::TrainingConfig& config, uint64_t seed,
     const TrainOptions& options);
 
 // Accuracy, mean cross-entropy and per-class accuracy of `network` (which
 // must map images to class scores) on `test`.
-absl::StatusOr<pnn::v1::TestResult> Evaluate(MlpSegment& network,
+absl::StatusOr<pnn::v1::TestResult> Evaluate(SegmentModel& network,
                                              const Split& test,
                                              int num_classes,
                                              const std::string& device);

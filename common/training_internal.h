@@ -20,7 +20,7 @@ namespace pnn::internal {
 
 // The optimizer `config` asks for (resolved: Adam or SGD) over `model`.
 inline std::unique_ptr<torch::optim::Optimizer> MakeOptimizer(
-    MlpSegment& model, const pnn::v1::TrainingConfig& config) {
+    SegmentModel& model, const pnn::v1::TrainingConfig& config) {
   if (config.optimizer() == pnn::v1::OPTIMIZER_SGD) {
     return std::make_unique<torch::optim::SGD>(
         model->parameters(), torch::optim::SGDOptions(config.learning_rate())

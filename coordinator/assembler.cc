@@ -122,7 +122,7 @@ std::vector<Point> ChoosePoints(
 // Test accuracy of the joined checkpoints over the job's training time.
 absl::StatusOr<std::vector<pnn::v1::EvaluationPoint>> EvaluateCheckpoints(
     const std::vector<std::vector<CheckpointRecord>>& checkpoints,
-    bool pipeline, pnn::v1::Activation activation, const Dataset& data,
+    bool pipeline, const Architecture& architecture, const Dataset& data,
     const std::string& device, const std::function<bool()>& should_stop) {
   std::vector<pnn::v1::EvaluationPoint> curve;
   if (checkpoints.empty()) return curve;
@@ -144,7 +144,7 @@ absl::StatusOr<std::vector<pnn::v1::EvaluationPoint>> EvaluateCheckpoints(
           std::min(evaluation.epochs_done(), part->epochs_done));
       evaluation.set_cpu_seconds(evaluation.cpu_seconds() + part->cpu_seconds);
     }
-    auto network = AssembleNetwork(parts, activation);
+    auto network = AssembleNetwork(parts, architecture);
     if (!network.ok()) {
       return absl::DataLossError(
           absl::StrCat("a checkpoint at ", point.seconds,
@@ -186,15 +186,17 @@ absl::StatusOr<AssemblyResult> Assembler::Assemble(
   PNN_ASSIGN_OR_RETURN(std::shared_ptr<const Dataset> data,
                        datasets_->Get(directory, spec.dataset()));
   PNN_ASSIGN_OR_RETURN(
-      MlpSegment joined,
-      AssembleNetwork(input.weights, spec.model().activation()));
+      const Architecture network,
+      NetworkArchitecture(spec, data->image_shape(), data->num_classes));
+  PNN_ASSIGN_OR_RETURN(SegmentModel joined,
+                       AssembleNetwork(input.weights, network));
   AssemblyResult result;
   PNN_ASSIGN_OR_RETURN(result.joined_test,
                        Evaluate(joined, data->test, data->num_classes, device));
   PNN_ASSIGN_OR_RETURN(result.curve,
                        EvaluateCheckpoints(input.checkpoints, input.pipeline,
-                                           spec.model().activation(), *data,
-                                           device, should_stop));
+                                           network, *data, device,
+                                           should_stop));
   result.final_test = result.joined_test;
   const pnn::v1::TrainingConfig recovery = RecoveryTrainingConfig(spec);
   if (recovery.epochs() > 0) {
@@ -213,8 +215,9 @@ absl::StatusOr<AssemblyResult> Assembler::Assemble(
   ModelExportInfo info;
   info.job_id = input.job_id;
   info.spec = spec;
-  info.widths = joined->widths();
+  info.network = network;
   info.num_classes = data->num_classes;
+  info.image_channels = data->channels;
   info.image_rows = data->rows;
   info.image_cols = data->cols;
   PNN_ASSIGN_OR_RETURN(const DatasetFiles files,
@@ -238,7 +241,7 @@ absl::StatusOr<DatasetShape> Assembler::CheckData(
         " (dataset.path is relative to the coordinator's --data_dir)"));
   }
   PNN_RETURN_IF_ERROR(
-      ValidateAgainstData(spec, shape->input_width(), shape->num_classes));
+      ValidateAgainstData(spec, shape->image_shape(), shape->num_classes));
   // The coordinator tests the joined model on its own copy of the data:
   // load (and fully validate) it now, before any worker trains, rather
   // than find a truncated file after training. Cached for the assembly.
@@ -253,16 +256,8 @@ absl::StatusOr<DatasetShape> Assembler::CheckData(
 
 absl::Status Assembler::CheckWeights(const pnn::v1::SegmentTask& task,
                                      const pnn::v1::SegmentWeights& weights) {
-  absl::StatusOr<MlpSegment> model =
-      ModelFromWeights(weights, task.activation());
-  if (!model.ok()) return model.status();
-  if ((*model)->first_layer() != task.first_layer() ||
-      (*model)->last_layer() != task.last_layer() ||
-      (*model)->widths() !=
-          std::vector<int>(task.widths().begin(), task.widths().end())) {
-    return absl::InvalidArgumentError("wrong layers or shapes");
-  }
-  return absl::OkStatus();
+  // The task's own architecture: the weights must fill exactly its layers.
+  return ModelFromWeights(weights, TaskArchitecture(task)).status();
 }
 
 absl::StatusOr<pnn::v1::TestResult> Assembler::TestBaseline(
@@ -272,8 +267,11 @@ absl::StatusOr<pnn::v1::TestResult> Assembler::TestBaseline(
       ResolveDatasetDirectory(options_.data_dir, spec.dataset(), false));
   PNN_ASSIGN_OR_RETURN(std::shared_ptr<const Dataset> data,
                        datasets_->Get(directory, spec.dataset()));
-  PNN_ASSIGN_OR_RETURN(MlpSegment network,
-                       ModelFromWeights(weights, spec.model().activation()));
+  PNN_ASSIGN_OR_RETURN(
+      const Architecture architecture,
+      NetworkArchitecture(spec, data->image_shape(), data->num_classes));
+  PNN_ASSIGN_OR_RETURN(SegmentModel network,
+                       ModelFromWeights(weights, architecture));
   return Evaluate(network, data->test, data->num_classes, options_.device);
 }
 

@@ -152,10 +152,10 @@ absl::StatusOr<Job> Coordinator::Submit(
   // Cuts chosen by pnn need the data set's input width and classes.
   PNN_ASSIGN_OR_RETURN(
       pnn::v1::CutPlan cut_plan,
-      ApplyAutoCut(&spec, shape.input_width(), shape.num_classes));
+      ApplyAutoCut(&spec, shape.image_shape(), shape.num_classes));
   PNN_ASSIGN_OR_RETURN(
       JobRecord record,
-      JobTable::Plan(request, spec, shape.input_width(), shape.num_classes));
+      JobTable::Plan(request, spec, shape.image_shape(), shape.num_classes));
   if (cut_plan.segments_size() > 0) {
     *record.job.mutable_cut_plan() = std::move(cut_plan);
   }

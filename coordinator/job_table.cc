@@ -74,14 +74,15 @@ TaskRecord PlannedTask(pnn::v1::SegmentTask task) {
 
 // The conventional baseline: the whole network as one task on one worker.
 absl::StatusOr<TaskRecord> PlannedBaseline(const pnn::v1::JobSpec& spec,
-                                           int input_width, int num_classes,
+                                           const ImageShape& image,
+                                           int num_classes,
                                            const std::string& job_id) {
   pnn::v1::JobSpec whole = spec;
   whole.set_parallelism(pnn::v1::PARALLELISM_CONVENTIONAL);
   whole.set_evaluations_per_epoch(0);
   PNN_ASSIGN_OR_RETURN(
       std::vector<pnn::v1::SegmentTask> tasks,
-      PlanSegmentTasks(whole, input_width, num_classes, job_id));
+      PlanSegmentTasks(whole, image, num_classes, job_id));
   TaskRecord baseline = PlannedTask(std::move(tasks.front()));
   baseline.status.set_segment_index(kBaselineIndex);
   baseline.status.set_first_layer(1);
@@ -165,11 +166,10 @@ int CountPipelineStages(const JobRecord& record) {
 
 absl::StatusOr<JobRecord> JobTable::Plan(
     const pnn::v1::SubmitJobRequest& request, const pnn::v1::JobSpec& spec,
-    int input_width, int num_classes) {
+    const ImageShape& image, int num_classes) {
   const std::string job_id = NewJobId();
-  PNN_ASSIGN_OR_RETURN(
-      std::vector<pnn::v1::SegmentTask> tasks,
-      PlanSegmentTasks(spec, input_width, num_classes, job_id));
+  PNN_ASSIGN_OR_RETURN(std::vector<pnn::v1::SegmentTask> tasks,
+                       PlanSegmentTasks(spec, image, num_classes, job_id));
   JobRecord record;
   Job& job = record.job;
   job.set_job_id(job_id);
@@ -177,13 +177,14 @@ absl::StatusOr<JobRecord> JobTable::Plan(
   job.set_state(pnn::v1::JOB_STATE_QUEUED);
   *job.mutable_create_time() = ProtoNow();
   job.set_conventional_baseline(request.conventional_baseline());
-  job.set_input_width(input_width);
+  job.set_input_width(static_cast<int32_t>(image.size()));
+  for (int d : {image.channels, image.rows, image.cols}) job.add_image_shape(d);
   job.set_num_classes(num_classes);
   for (auto& task : tasks) record.tasks.push_back(PlannedTask(std::move(task)));
   if (request.conventional_baseline()) {
     PNN_ASSIGN_OR_RETURN(
         TaskRecord baseline,
-        PlannedBaseline(spec, input_width, num_classes, job_id));
+        PlannedBaseline(spec, image, num_classes, job_id));
     record.tasks.push_back(std::move(baseline));
   }
   Refresh(record);

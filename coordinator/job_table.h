@@ -33,6 +33,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "common/layers.h"
 #include "coordinator/assembler.h"
 #include "coordinator/job_store.h"
 #include "coordinator/retry_policy.h"
@@ -123,7 +124,8 @@ class JobTable {
   // for their upstream segments. Not in the table yet.
   static absl::StatusOr<JobRecord> Plan(const pnn::v1::SubmitJobRequest& request,
                                         const pnn::v1::JobSpec& spec,
-                                        int input_width, int num_classes);
+                                        const ImageShape& image,
+                                        int num_classes);
   // Rows of the job store, as restored records (Restore()).
   struct Restored {
     int resumed = 0;

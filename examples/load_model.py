@@ -2,9 +2,12 @@
 """Loads a pnn model into a plain torch.nn.Sequential and tests it.
 
 Downloaded with `pnnctl download JOB -o model.safetensors`, a pnn model is a
-safetensors file whose keys are those of an nn.Sequential of Linear and
-activation modules (Linear at 0, 2, 4, ...) and whose __metadata__ says how
-to build and feed it (widths, activation, input scaling, data set). This
+safetensors file whose keys are those of an nn.Sequential (for a fully
+connected network Linear and activation modules, Linear at 0, 2, 4, ...;
+for a layer list Conv2d, MaxPool2d, AvgPool2d, Flatten, Linear, Dropout and
+the activation after every Conv2d and Linear but the last) and whose
+__metadata__ says how to build and feed it (modules, input shape, input
+scaling, data set). This
 script needs only PyTorch (Debian: python3-torch); with the `safetensors`
 package the two lines
 
@@ -13,9 +16,20 @@ package the two lines
 
 do the same as read_safetensors() below.
 
+The module a PyTorch user writes for a layer list is the same
+nn.Sequential: for examples/fashion_mnist_cnn.json
+
+    nn.Sequential(nn.Conv2d(1, 32, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+                  nn.Conv2d(32, 64, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+                  nn.Flatten(), nn.Linear(3136, 128), nn.ReLU(),
+                  nn.Linear(128, 10))
+
+takes [batch, 1, 28, 28] and loads the file's state dict as it is.
+
 It reads the IDX test split (gzip or raw; the data set's MNIST or EMNIST
 file names) the job was tested on, scales the pixels exactly as pnn does
-(float32(pixel) / 255, flattened row-major, transposed first for EMNIST),
+(float32(pixel) / 255, transposed first for EMNIST, shaped as the
+metadata's input_shape: flattened for a fully connected network),
 keeps the job's first test_limit rows, and prints the test accuracy.
 `--onnx OUT` also exports the model as ONNX (needs python3-onnx only to
 check the file).
@@ -77,8 +91,31 @@ def sequential_keys(tensors):
     return renamed
 
 
+MODULES = {
+    "Conv2d": torch.nn.Conv2d,
+    "MaxPool2d": torch.nn.MaxPool2d,
+    "AvgPool2d": torch.nn.AvgPool2d,
+    "Flatten": torch.nn.Flatten,
+    "Linear": torch.nn.Linear,
+    "Dropout": torch.nn.Dropout,
+    "ReLU": torch.nn.ReLU,
+    "Tanh": torch.nn.Tanh,
+    "GELU": torch.nn.GELU,
+    "Sigmoid": torch.nn.Sigmoid,
+}
+
+
 def build_model(metadata):
-    """The nn.Sequential that metadata['widths'] and ['activation'] describe."""
+    """The nn.Sequential that metadata['modules'] describes (or, in files
+    without it, metadata['widths'] and ['activation'])."""
+    if metadata.get("modules"):
+        modules = []
+        for entry in json.loads(metadata["modules"]):
+            kind = entry.pop("type")
+            if kind not in MODULES:
+                raise ValueError(f"unknown module type {kind!r}")
+            modules.append(MODULES[kind](**entry))
+        return torch.nn.Sequential(*modules)
     widths = [int(w) for w in metadata["widths"].split(",")]
     # Before version 1 the activation was the enum name, "ACTIVATION_RELU".
     name = metadata["activation"].lower().replace("activation_", "")
@@ -121,19 +158,26 @@ def load_test_split(directory, metadata):
     """Test inputs scaled as pnn scales them, and labels (int64)."""
     split = metadata.get("dataset_emnist_split", "")
     if split:
-        images = [f"emnist-{split}-test-images-idx3-ubyte"]
+        images = [f"emnist-{split}-test-images-idx3-ubyte",
+                  f"emnist-{split}-test-images-idx4-ubyte"]
         labels = [f"emnist-{split}-test-labels-idx1-ubyte"]
     else:
-        images = ["t10k-images-idx3-ubyte", "t10k-images.idx3-ubyte"]
+        images = ["t10k-images-idx3-ubyte", "t10k-images.idx3-ubyte",
+                  "t10k-images-idx4-ubyte"]
         labels = ["t10k-labels-idx1-ubyte", "t10k-labels.idx1-ubyte"]
     pixels = read_idx(find_file(directory, images))
     targets = read_idx(find_file(directory, labels)).to(torch.int64)
     limit = int(metadata.get("test_limit", "0"))
     if limit > 0:  # pnn tests on the first test_limit rows
         pixels, targets = pixels[:limit], targets[:limit]
+    if pixels.dim() == 3:  # [N, rows, cols]: one channel
+        pixels = pixels.unsqueeze(1)
     if metadata.get("input_transpose") == "true":
-        pixels = pixels.transpose(1, 2)
-    x = pixels.reshape(pixels.shape[0], -1).to(torch.float32).div_(255.0)
+        pixels = pixels.transpose(2, 3)
+    shape = [int(d) for d in
+             metadata.get("input_shape", metadata.get("input_width", "-1"))
+             .split(",")]
+    x = pixels.reshape(pixels.shape[0], *shape).to(torch.float32).div_(255.0)
     return x, targets
 
 

@@ -18,6 +18,8 @@ namespace {
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 
+constexpr ImageShape kImage{1, 28, 28};
+
 // The paper's network, 784-256x5-10, with `auto_cut` as JSON.
 pnn::v1::JobSpec Resolved(const std::string& auto_cut,
                           const std::string& extra = "") {
@@ -32,7 +34,7 @@ pnn::v1::JobSpec Resolved(const std::string& auto_cut,
 TEST(AutoCutTest, FlopsBalanceCountsTheFirstLayerWithoutItsInputGradient) {
   pnn::v1::JobSpec spec = Resolved(R"({"segments": 2})");
   EXPECT_TRUE(spec.model().cut_after_layers().empty());
-  auto plan = ApplyAutoCut(&spec, 784, 10);
+  auto plan = ApplyAutoCut(&spec, kImage, 10);
   ASSERT_TRUE(plan.ok()) << plan.status();
   // Layer 1 (784x256, 2 x forward) and layer 2 (256x256, 3 x forward):
   // 1.20 MFLOPs against layers 3-6's 1.20 MFLOPs. The default cut (after
@@ -54,7 +56,7 @@ TEST(AutoCutTest, FlopsBalanceCountsTheFirstLayerWithoutItsInputGradient) {
 TEST(AutoCutTest, MoreSegmentsAndTheMemoryObjective) {
   pnn::v1::JobSpec spec = Resolved(
       R"({"segments": 3, "objective": "BALANCE_OBJECTIVE_TRAINING_MEMORY"})");
-  auto plan = ApplyAutoCut(&spec, 784, 10);
+  auto plan = ApplyAutoCut(&spec, kImage, 10);
   ASSERT_TRUE(plan.ok()) << plan.status();
   ASSERT_EQ(plan->cut_after_layers_size(), 2);
   // The 784-wide layer alone outweighs any two 256-wide ones.
@@ -69,14 +71,14 @@ TEST(AutoCutTest, MoreSegmentsAndTheMemoryObjective) {
 TEST(AutoCutTest, ABudgetGetsTheFewestSegmentsThatFit) {
   // Whole network: ~8.8 MiB; split in two, the larger half ~5 MiB.
   pnn::v1::JobSpec two = Resolved(R"({"device_memory_bytes": 6000000})");
-  auto plan = ApplyAutoCut(&two, 784, 10);
+  auto plan = ApplyAutoCut(&two, kImage, 10);
   ASSERT_TRUE(plan.ok()) << plan.status();
   EXPECT_EQ(plan->segments_size(), 2);
   for (const auto& segment : plan->segments()) {
     EXPECT_LE(segment.training_memory_bytes(), 6000000);
   }
   pnn::v1::JobSpec more = Resolved(R"({"device_memory_bytes": 4000000})");
-  plan = ApplyAutoCut(&more, 784, 10);
+  plan = ApplyAutoCut(&more, kImage, 10);
   ASSERT_TRUE(plan.ok()) << plan.status();
   EXPECT_GT(plan->segments_size(), 2);
   for (const auto& segment : plan->segments()) {
@@ -86,7 +88,7 @@ TEST(AutoCutTest, ABudgetGetsTheFewestSegmentsThatFit) {
 
 TEST(AutoCutTest, AModelThatCannotFitNamesTheSmallestBudget) {
   pnn::v1::JobSpec spec = Resolved(R"({"device_memory_bytes": 1000})");
-  auto plan = ApplyAutoCut(&spec, 784, 10);
+  auto plan = ApplyAutoCut(&spec, kImage, 10);
   ASSERT_EQ(plan.status().code(), absl::StatusCode::kInvalidArgument);
   const std::string message(plan.status().message());
   EXPECT_THAT(message, HasSubstr("auto_cut.device_memory_bytes"));
@@ -96,10 +98,10 @@ TEST(AutoCutTest, AModelThatCannotFitNamesTheSmallestBudget) {
   const int64_t smallest = std::stoll(message.substr(at));
   pnn::v1::JobSpec enough =
       Resolved(absl::StrCat(R"({"device_memory_bytes": )", smallest, "}"));
-  EXPECT_TRUE(ApplyAutoCut(&enough, 784, 10).ok());
+  EXPECT_TRUE(ApplyAutoCut(&enough, kImage, 10).ok());
   pnn::v1::JobSpec short_of_it =
       Resolved(absl::StrCat(R"({"device_memory_bytes": )", smallest - 1, "}"));
-  EXPECT_FALSE(ApplyAutoCut(&short_of_it, 784, 10).ok());
+  EXPECT_FALSE(ApplyAutoCut(&short_of_it, kImage, 10).ok());
 }
 
 TEST(AutoCutTest, InvalidRequestsNameTheField) {
@@ -140,7 +142,7 @@ TEST(AutoCutTest, ModelParallelJobsGetTheirMicroBatchesOnceCut) {
   pnn::v1::JobSpec spec = Resolved(
       R"({"segments": 3})", R"(, "parallelism": "PARALLELISM_MODEL_PARALLEL")");
   EXPECT_EQ(spec.pipeline().micro_batches(), 0);
-  ASSERT_TRUE(ApplyAutoCut(&spec, 784, 10).ok());
+  ASSERT_TRUE(ApplyAutoCut(&spec, kImage, 10).ok());
   EXPECT_EQ(spec.pipeline().micro_batches(), 12);
 }
 

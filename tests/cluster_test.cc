@@ -25,6 +25,7 @@
 #include "rpc/auth.h"
 #include "rpc/rpc_util.h"
 #include "tests/grpc_health.h"
+#include "tests/architectures.h"
 #include "tests/local_cluster.h"
 #include "worker/worker_server.h"
 
@@ -134,7 +135,7 @@ TEST_F(ClusterTest, JobRunsOnTwoWorkersInParallelAndTheModelDownloads) {
   }
   weights->set_first_layer(1);
   weights->set_last_layer(3);
-  auto model = ModelFromWeights(*weights, pnn::v1::ACTIVATION_RELU);
+  auto model = ModelFromWeights(*weights, Mlp({36, 32, 16, 4}));
   ASSERT_TRUE(model.ok()) << model.status();
   pnn::v1::DatasetSpec toy;
   auto data = LoadDataset(cluster_.data_dir() + "/toy", toy);
@@ -768,9 +769,7 @@ class CrashAfterOneEpochWorker final
     ++calls_;
     const auto& task = request->task();
     // Real initial weights, so the resumed run can still learn.
-    MlpSegment model(task.first_layer(),
-                     std::vector<int>(task.widths().begin(), task.widths().end()),
-                     task.activation());
+    SegmentModel model(TaskArchitecture(task));
     InitializeWeights(model, task.seed());
     class Reactor
         : public grpc::ServerWriteReactor<pnn::v1::TrainSegmentUpdate> {

@@ -644,10 +644,7 @@ class FakeDriver final : public TaskDriver {
               std::nullopt};
     }
     const pnn::v1::SegmentTask& task = request.task();
-    MlpSegment model(task.first_layer(),
-                     std::vector<int>(task.widths().begin(),
-                                      task.widths().end()),
-                     task.activation());
+    SegmentModel model(TaskArchitecture(task));
     return {absl::OkStatus(), ExportWeights(model, task.segment_index())};
   }
   int calls(const std::string& address) {

@@ -114,4 +114,77 @@ print(f"e2e model: pnn {pnn_accuracy:.4f}, load_model.py {loaded['accuracy']:.4f
       f"ONNX {onnx_accuracy:.4f} on {loaded['samples']} samples")
 PY
   fail "model assertions"
+
+cat >"$work/cnn.json" <<'JSON'
+{
+  "name": "cnn-export",
+  "model": {
+    "layers": [
+      {"conv2d": {"out_channels": 8, "kernel": 5, "padding": 2}},
+      {"max_pool": {"kernel": 2}},
+      {"conv2d": {"out_channels": 16, "kernel": 3, "padding": 1}},
+      {"max_pool": {"kernel": 2}},
+      {"dropout": {"p": 0.25}},
+      {"flatten": {}},
+      {"linear": {"out_features": 32}},
+      {"linear": {}}
+    ],
+    "cut_after_layers": [6]
+  },
+  "training": {"epochs": 2},
+  "dataset": {"path": "fashion-mnist", "train_limit": 3000, "test_limit": 1000}
+}
+JSON
+cnn=$("$PNNCTL" --coordinator "$target" submit "$work/cnn.json") ||
+  fail "submit (cnn)"
+"$PNNCTL" --coordinator "$target" watch "$cnn" >"$work/cnn-watch.out" ||
+  fail "watch exited $? (cnn job did not succeed)"
+"$PNNCTL" --coordinator "$target" get "$cnn" --output json \
+  >"$work/cnn-job.json.out" || fail "get (cnn)"
+"$PNNCTL" --coordinator "$target" get "$cnn" >"$work/cnn-get.out" ||
+  fail "get (cnn, table)"
+grep -q "1x28x28 > conv 8k5 > max_pool 2" "$work/cnn-get.out" ||
+  fail "pnnctl get does not describe the layer list: $(cat "$work/cnn-get.out")"
+"$PNNCTL" --coordinator "$target" download "$cnn" \
+  -o "$work/cnn.safetensors" >/dev/null || fail "download (cnn)"
+"$PYTHON" "$SOURCE_DIR/examples/load_model.py" "$work/cnn.safetensors" \
+  --data_dir "$DATA_ROOT/fashion-mnist" --output json \
+  >"$work/cnn-load.out" 2>"$work/cnn-load.log" || fail "load_model.py (cnn)"
+
+"$PYTHON" - "$work/cnn-job.json.out" "$work/cnn-load.out" \
+  "$work/cnn.safetensors" "$SOURCE_DIR/examples" "$DATA_ROOT/fashion-mnist" <<'PY' ||
+import json, sys
+job_path, load_path, model_path, examples, data_dir = sys.argv[1:]
+job = json.load(open(job_path))
+loaded = json.load(open(load_path))
+assert job["state"] == "JOB_STATE_SUCCEEDED", job["state"]
+pnn_accuracy = job["test"]["accuracy"]
+assert 0.5 < pnn_accuracy <= 1.0, pnn_accuracy
+assert round(loaded["accuracy"], 4) == round(pnn_accuracy, 4), \
+    f"load_model.py {loaded['accuracy']} != pnn {pnn_accuracy}"
+
+# The module a PyTorch user writes for this layer list, by hand.
+import torch
+from torch import nn
+sys.dont_write_bytecode = True
+sys.path.insert(0, examples)
+import load_model
+model = nn.Sequential(
+    nn.Conv2d(1, 8, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+    nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+    nn.Dropout(0.25), nn.Flatten(), nn.Linear(16 * 7 * 7, 32), nn.ReLU(),
+    nn.Linear(32, 10))
+tensors, metadata = load_model.read_safetensors(model_path)
+model.load_state_dict(tensors)  # strict: the very same keys and shapes
+model.eval()
+assert metadata["input_shape"] == "1,28,28", metadata["input_shape"]
+x, y = load_model.load_test_split(data_dir, metadata)
+assert tuple(x.shape) == (1000, 1, 28, 28), x.shape
+with torch.no_grad():
+    hand = float((model(x).argmax(1) == y).float().mean())
+assert round(hand, 4) == round(pnn_accuracy, 4), (hand, pnn_accuracy)
+print(f"e2e model (cnn): pnn {pnn_accuracy:.4f}, load_model.py "
+      f"{loaded['accuracy']:.4f}, hand-written nn.Sequential {hand:.4f}")
+PY
+  fail "cnn model assertions"
 echo "e2e model test passed"

@@ -141,6 +141,8 @@ if(_fuzz_ok)
                   ${_job_pb_h} ${_segment_pb_h})
   pnn_fuzz_object(accounting ${PROJECT_SOURCE_DIR}/common/accounting.cc
                   ${_job_pb_h} ${_segment_pb_h})
+  pnn_fuzz_object(layers ${PROJECT_SOURCE_DIR}/common/layers.cc
+                  ${_job_pb_h} ${_segment_pb_h})
   pnn_fuzz_object(segment.pb ${_segment_pb_cc} ${_segment_pb_h})
   pnn_fuzz_object(idx_fuzzer ${_fuzz_src}/idx_fuzzer.cc)
   pnn_fuzz_object(job_spec_fuzzer ${_fuzz_src}/job_spec_fuzzer.cc
@@ -162,7 +164,7 @@ if(_fuzz_ok)
 
   pnn_fuzz_binary(idx_fuzzer idx_fuzzer idx)
   pnn_fuzz_binary(job_spec_fuzzer job_spec_fuzzer job_spec auto_cut accounting
-                  job.pb segment.pb)
+                  layers job.pb segment.pb)
   add_custom_target(pnn_fuzzers ALL
     DEPENDS ${_fuzz_bin}/idx_fuzzer ${_fuzz_bin}/job_spec_fuzzer)
 

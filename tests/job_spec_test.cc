@@ -76,18 +76,27 @@ TEST(JobSpecTest, CutsIntoSegmentsAtTheCutPoints) {
   spec.mutable_model()->add_cut_after_layers(3);
   auto resolved = ResolveJobSpec(spec);
   ASSERT_TRUE(resolved.ok()) << resolved.status();
-  const auto widths = NetworkWidths(*resolved, 10, 3);
-  EXPECT_THAT(widths, ElementsAre(10, 8, 6, 5, 3));
-  const auto segments = CutNetwork(*resolved, widths);
-  ASSERT_EQ(segments.size(), 3u);
-  EXPECT_EQ(segments[0].first_layer, 1);
-  EXPECT_EQ(segments[0].last_layer, 1);
-  EXPECT_THAT(segments[0].widths, ElementsAre(10, 8));
-  EXPECT_EQ(segments[1].first_layer, 2);
-  EXPECT_EQ(segments[1].last_layer, 3);
-  EXPECT_THAT(segments[1].widths, ElementsAre(8, 6, 5));
-  EXPECT_EQ(segments[2].first_layer, 4);
-  EXPECT_THAT(segments[2].widths, ElementsAre(5, 3));
+  const auto network = NetworkArchitecture(*resolved, ImageShape{1, 2, 5}, 3);
+  ASSERT_TRUE(network.ok()) << network.status();
+  EXPECT_THAT(network->input_shape, ElementsAre(10));
+  ASSERT_EQ(network->layers.size(), 4u);
+  EXPECT_EQ(network->layers[3].linear().out_features(), 3);
+  const auto segments = CutNetwork(*resolved, *network);
+  ASSERT_TRUE(segments.ok()) << segments.status();
+  ASSERT_EQ(segments->size(), 3u);
+  const Architecture& first = (*segments)[0].architecture;
+  const Architecture& second = (*segments)[1].architecture;
+  const Architecture& third = (*segments)[2].architecture;
+  EXPECT_EQ(first.first_layer, 1);
+  EXPECT_EQ(first.last_layer(), 1);
+  EXPECT_THAT(first.input_shape, ElementsAre(10));
+  EXPECT_FALSE(first.leading_activation);
+  EXPECT_EQ(second.first_layer, 2);
+  EXPECT_EQ(second.last_layer(), 3);
+  EXPECT_THAT(second.input_shape, ElementsAre(8));
+  EXPECT_TRUE(second.leading_activation);
+  EXPECT_EQ(third.first_layer, 4);
+  EXPECT_THAT(third.input_shape, ElementsAre(5));
 }
 
 struct InvalidCase {
@@ -188,12 +197,12 @@ TEST(JobSpecTest, ValidatesAgainstTheDataSet) {
   spec.mutable_model()->add_cut_after_layers(2);
   auto resolved = ResolveJobSpec(spec);
   ASSERT_TRUE(resolved.ok());
-  EXPECT_TRUE(ValidateAgainstData(*resolved, 784, 4).ok());
-  absl::Status status = ValidateAgainstData(*resolved, 784, 10);
+  EXPECT_TRUE(ValidateAgainstData(*resolved, {1, 28, 28}, 4).ok());
+  absl::Status status = ValidateAgainstData(*resolved, {1, 28, 28}, 10);
   EXPECT_THAT(std::string(status.message()),
               HasSubstr("model.cut_after_layers[0]"));
   EXPECT_THAT(std::string(status.message()), HasSubstr("ORTHOGONAL"));
-  EXPECT_FALSE(ValidateAgainstData(*resolved, 784, 1).ok());
+  EXPECT_FALSE(ValidateAgainstData(*resolved, {1, 28, 28}, 1).ok());
 
   JobSpec huge;
   huge.mutable_model()->add_hidden_widths(65536);
@@ -201,7 +210,7 @@ TEST(JobSpecTest, ValidatesAgainstTheDataSet) {
   huge.mutable_model()->add_cut_after_layers(1);
   auto huge_resolved = ResolveJobSpec(huge);
   ASSERT_TRUE(huge_resolved.ok());
-  status = ValidateAgainstData(*huge_resolved, 784, 10);
+  status = ValidateAgainstData(*huge_resolved, {1, 28, 28}, 10);
   EXPECT_THAT(std::string(status.message()), HasSubstr("parameters"));
 }
 

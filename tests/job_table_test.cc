@@ -48,7 +48,7 @@ class JobTableTest : public ::testing::Test {
     request.set_conventional_baseline(baseline);
     auto spec = ResolveJobSpec(request.spec());
     EXPECT_TRUE(spec.ok()) << spec.status();
-    auto record = JobTable::Plan(request, *spec, 784, 10);
+    auto record = JobTable::Plan(request, *spec, ImageShape{1, 28, 28}, 10);
     EXPECT_TRUE(record.ok()) << record.status();
     record->sequence = table_.TakeSequence();
     return table_.Insert(*std::move(record));

@@ -8,6 +8,7 @@
 #include "google/protobuf/struct.pb.h"
 #include "google/protobuf/util/json_util.h"
 #include "gtest/gtest.h"
+#include "tests/architectures.h"
 
 namespace pnn {
 namespace {
@@ -15,14 +16,39 @@ namespace {
 using ::testing::HasSubstr;
 
 TEST(ModelExportTest, KeysAreThoseOfNnSequential) {
-  EXPECT_EQ(*SequentialKey("linear1.weight"), "0.weight");
-  EXPECT_EQ(*SequentialKey("linear1.bias"), "0.bias");
-  EXPECT_EQ(*SequentialKey("linear2.weight"), "2.weight");
-  EXPECT_EQ(*SequentialKey("linear6.bias"), "10.bias");
+  const Architecture mlp = Mlp({784, 256, 256, 256, 256, 256, 10});
+  EXPECT_EQ(*SequentialKey(mlp, "linear1.weight"), "0.weight");
+  EXPECT_EQ(*SequentialKey(mlp, "linear1.bias"), "0.bias");
+  EXPECT_EQ(*SequentialKey(mlp, "linear2.weight"), "2.weight");
+  EXPECT_EQ(*SequentialKey(mlp, "linear6.bias"), "10.bias");
   for (const char* bad : {"linear0.weight", "linear1.scale", "linear.weight",
-                          "conv1.weight", "linear1"}) {
-    EXPECT_THAT(SequentialKey(bad).status().message(), HasSubstr(bad)) << bad;
+                          "conv1.weight", "linear1", "linear7.bias"}) {
+    EXPECT_THAT(SequentialKey(mlp, bad).status().message(), HasSubstr(bad))
+        << bad;
   }
+}
+
+// conv1 relu max_pool conv3 relu avg_pool dropout flatten linear7 relu
+// linear8: the modules a PyTorch user lists, at the indices they get.
+TEST(ModelExportTest, ConvolutionalNetworksExportAsTheirSequential) {
+  const Architecture cnn = SmallCnn(/*channels=*/2, /*classes=*/3);
+  EXPECT_EQ(*SequentialKey(cnn, "conv1.weight"), "0.weight");
+  EXPECT_EQ(*SequentialKey(cnn, "conv3.bias"), "3.bias");
+  EXPECT_EQ(*SequentialKey(cnn, "linear7.weight"), "8.weight");
+  EXPECT_EQ(*SequentialKey(cnn, "linear8.bias"), "10.bias");
+  EXPECT_FALSE(SequentialKey(cnn, "linear1.weight").ok());
+  EXPECT_EQ(
+      SequentialModulesJson(cnn),
+      R"([{"type": "Conv2d", "in_channels": 2, "out_channels": 4, )"
+      R"("kernel_size": 3, "stride": 1, "padding": 1}, {"type": "ReLU"}, )"
+      R"({"type": "MaxPool2d", "kernel_size": 2, "stride": 2, "padding": 0}, )"
+      R"({"type": "Conv2d", "in_channels": 4, "out_channels": 6, )"
+      R"("kernel_size": 3, "stride": 1, "padding": 0}, {"type": "ReLU"}, )"
+      R"({"type": "AvgPool2d", "kernel_size": 2, "stride": 1, "padding": 0}, )"
+      R"({"type": "Dropout", "p": 0.25}, {"type": "Flatten"}, )"
+      R"({"type": "Linear", "in_features": 6, "out_features": 12}, )"
+      R"({"type": "ReLU"}, {"type": "Linear", "in_features": 12, )"
+      R"("out_features": 3}])");
 }
 
 pnn::v1::SegmentWeights TwoLayers() {
@@ -51,7 +77,7 @@ ModelExportInfo Info() {
   info.spec.mutable_model()->set_activation(pnn::v1::ACTIVATION_TANH);
   info.spec.mutable_dataset()->set_path("fashion-mnist");
   info.spec.mutable_dataset()->set_test_limit(500);
-  info.widths = {4, 3, 2};
+  info.network = Mlp({4, 3, 2}, 1, pnn::v1::ACTIVATION_TANH);
   info.num_classes = 2;
   info.image_rows = 2;
   info.image_cols = 2;
@@ -93,6 +119,11 @@ TEST(ModelExportTest, FileHasSequentialKeysAndTheMetadataToRunIt) {
   EXPECT_EQ(text("pnn_format_version"), kModelFormatVersion);
   EXPECT_EQ(text("job_id"), "job-7");
   EXPECT_EQ(text("widths"), "4,3,2");
+  EXPECT_EQ(text("input_shape"), "4");
+  EXPECT_EQ(text("modules"),
+            R"([{"type": "Linear", "in_features": 4, "out_features": 3}, )"
+            R"({"type": "Tanh"}, {"type": "Linear", "in_features": 3, )"
+            R"("out_features": 2}])");
   EXPECT_EQ(text("activation"), "tanh");
   EXPECT_EQ(text("num_classes"), "2");
   EXPECT_EQ(text("input_transpose"), "false");

@@ -370,7 +370,7 @@ class StageForwardTest : public ::testing::Test {
     spec.set_parallelism(pnn::v1::PARALLELISM_MODEL_PARALLEL);
     auto resolved = ResolveJobSpec(spec);
     ASSERT_TRUE(resolved.ok()) << resolved.status();
-    auto tasks = PlanSegmentTasks(*resolved, 36, 4, "job-stage");
+    auto tasks = PlanSegmentTasks(*resolved, ImageShape{1, 6, 6}, 4, "job-stage");
     ASSERT_TRUE(tasks.ok()) << tasks.status();
     task_ = (*tasks)[1];
     task_.mutable_pipeline()->set_session_id("session-1");

@@ -57,7 +57,7 @@ class PipelineTest : public ::testing::Test {
   }
 
   std::vector<pnn::v1::SegmentTask> Plan(const pnn::v1::JobSpec& spec) {
-    auto tasks = PlanSegmentTasks(spec, data_.input_width(), data_.num_classes,
+    auto tasks = PlanSegmentTasks(spec, data_.image_shape(), data_.num_classes,
                                   "pipeline-job");
     EXPECT_TRUE(tasks.ok()) << tasks.status();
     if (!tasks.ok()) return {};
@@ -159,9 +159,10 @@ TEST_P(PipelineEqualsConventionalTest, SameWeightsAsTrainingTheWholeNetwork) {
   const PipelineRun run = RunPipeline(tasks, data_);
   ASSERT_EQ(run.results.size(), tasks.size());
 
-  std::vector<int> widths = {data_.input_width(), 32, 24, 16,
-                             data_.num_classes};
-  MlpSegment whole(1, widths, spec.model().activation());
+  const auto network =
+      NetworkArchitecture(spec, data_.image_shape(), data_.num_classes);
+  ASSERT_TRUE(network.ok()) << network.status();
+  SegmentModel whole(*network);
   InitializeWeights(whole, spec.seed());
   auto conventional =
       TrainNetwork(whole, data_.train, spec.training(), spec.seed(), {});
@@ -169,7 +170,7 @@ TEST_P(PipelineEqualsConventionalTest, SameWeightsAsTrainingTheWholeNetwork) {
 
   std::vector<pnn::v1::SegmentWeights> weights;
   for (const auto& result : run.results) weights.push_back(result.weights());
-  auto joined = AssembleNetwork(weights, spec.model().activation());
+  auto joined = AssembleNetwork(weights, *network);
   ASSERT_TRUE(joined.ok()) << joined.status();
   const auto expected = whole->named_parameters();
   const auto actual = (*joined)->named_parameters();

@@ -35,10 +35,17 @@ class TrainerTest : public ::testing::Test {
   }
 
   std::vector<pnn::v1::SegmentTask> Plan() {
-    auto tasks = PlanSegmentTasks(spec_, data_.input_width(),
+    auto tasks = PlanSegmentTasks(spec_, data_.image_shape(),
                                   data_.num_classes, "test-job");
     EXPECT_TRUE(tasks.ok()) << tasks.status();
     return tasks.ok() ? *tasks : std::vector<pnn::v1::SegmentTask>();
+  }
+
+  Architecture Network() const {
+    auto network =
+        NetworkArchitecture(spec_, data_.image_shape(), data_.num_classes);
+    EXPECT_TRUE(network.ok()) << network.status();
+    return network.ok() ? *network : Architecture();
   }
 
   Dataset data_;
@@ -61,7 +68,7 @@ TEST_F(TrainerTest, SegmentsTrainIndependentlyAndTheJoinedNetworkLearns) {
     int epochs_seen = 0;
     TrainOptions options;
     options.on_epoch = [&](const pnn::v1::EpochMetrics& metrics,
-                           const MlpSegment&) {
+                           const SegmentModel&) {
       ++epochs_seen;
       EXPECT_EQ(metrics.epoch(), epochs_seen);
       EXPECT_GT(metrics.samples_per_second(), 0);
@@ -75,7 +82,7 @@ TEST_F(TrainerTest, SegmentsTrainIndependentlyAndTheJoinedNetworkLearns) {
     EXPECT_GT(result->cost().wall_seconds(), 0);
     weights[index] = result->weights();
   }
-  auto joined = AssembleNetwork(weights, spec_.model().activation());
+  auto joined = AssembleNetwork(weights, Network());
   ASSERT_TRUE(joined.ok()) << joined.status();
   auto test = Evaluate(*joined, data_.test, data_.num_classes, "cpu");
   ASSERT_TRUE(test.ok()) << test.status();
@@ -148,7 +155,7 @@ TEST_F(TrainerTest, ResumingFromAnEpochStateMatchesAnUninterruptedRun) {
     int epochs_trained = 0;
     TrainOptions retry_options;
     retry_options.on_epoch = [&](const pnn::v1::EpochMetrics& metrics,
-                                 const MlpSegment&) {
+                                 const SegmentModel&) {
       EXPECT_EQ(metrics.epoch(), epochs_trained + 2);
       ++epochs_trained;
     };
@@ -192,8 +199,8 @@ TEST_F(TrainerTest, PreviousOutputsModeNeedsAndUsesUpstreamWeights) {
   ASSERT_TRUE(AttachUpstream({first->weights()}, &tasks[1]).ok());
   auto second = TrainSegment(tasks[1], data_, TrainOptions());
   ASSERT_TRUE(second.ok()) << second.status();
-  auto joined = AssembleNetwork({first->weights(), second->weights()},
-                                spec_.model().activation());
+  auto joined =
+      AssembleNetwork({first->weights(), second->weights()}, Network());
   ASSERT_TRUE(joined.ok());
   auto test = Evaluate(*joined, data_.test, data_.num_classes, "cpu");
   ASSERT_TRUE(test.ok());
@@ -201,8 +208,7 @@ TEST_F(TrainerTest, PreviousOutputsModeNeedsAndUsesUpstreamWeights) {
 }
 
 TEST_F(TrainerTest, ConventionalTrainingLearns) {
-  MlpSegment network(1, NetworkWidths(spec_, data_.input_width(), 4),
-                     spec_.model().activation());
+  SegmentModel network(Network());
   InitializeWeights(network, spec_.seed());
   auto trained = TrainNetwork(network, data_.train, spec_.training(),
                               spec_.seed(), TrainOptions());
@@ -221,7 +227,10 @@ TEST_F(TrainerTest, MalformedTasksAreRejectedWithReasons) {
     std::string expected;
   };
   const std::vector<Case> cases = {
-      {"widths", [](auto* t) { t->add_widths(3); }, "widths"},
+      {"layers", [](auto* t) { t->add_layers()->mutable_flatten(); },
+       "layer specs"},
+      {"input shape", [](auto* t) { t->add_input_shape(3); },
+       "flat input"},
       {"index", [](auto* t) { t->set_segment_index(5); }, "segment_index"},
       {"classes", [](auto* t) { t->set_num_classes(7); }, "same data set"},
       {"unresolved", [](auto* t) { t->mutable_training()->set_epochs(0); },

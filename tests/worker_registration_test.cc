@@ -263,7 +263,7 @@ TEST(WorkerRegistrationTest, HeartbeatsReportBusyWhileTraining) {
   spec.mutable_dataset()->set_path("synthetic");
   auto resolved = ResolveJobSpec(spec);
   ASSERT_TRUE(resolved.ok()) << resolved.status();
-  auto tasks = PlanSegmentTasks(*resolved, 36, 4, "busy-job");
+  auto tasks = PlanSegmentTasks(*resolved, ImageShape{1, 6, 6}, 4, "busy-job");
   ASSERT_TRUE(tasks.ok()) << tasks.status();
 
   auto stub = pnn::v1::Worker::NewStub(

@@ -20,6 +20,7 @@
 #include "gtest/gtest.h"
 #include "pnn/v1/worker.grpc.pb.h"
 #include "rpc/rpc_util.h"
+#include "tests/architectures.h"
 #include "tests/grpc_health.h"
 #include "tests/test_util.h"
 #include "worker/worker_server.h"
@@ -118,7 +119,7 @@ class WorkerServiceTest : public ::testing::Test {
     spec.mutable_dataset()->set_path(kDatasetName);
     auto resolved = ResolveJobSpec(spec);
     EXPECT_TRUE(resolved.ok()) << resolved.status();
-    auto tasks = PlanSegmentTasks(*resolved, /*input_width=*/36,
+    auto tasks = PlanSegmentTasks(*resolved, ImageShape{1, 6, 6},
                                   /*num_classes=*/4, job_id);
     EXPECT_TRUE(tasks.ok()) << tasks.status();
     return tasks.ok() ? *tasks : std::vector<SegmentTask>();
@@ -241,7 +242,7 @@ TEST_F(WorkerServiceTest, StreamsUpdatesAndTheJoinedWeightsLearn) {
   }
   EXPECT_TRUE(WaitFor([&] { return !worker_->busy(); }));
 
-  auto joined = AssembleNetwork(weights, pnn::v1::ACTIVATION_RELU);
+  auto joined = AssembleNetwork(weights, Mlp({36, 32, 16, 4}));
   ASSERT_TRUE(joined.ok()) << joined.status();
   pnn::v1::DatasetSpec spec;
   auto data = LoadDataset(data_root_->path() + "/" + kDatasetName, spec);
@@ -343,8 +344,8 @@ TEST_F(WorkerServiceTest, BadRequestsGetClearErrorsAndTheWorkerKeepsServing) {
        grpc::StatusCode::INVALID_ARGUMENT, "task is missing"},
       {"no job id", [](auto* r) { r->mutable_task()->clear_job_id(); },
        grpc::StatusCode::INVALID_ARGUMENT, "job_id is empty"},
-      {"widths", [](auto* r) { r->mutable_task()->add_widths(3); },
-       grpc::StatusCode::INVALID_ARGUMENT, "widths"},
+      {"layers", [](auto* r) { r->mutable_task()->add_layers(); },
+       grpc::StatusCode::INVALID_ARGUMENT, "layer specs"},
       {"classes", [](auto* r) { r->mutable_task()->set_num_classes(7); },
        grpc::StatusCode::FAILED_PRECONDITION, "same data set"},
       {"dotdot",

@@ -114,7 +114,7 @@ TrainOptions MakeTrainOptions(const SegmentRunnerOptions& options,
           : nullptr;
   train_options.on_epoch = [&observer, exported, segment_loss, samples](
                                const pnn::v1::EpochMetrics& metrics,
-                               const MlpSegment&) {
+                               const SegmentModel&) {
     if (exported != nullptr) {
       exported->epochs.Increment();
       exported->epoch_duration.Observe(metrics.seconds());

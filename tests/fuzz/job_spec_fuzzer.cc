@@ -3,25 +3,28 @@
 //
 // Input layout, chosen by the first byte:
 //   0x00 W W C C <bytes>  binary mode: <bytes> is a serialized
-//                         pnn.v1.JobSpec (ParseFromArray); the input width
-//                         is 1 + (WW % 4096) and the class count
-//                         1 + (CC % 300) (big-endian 16-bit values);
+//                         pnn.v1.JobSpec (ParseFromArray); the image shape
+//                         comes from WW (ImageFrom) and the class count
+//                         is 1 + (CC % 300) (big-endian 16-bit values);
 //   anything else         JSON mode: the whole input is JobSpec JSON
-//                         (ParseJobSpecJson); width and class count come
-//                         from a hash of the input, so examples/*.json are
-//                         valid seeds as they are.
+//                         (ParseJobSpecJson); image shape and class count
+//                         come from a hash of the input, so examples/*.json
+//                         are valid seeds as they are.
 // Then, as the coordinator does: ResolveJobSpec (and, with auto_cut,
 // ApplyAutoCut for the input's shape); ValidateAgainstData against
-// that shape and two fixed ones (784 x 10, and the largest width with 256
-// classes); when valid, NetworkWidths + CutNetwork and the per-segment
-// training configs. Checked invariants (a violation calls __builtin_trap):
+// that shape and three fixed ones (1x28x28 with 10 classes, 3x32x32 with
+// 100, and the widest image with 256 classes); when valid,
+// NetworkArchitecture + CutNetwork and the per-segment training configs.
+// Layer lists (model.layers) are fuzzed like the rest of the spec.
+// Checked invariants (a violation calls __builtin_trap):
 //   - errors are INVALID_ARGUMENT with a message;
 //   - a resolved spec has no "default" field left, its device is spelled
 //     as workers spell theirs ("cuda:N", N plain decimal), resolving it
 //     again gives the same spec, and its JSON (ToJson, as reported to
 //     clients) parses back to the same spec;
-//   - a valid network stays under the parameter limit, and its segments
-//     cover linear layers 1..L contiguously with chained widths.
+//   - a valid network stays under the parameter limit, ends in the class
+//     scores, and its segments cover layers 1..L contiguously, each
+//     taking the shape the layer before it gives.
 #include <cstdint>
 #include <cstdio>
 #include <limits>
@@ -31,6 +34,7 @@
 #include "absl/strings/string_view.h"
 #include "common/auto_cut.h"
 #include "common/job_spec.h"
+#include "common/layers.h"
 #include "google/protobuf/stubs/logging.h"
 #include "google/protobuf/util/message_differencer.h"
 #include "pnn/v1/job.pb.h"
@@ -125,59 +129,69 @@ void CheckResolved(const JobSpec& resolved) {
   FUZZ_CHECK(MessageDifferencer::Equals(*reparsed, known));
 }
 
-void CheckAgainstData(const JobSpec& resolved, int input_width,
+// The segments of a valid network: contiguous, chained shapes, SIL-able
+// cuts.
+void CheckSegments(const JobSpec& resolved, const pnn::Architecture& network,
+                   int num_classes) {
+  const auto segments = pnn::CutNetwork(resolved, network);
+  FUZZ_CHECK(segments.ok());
+  FUZZ_CHECK(static_cast<int>(segments->size()) ==
+             resolved.model().cut_after_layers_size() + 1);
+  const auto shapes = pnn::InferShapes(network);
+  FUZZ_CHECK(shapes.ok());
+  int next_layer = 1;
+  for (size_t s = 0; s < segments->size(); ++s) {
+    const pnn::SegmentLayout& segment = (*segments)[s];
+    FUZZ_CHECK(segment.index == static_cast<int>(s));
+    FUZZ_CHECK(segment.first_layer() == next_layer);
+    FUZZ_CHECK(segment.last_layer() >= segment.first_layer());
+    FUZZ_CHECK(segment.architecture.input_shape ==
+               (*shapes)[segment.first_layer() - 1].input);
+    FUZZ_CHECK(pnn::InferShapes(segment.architecture).ok());
+    if (s + 1 < segments->size() &&
+        resolved.sil().distribution() ==
+            pnn::v1::SIL_DISTRIBUTION_ORTHOGONAL) {
+      FUZZ_CHECK(pnn::Elements((*shapes)[segment.last_layer() - 1].output) >=
+                 num_classes);
+    }
+    CheckTraining(pnn::SegmentTrainingConfig(resolved, static_cast<int>(s)),
+                  false);
+    next_layer = segment.last_layer() + 1;
+  }
+  FUZZ_CHECK(next_layer == network.last_layer() + 1);
+}
+
+void CheckAgainstData(const JobSpec& resolved, const pnn::ImageShape& image,
                       int num_classes) {
   const absl::Status valid =
-      pnn::ValidateAgainstData(resolved, input_width, num_classes);
+      pnn::ValidateAgainstData(resolved, image, num_classes);
   if (!valid.ok()) {
     CheckError(valid);
     return;
   }
   FUZZ_CHECK(num_classes >= 2);
-  const std::vector<int> widths =
-      pnn::NetworkWidths(resolved, input_width, num_classes);
-  const int layers = resolved.model().hidden_widths_size() + 1;
-  FUZZ_CHECK(static_cast<int>(widths.size()) == layers + 1);
-  FUZZ_CHECK(widths.front() == input_width);
-  FUZZ_CHECK(widths.back() == num_classes);
+  const auto network = pnn::NetworkArchitecture(resolved, image, num_classes);
+  FUZZ_CHECK(network.ok());
+  FUZZ_CHECK(static_cast<int>(network->layers.size()) ==
+             pnn::CuttableLayers(resolved.model()));
+  FUZZ_CHECK(pnn::Elements(network->input_shape) == image.size());
+  const auto shapes = pnn::InferShapes(*network);
+  FUZZ_CHECK(shapes.ok());
   int64_t parameters = 0;
-  for (size_t i = 1; i < widths.size(); ++i) {
-    FUZZ_CHECK(widths[i] >= 1);
-    parameters += int64_t{widths[i - 1]} * widths[i] + widths[i];
+  for (const pnn::LayerShape& shape : *shapes) {
+    FUZZ_CHECK(pnn::Elements(shape.output) >= 1);
+    parameters += shape.parameters;
   }
   FUZZ_CHECK(parameters <= pnn::SpecLimits().max_parameters);
-
-  const std::vector<pnn::SegmentLayout> segments =
-      pnn::CutNetwork(resolved, widths);
-  FUZZ_CHECK(static_cast<int>(segments.size()) ==
-             resolved.model().cut_after_layers_size() + 1);
-  int next_layer = 1;
-  for (size_t s = 0; s < segments.size(); ++s) {
-    const pnn::SegmentLayout& segment = segments[s];
-    FUZZ_CHECK(segment.index == static_cast<int>(s));
-    FUZZ_CHECK(segment.first_layer == next_layer);
-    FUZZ_CHECK(segment.last_layer >= segment.first_layer);
-    FUZZ_CHECK(segment.widths.size() ==
-               static_cast<size_t>(segment.last_layer -
-                                   segment.first_layer + 2));
-    for (size_t i = 0; i < segment.widths.size(); ++i) {
-      FUZZ_CHECK(segment.widths[i] == widths[segment.first_layer - 1 + i]);
-    }
-    if (s > 0) {
-      FUZZ_CHECK(segment.widths.front() == segments[s - 1].widths.back());
-    }
-    if (s + 1 < segments.size() &&
-        resolved.sil().distribution() ==
-            pnn::v1::SIL_DISTRIBUTION_ORTHOGONAL) {
-      FUZZ_CHECK(segment.widths.back() >= num_classes);
-    }
-    CheckTraining(pnn::SegmentTrainingConfig(resolved, static_cast<int>(s)),
-                  false);
-    next_layer = segment.last_layer + 1;
-  }
-  FUZZ_CHECK(next_layer == layers + 1);
-  FUZZ_CHECK(segments.back().widths.back() == num_classes);
+  FUZZ_CHECK(shapes->back().output == pnn::SampleShape{num_classes});
+  CheckSegments(resolved, *network, num_classes);
   CheckTraining(pnn::RecoveryTrainingConfig(resolved), true);
+}
+
+// An image shape from 16 bits: 1-3 channels, 1-40 rows and columns.
+pnn::ImageShape ImageFrom(uint32_t bits) {
+  return {1 + static_cast<int>(bits % 3), 1 + static_cast<int>(bits / 3 % 40),
+          1 + static_cast<int>(bits / 120 % 40)};
 }
 
 uint64_t Hash(const uint8_t* data, size_t size) {
@@ -198,16 +212,16 @@ extern "C" int LLVMFuzzerInitialize(int* argc, char*** argv) {
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size == 0) return 0;
   JobSpec spec;
-  int input_width = 0;
+  pnn::ImageShape image;
   int num_classes = 0;
   if (data[0] == 0x00) {
     if (size < 5) return 0;
-    input_width = 1 + ((data[1] << 8) | data[2]) % 4096;
+    image = ImageFrom((data[1] << 8) | data[2]);
     num_classes = 1 + ((data[3] << 8) | data[4]) % 300;
     if (!spec.ParseFromArray(data + 5, static_cast<int>(size - 5))) return 0;
   } else {
     const uint64_t h = Hash(data, size);
-    input_width = 1 + static_cast<int>(h % 4096);
+    image = ImageFrom(static_cast<uint32_t>(h % 65536));
     num_classes = 1 + static_cast<int>((h >> 16) % 300);
     auto parsed = pnn::ParseJobSpecJson(
         absl::string_view(reinterpret_cast<const char*>(data), size));
@@ -227,12 +241,12 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     // As the coordinator: pnn chooses the cuts once the data set's shape is
     // known and has passed ValidateAgainstData.
     const absl::Status valid =
-        pnn::ValidateAgainstData(*resolved, input_width, num_classes);
+        pnn::ValidateAgainstData(*resolved, image, num_classes);
     if (!valid.ok()) {
       CheckError(valid);
       return 0;
     }
-    const auto plan = pnn::ApplyAutoCut(&*resolved, input_width, num_classes);
+    const auto plan = pnn::ApplyAutoCut(&*resolved, image, num_classes);
     if (!plan.ok()) {
       CheckError(plan.status());
       return 0;
@@ -242,8 +256,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
                resolved->model().cut_after_layers_size() + 1);
   }
   CheckResolved(*resolved);
-  CheckAgainstData(*resolved, input_width, num_classes);
-  CheckAgainstData(*resolved, 784, 10);
-  CheckAgainstData(*resolved, std::numeric_limits<int32_t>::max(), 256);
+  CheckAgainstData(*resolved, image, num_classes);
+  CheckAgainstData(*resolved, {1, 28, 28}, 10);
+  CheckAgainstData(*resolved, {3, 32, 32}, 100);
+  CheckAgainstData(*resolved, {1, 1, std::numeric_limits<int32_t>::max()},
+                   256);
   return 0;
 }

@@ -87,6 +87,25 @@ JSON_SEEDS = {
     "unknown-enum.json":
         '{"model": {"activation": 99}, "sil": {"distribution": -1}}',
     "unknown-field.json": '{"modle": {}}',
+    "cnn-every-layer.json":
+        '{"model": {"layers": [{"conv2d": {"out_channels": 4, "kernel": 3,'
+        ' "padding": 1}}, {"max_pool": {"kernel": 2}}, {"conv2d":'
+        ' {"out_channels": 6, "kernel": 3, "stride": 2}}, {"avg_pool":'
+        ' {"kernel": 2, "stride": 1}}, {"dropout": {"p": 0.5}}, {"flatten":'
+        ' {}}, {"linear": {"out_features": 16}}, {"linear": {}}],'
+        ' "cut_after_layers": [1, 4, 7]},'
+        ' "sil": {"distribution": "SIL_DISTRIBUTION_ORTHOGONAL"}}',
+    "cnn-near-misses.json":
+        '{"model": {"layers": [{"linear": {"out_features": 8}},'
+        ' {"conv2d": {"out_channels": 2, "kernel": 99}}, {"flatten": {}},'
+        ' {}, {"max_pool": {"kernel": 3, "padding": 2}}],'
+        ' "hidden_widths": [4], "cut_after_layers": [9]}}',
+    "cnn-auto-cut.json":
+        '{"model": {"layers": [{"conv2d": {"out_channels": 8, "kernel": 5}},'
+        ' {"max_pool": {"kernel": 2}}, {"flatten": {}}, {"linear":'
+        ' {"out_features": 10}}]}, "auto_cut": {"segments": 3,'
+        ' "objective": "BALANCE_OBJECTIVE_TRAINING_MEMORY"},'
+        ' "parallelism": "PARALLELISM_MODEL_PARALLEL"}',
     "escapes.json":
         '{"name": "caf\\u00e9 \\ud83d\\ude00 \\u0000", "device": "cuda:007",'
         ' "dataset": {"path": "a/b", "emnist_split": "balanced"}}',

@@ -209,7 +209,7 @@ int main(int argc, char** argv) {
             << data->cols << " pixels, " << data->num_classes << " classes\n";
   // Cuts chosen by pnn need the data set's shape.
   auto cut_plan =
-      pnn::ApplyAutoCut(&*resolved, data->input_width(), data->num_classes);
+      pnn::ApplyAutoCut(&*resolved, data->image_shape(), data->num_classes);
   if (!cut_plan.ok()) return Fail(std::string(cut_plan.status().message()));
   if (cut_plan->segments_size() > 0) {
     std::cerr << "pnn-train: cuts chosen: after layer(s) "

@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "common/layers.h"
 
 namespace pnn {
 namespace {
@@ -77,6 +78,29 @@ class Table {
   std::vector<std::vector<std::string>> rows_;
 };
 
+// "784-256-...-10" for a fully connected network; the layers, described,
+// for a layer list.
+std::string NetworkDescription(const pnn::v1::JobSpec& spec,
+                               const pnn::v1::DatasetInfo& data) {
+  if (!spec.model().layers().empty()) {
+    std::vector<std::string> layers = {
+        absl::StrCat(std::max(1, data.image_channels()), "x", data.image_rows(),
+                     "x", data.image_cols())};
+    for (const auto& layer : spec.model().layers()) {
+      layers.push_back(pnn::DescribeLayer(layer));
+    }
+    return absl::StrJoin(layers, " > ");
+  }
+  std::vector<std::string> widths = {absl::StrCat(
+      std::max(1, data.image_channels()) * data.image_rows() *
+      data.image_cols())};
+  for (int width : spec.model().hidden_widths()) {
+    widths.push_back(absl::StrCat(width));
+  }
+  widths.push_back(absl::StrCat(data.num_classes()));
+  return absl::StrJoin(widths, "-");
+}
+
 }  // namespace
 
 std::string FormatComparisonTable(const ComparisonReport& report) {
@@ -86,17 +110,13 @@ std::string FormatComparisonTable(const ComparisonReport& report) {
   const bool has_partitioned = !report.partitioned().mode().empty();
   std::string out;
 
-  std::vector<std::string> widths = {absl::StrCat(data.image_rows() *
-                                                  data.image_cols())};
-  for (int width : spec.model().hidden_widths()) widths.push_back(absl::StrCat(width));
-  widths.push_back(absl::StrCat(data.num_classes()));
   absl::StrAppend(
       &out, "\nData     ", data.directory(), ": ", data.train_samples(),
       " train / ", data.test_samples(), " test, ", data.image_rows(), "x",
       data.image_cols(), ", ", data.num_classes(), " classes (",
       Bytes(data.memory_bytes()), " in memory)\n");
   absl::StrAppend(
-      &out, "Network  ", absl::StrJoin(widths, "-"), ", cut after layer(s) ",
+      &out, "Network  ", NetworkDescription(spec, data), ", cut after layer(s) ",
       absl::StrJoin(spec.model().cut_after_layers(), ","), " -> ",
       spec.model().cut_after_layers_size() + 1, " segments\n");
   absl::StrAppend(
@@ -154,10 +174,11 @@ std::string FormatComparisonTable(const ComparisonReport& report) {
   // Cost per model.
   std::vector<std::string> names = {"cost"};
   std::vector<std::pair<std::string, TrainingCost>> columns;
-  std::vector<std::string> layers = {"linear layers"};
+  std::vector<std::string> layers = {
+      spec.model().layers().empty() ? "linear layers" : "layers"};
   if (has_conventional) {
     columns.emplace_back("conventional", report.conventional().cost());
-    layers.push_back(absl::StrCat("1..", spec.model().hidden_widths_size() + 1));
+    layers.push_back(absl::StrCat("1..", pnn::CuttableLayers(spec.model())));
   }
   for (const auto& segment : report.partitioned().segments()) {
     columns.emplace_back(absl::StrCat("segment ", segment.segment_index() + 1),
