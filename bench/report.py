@@ -1397,7 +1397,48 @@ def section_scale(results):
     return "\n".join(lines)
 
 
-def render_markdown(results, ablations=None, analysis=None):
+def section_cnn(cnn):
+    """The convolutional example (scripts/bench --preset cnn)."""
+    rows = cnn.get("rows") or []
+    lines = [
+        "## Convolutional network",
+        "",
+        f"`{cnn.get('command', 'scripts/bench --preset cnn')}`, "
+        f"{cnn.get('date', '')}: `{cnn.get('spec_path', '')}`, full data set "
+        "unless the command limits it. Conventional and partitioned run "
+        f"in-process (pnn-train, {cnn.get('threads', '?')} threads); the "
+        "partitioned runs train their segments one after another (wall: "
+        "their sum; largest segment: the wall time with one worker per "
+        "segment) and have no recovery epoch. The pipeline runs on a local "
+        "cluster, one worker per stage, the cores divided between them "
+        "(wall: the job's training time).",
+        "",
+        "| run | test accuracy | per epoch | vs conventional | wall (s) | "
+        "largest segment (s) |",
+        "|---|---|---|---|---|---|",
+    ]
+    conventional = next((r.get("test_accuracy") for r in rows
+                         if r.get("run") == "conventional"), None)
+    for row in rows:
+        if row.get("error"):
+            lines.append(f"| {row['run']} | error: {row['error']} | | | | |")
+            continue
+        accuracy = row.get("test_accuracy")
+        per_epoch = " ".join(f"{100 * a:.2f}" for a in row.get("epochs") or []
+                             if a is not None)
+        delta = ("" if conventional is None or accuracy is None
+                 or row.get("run") == "conventional"
+                 else f"{100 * (accuracy - conventional):+.2f} pp")
+        segments = [num((s.get("cost") or {}).get("wall_seconds"))
+                    for s in row.get("segments") or []]
+        lines.append(
+            f"| {row['run']} | {100 * accuracy:.2f}% | {per_epoch} | {delta} | "
+            f"{num(row.get('wall_seconds')):.1f} | "
+            f"{max(segments) if segments else num(row.get('wall_seconds')):.1f} |")
+    return "\n".join(lines)
+
+
+def render_markdown(results, ablations=None, analysis=None, cnn=None):
     """The whole BENCHMARKS.md from results.json (and ablations.json).
 
     analysis: optional Markdown written by people (bench/analysis.md), shown
@@ -1418,6 +1459,8 @@ def render_markdown(results, ablations=None, analysis=None):
                      "(`scripts/bench`).")
     if ablations:
         parts.append(section_ablations(ablations))
+    if cnn:
+        parts.append(section_cnn(cnn))
     if results:
         parts.append(section_scale(results))
     return "\n\n".join(p for p in parts if p) + "\n"

@@ -44,6 +44,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import report  # noqa: E402  (bench/report.py, beside this file)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_SPEC = os.path.join(REPO, "examples", "fashion_mnist.json")
 
 MODES = {
     "conventional": {"parallelism": "PARALLELISM_CONVENTIONAL",
@@ -286,7 +287,9 @@ def load_spec(path, args):
 def with_defaults(spec):
     """The fields the report reads, filled as the coordinator resolves them."""
     spec = copy.deepcopy(spec)
-    spec.setdefault("model", {}).setdefault("hidden_widths", [256] * 5)
+    model = spec.setdefault("model", {})
+    if not model.get("layers"):
+        model.setdefault("hidden_widths", [256] * 5)
     spec["model"].setdefault("cut_after_layers", [3])
     training = spec.setdefault("training", {})
     training.setdefault("epochs", 5)
@@ -667,6 +670,100 @@ def run_ablation_preset(args, argv, binaries, log_root):
     }
 
 
+CNN_SPEC = os.path.join(REPO, "examples", "fashion_mnist_cnn.json")
+
+
+def cnn_cuts(base):
+    """The spec's cut and the flatten layer's (the two cut positions the
+    CNN preset compares), in the spec's order."""
+    cuts = [base["model"]["cut_after_layers"][0]]
+    for index, layer in enumerate(base["model"]["layers"], 1):
+        if "flatten" in layer and index not in cuts:
+            cuts.append(index)
+    return cuts
+
+
+def run_cnn_preset(args, argv, binaries, log_root):
+    """Conventional and partitioned training of the CNN example in-process
+    (pnn-train, every core), the partitioned run at two cut positions;
+    returns cnn.json's content."""
+    binaries.check(["pnn_train"])
+    machine = machine_info()
+    threads = machine["nproc"]
+    spec_file = args.spec if args.spec != DEFAULT_SPEC else CNN_SPEC
+    base = in_process_spec(with_defaults(load_spec(spec_file, args)))
+    if not base["model"].get("layers"):
+        raise BenchError(f"--preset cnn needs a layer list (model.layers) in {spec_file}")
+    spec_path = os.path.join(log_root, "cnn_job.json")
+    write_json(spec_path, base)
+    log_path = os.path.join(log_root, "cnn.log")
+    runs = [("conventional", ["--partitioned=false"])]
+    for cut in cnn_cuts(base):
+        runs.append((f"partitioned, cut after layer {cut}",
+                     ["--conventional=false", f"--cut_after={cut}"]))
+    rows = []
+    for index, (name, extra) in enumerate(runs, 1):
+        print(f"bench: cnn {index}/{len(runs)}: {name}", file=sys.stderr)
+        row = {"run": name, "flags": extra}
+        try:
+            result = run_pnn_train(binaries, args, spec_path, threads, extra, log_path)
+            run = result.get("partitioned") or result.get("conventional") or {}
+            row.update({
+                "test_accuracy": report.num(run.get("test_accuracy"), None),
+                "epochs": [report.num(e.get("test_accuracy"), None)
+                           for e in run.get("epochs") or []],
+                "wall_seconds": report.num(run.get("wall_seconds"), None),
+                "parallel_wall_seconds": report.num(run.get("parallel_wall_seconds"), None),
+                "cost": run.get("cost") or {},
+                "segments": [{"layers": f"{s.get('first_layer')}..{s.get('last_layer')}",
+                              "cost": s.get("cost") or {}}
+                             for s in run.get("segments") or []],
+            })
+        except (BenchError, subprocess.SubprocessError, json.JSONDecodeError) as error:
+            row["error"] = str(error).splitlines()[0]
+        rows.append(row)
+    rows.append(run_cnn_pipeline(base, args, binaries, threads, log_root))
+    return {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "command": command_line(argv),
+        "machine": machine,
+        "threads": threads,
+        "spec_path": os.path.relpath(os.path.abspath(spec_file), REPO),
+        "spec": base,
+        "rows": rows,
+    }
+
+
+def run_cnn_pipeline(base, args, binaries, nproc, log_root):
+    """The micro-batched pipeline baseline (1F1B, --micro_batches) of the
+    CNN on a local cluster, one worker per segment; a cnn.json row."""
+    mode = "model_parallel_1f1b"
+    name = f"model parallel, 1F1B, {args.micro_batches} micro-batches"
+    print(f"bench: cnn: {name}", file=sys.stderr)
+    row = {"run": name, "flags": [f"--micro_batches={args.micro_batches}"]}
+    pipeline_args = copy.copy(args)
+    pipeline_args.evaluations_per_epoch = 1
+    try:
+        job, run_info = run_mode(mode, base, pipeline_args, binaries, nproc,
+                                 log_root)
+        if job.get("state") != "JOB_STATE_SUCCEEDED":
+            raise BenchError(f"{mode}: {job.get('state')} {job.get('message', '')}")
+        stages = job.get("segments") or []
+        row.update({
+            "test_accuracy": report.num((job.get("test") or {}).get("accuracy"), None),
+            "epochs": [report.num(e.get("test_accuracy"), None)
+                       for e in job.get("evaluations") or []],
+            "wall_seconds": report.num(job.get("training_seconds"), None),
+            "segments": [{"layers": f"{s.get('first_layer')}..{s.get('last_layer')}",
+                          "cost": s.get("cost") or {}} for s in stages],
+            "workers": len(run_info.get("workers") or []),
+            "threads_per_worker": run_info.get("threads_per_worker"),
+        })
+    except (BenchError, subprocess.SubprocessError, json.JSONDecodeError) as error:
+        row["error"] = str(error).splitlines()[0]
+    return row
+
+
 # ---------------------------------------------------------------------------
 # Report
 # ---------------------------------------------------------------------------
@@ -676,7 +773,8 @@ def regenerate(out_dir, analysis_path=None):
     with the hand-written analysis_path (if it exists) after the targets."""
     results_path = os.path.join(out_dir, "bench", "results.json")
     ablations_path = os.path.join(out_dir, "bench", "ablations.json")
-    results = ablations = None
+    cnn_path = os.path.join(out_dir, "bench", "cnn.json")
+    results = ablations = cnn = None
     if os.path.exists(results_path):
         with open(results_path, encoding="utf-8") as f:
             results = json.load(f)
@@ -690,13 +788,17 @@ def regenerate(out_dir, analysis_path=None):
     if os.path.exists(ablations_path):
         with open(ablations_path, encoding="utf-8") as f:
             ablations = json.load(f)
-    if results is None and ablations is None:
-        raise BenchError(f"nothing to report: no {results_path} or {ablations_path}")
+    if os.path.exists(cnn_path):
+        with open(cnn_path, encoding="utf-8") as f:
+            cnn = json.load(f)
+    if results is None and ablations is None and cnn is None:
+        raise BenchError(f"nothing to report: no {results_path}, {ablations_path} "
+                         f"or {cnn_path}")
     analysis = None
     if analysis_path and os.path.exists(analysis_path):
         with open(analysis_path, encoding="utf-8") as f:
             analysis = f.read()
-    markdown = report.render_markdown(results, ablations, analysis)
+    markdown = report.render_markdown(results, ablations, analysis, cnn)
     path = os.path.join(out_dir, "BENCHMARKS.md")
     with open(path, "w", encoding="utf-8") as out:
         out.write(markdown)
@@ -718,12 +820,15 @@ def parse_args(argv):
         epilog="Writes BENCHMARKS.md, bench/results.json (main), "
                "bench/ablations.json (ablation) and bench/plots/*.png under "
                "--out_dir.")
-    parser.add_argument("--preset", choices=("main", "ablation"), default="main",
+    parser.add_argument("--preset", choices=("main", "ablation", "cnn"), default="main",
                         help="main: the modes on local clusters; ablation: "
-                             "in-process ablations (longer). Default main.")
-    parser.add_argument("--spec", default=os.path.join(REPO, "examples", "fashion_mnist.json"),
+                             "in-process ablations (longer); cnn: the "
+                             "convolutional example in-process, conventional "
+                             "and partitioned at two cuts. Default main.")
+    parser.add_argument("--spec", default=DEFAULT_SPEC,
                         help="job spec (protobuf JSON of pnn.v1.JobSpec); default "
-                             "examples/fashion_mnist.json")
+                             "examples/fashion_mnist.json (--preset cnn: "
+                             "examples/fashion_mnist_cnn.json)")
     parser.add_argument("--epochs", type=int, default=0,
                         help="override training.epochs (0: the spec's)")
     parser.add_argument("--train_limit", type=int, default=None,
@@ -813,6 +918,9 @@ def main(argv):
         if args.preset == "main":
             results = run_main_preset(args, argv, binaries, log_root)
             write_json(os.path.join(out_dir, "bench", "results.json"), results)
+        elif args.preset == "cnn":
+            cnn = run_cnn_preset(args, argv, binaries, log_root)
+            write_json(os.path.join(out_dir, "bench", "cnn.json"), cnn)
         else:
             ablations = run_ablation_preset(args, argv, binaries, log_root)
             write_json(os.path.join(out_dir, "bench", "ablations.json"), ablations)

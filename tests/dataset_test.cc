@@ -63,6 +63,43 @@ TEST(DatasetTest, SyntheticRoundTripsThroughIdxFiles) {
   EXPECT_EQ(limited->test.size(), 7);
 }
 
+// Colour data sets converted to IDX: [N, channels, rows, cols] arrays,
+// held as [N, channels * rows * cols] (each image channel-major), and the
+// transposed orientation swaps rows and columns of every channel.
+TEST(DatasetTest, FourDimensionalIdxImagesKeepTheirChannels) {
+  TempDir dir;
+  SyntheticDatasetOptions options;
+  options.channels = 3;
+  options.rows = 4;
+  options.cols = 5;
+  const Dataset synthetic = MakeSyntheticDataset(options);
+  ASSERT_TRUE(WriteDatasetAsIdx(synthetic, dir.path()).ok());
+  EXPECT_TRUE(std::filesystem::exists(dir.path() +
+                                      "/train-images-idx4-ubyte.gz"));
+  pnn::v1::DatasetSpec spec;
+  auto loaded = LoadDataset(dir.path(), spec);
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  EXPECT_EQ(loaded->channels, 3);
+  EXPECT_EQ(loaded->rows, 4);
+  EXPECT_EQ(loaded->cols, 5);
+  EXPECT_EQ(loaded->input_width(), 60);
+  EXPECT_LE((loaded->train.images - synthetic.train.images).abs().max().item<float>(),
+            0.5f / 255 + 1e-6f);
+  auto shape = ReadDatasetShape(dir.path(), spec);
+  ASSERT_TRUE(shape.ok()) << shape.status();
+  EXPECT_EQ(shape->channels, 3);
+  EXPECT_EQ(shape->input_width(), 60);
+
+  spec.set_orientation(pnn::v1::IMAGE_ORIENTATION_TRANSPOSED);
+  auto transposed = LoadDataset(dir.path(), spec);
+  ASSERT_TRUE(transposed.ok()) << transposed.status();
+  EXPECT_EQ(transposed->rows, 5);
+  EXPECT_EQ(transposed->cols, 4);
+  EXPECT_TRUE(at::equal(
+      transposed->train.images.reshape({-1, 3, 5, 4}),
+      loaded->train.images.reshape({-1, 3, 4, 5}).transpose(2, 3)));
+}
+
 TEST(DatasetTest, LabelsOnlyLoadsTheLabelsAndTheShapeButNoImages) {
   TempDir dir;
   SyntheticDatasetOptions options;

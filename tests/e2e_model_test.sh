@@ -129,10 +129,10 @@ cat >"$work/cnn.json" <<'JSON'
       {"linear": {"out_features": 32}},
       {"linear": {}}
     ],
-    "cut_after_layers": [6]
+    "cut_after_layers": [7]
   },
-  "training": {"epochs": 2},
-  "dataset": {"path": "fashion-mnist", "train_limit": 3000, "test_limit": 1000}
+  "training": {"epochs": 3},
+  "dataset": {"path": "fashion-mnist", "train_limit": 10000, "test_limit": 1000}
 }
 JSON
 cnn=$("$PNNCTL" --coordinator "$target" submit "$work/cnn.json") ||

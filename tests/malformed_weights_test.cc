@@ -211,10 +211,11 @@ TEST_F(MalformedWeightsTest, FailOnlyThatJobWithTheReason) {
        "bias"},
       {"weight with three dimensions",
        [&](auto* w) { tensor(w, "weight", false)->add_shape(1); },
-       "not a matrix"},
+       "has shape [32, 36, 1], the model needs [32, 36]"},
       {"missing bias", [&](auto* w) { w->mutable_tensors()->RemoveLast(); },
        ""},
-      {"no tensors at all", [](auto* w) { w->clear_tensors(); }, "missing"},
+      {"no tensors at all", [](auto* w) { w->clear_tensors(); },
+       "expected 2 tensors"},
       {"an extra tensor",
        [](auto* w) {
          auto* extra = w->add_tensors();

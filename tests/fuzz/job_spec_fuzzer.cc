@@ -82,10 +82,22 @@ bool IsCanonicalDevice(const std::string& device) {
 
 void CheckResolved(const JobSpec& resolved) {
   const auto& model = resolved.model();
-  FUZZ_CHECK(model.hidden_widths_size() >= 1);
-  FUZZ_CHECK(model.cut_after_layers_size() >= 1);
+  // One kind of network: hidden widths or a layer list.
+  FUZZ_CHECK((model.hidden_widths_size() >= 1) != (model.layers_size() >= 1));
+  FUZZ_CHECK(model.cut_after_layers_size() >= 1 ||
+             (model.layers_size() >= 1 &&
+              resolved.parallelism() == pnn::v1::PARALLELISM_CONVENTIONAL));
   FUZZ_CHECK(model.activation() != pnn::v1::ACTIVATION_UNSPECIFIED);
-  const int layers = model.hidden_widths_size() + 1;
+  for (const auto& layer : model.layers()) {
+    FUZZ_CHECK(layer.kind_case() != pnn::v1::LayerSpec::KIND_NOT_SET);
+    if (layer.has_conv2d()) FUZZ_CHECK(layer.conv2d().stride() >= 1);
+    if (layer.has_max_pool()) FUZZ_CHECK(layer.max_pool().stride() >= 1);
+    if (layer.has_avg_pool()) FUZZ_CHECK(layer.avg_pool().stride() >= 1);
+  }
+  if (model.layers_size() > 0) {
+    FUZZ_CHECK(model.layers(model.layers_size() - 1).has_linear());
+  }
+  const int layers = pnn::CuttableLayers(model);
   int previous = 0;
   for (int cut : model.cut_after_layers()) {
     FUZZ_CHECK(cut > previous && cut < layers);
