@@ -698,9 +698,16 @@ def run_cnn_preset(args, argv, binaries, log_root):
     write_json(spec_path, base)
     log_path = os.path.join(log_root, "cnn.log")
     runs = [("conventional", ["--partitioned=false"])]
-    for cut in cnn_cuts(base):
+    cuts = cnn_cuts(base)
+    for cut in cuts:
         runs.append((f"partitioned, cut after layer {cut}",
                      ["--conventional=false", f"--cut_after={cut}"]))
+    # The SIL settings at the spec's cut, one changed at a time (the
+    # ablations' kappa and distribution rows, for the CNN).
+    for setting, flag in (("kappa 5", "--kappa=5"), ("normal SIL", "--sil=normal"),
+                          ("orthogonal SIL", "--sil=orthogonal")):
+        runs.append((f"partitioned, cut after layer {cuts[0]}, {setting}",
+                     ["--conventional=false", f"--cut_after={cuts[0]}", flag]))
     rows = []
     for index, (name, extra) in enumerate(runs, 1):
         print(f"bench: cnn {index}/{len(runs)}: {name}", file=sys.stderr)
