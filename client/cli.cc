@@ -40,6 +40,8 @@ struct Flags {
   bool watch = false;
   int32_t epochs = 0, train_limit = 0, test_limit = 0, recovery_epochs = 0;
   int32_t evaluations_per_epoch = 0;
+  int32_t micro_batches = 0;
+  std::string schedule;
   std::string hidden_widths, cut_after, dataset, device, name, parallelism;
   double kappa = 1.0;
   uint64_t seed = 1;
@@ -194,6 +196,11 @@ void Cli::AddSubmit() {
   submit->add_option("--evaluations-per-epoch", flags_.evaluations_per_epoch,
                      "test-set evaluations per epoch for the "
                      "accuracy-over-time curve (0-20)");
+  submit->add_option("--micro-batches", flags_.micro_batches,
+                     "model_parallel: micro-batches per batch (default 4 x "
+                     "stages)");
+  submit->add_option("--schedule", flags_.schedule,
+                     "model_parallel: gpipe (default) or 1f1b");
   submit->add_flag("--baseline,!--no-baseline", flags_.baseline,
                    "also train the unsplit network conventionally");
 }
@@ -458,6 +465,14 @@ std::string Cli::SpecOverridesError(SpecOverrides* overrides) const {
     }
     overrides->evaluations_per_epoch = flags_.evaluations_per_epoch;
   }
+  if (has("--micro-batches")) {
+    if (flags_.micro_batches < 1) {
+      return absl::StrCat("--micro-batches ", flags_.micro_batches,
+                          ": must be at least 1 (default: 4 x the stages)");
+    }
+    overrides->micro_batches = flags_.micro_batches;
+  }
+  if (has("--schedule")) overrides->schedule = flags_.schedule;
   if (has("--kappa")) {
     if (!(flags_.kappa > 0)) {
       return absl::StrCat("--kappa ", flags_.kappa,

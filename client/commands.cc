@@ -37,6 +37,7 @@ Commands:
                        --device cpu|cuda|cuda:N --name TEXT
                        --parallelism partitioned|model_parallel|conventional
                        --evaluations-per-epoch N
+                       --micro-batches N --schedule gpipe|1f1b (model_parallel)
                        --baseline (also train the unsplit network to compare)
                      --watch: then follow the job as `watch` does.
   get ID             Show a job: state, progress, or results once it ended.

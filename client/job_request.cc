@@ -93,7 +93,8 @@ std::string FindBadEnum(const google::protobuf::Struct& object,
 bool SpecOverrides::any() const {
   return epochs || train_limit || test_limit || hidden_widths || cut_after ||
          kappa || seed || dataset || recovery_epochs || device || name ||
-         baseline || parallelism || evaluations_per_epoch;
+         baseline || parallelism || evaluations_per_epoch || micro_batches ||
+         schedule;
 }
 
 absl::StatusOr<SubmitJobRequest> ParseSubmitRequestJson(
@@ -225,6 +226,14 @@ absl::Status ApplyOverrides(const SpecOverrides& overrides,
   if (overrides.evaluations_per_epoch) {
     spec->set_evaluations_per_epoch(*overrides.evaluations_per_epoch);
   }
+  if (overrides.micro_batches) {
+    spec->mutable_pipeline()->set_micro_batches(*overrides.micro_batches);
+  }
+  if (overrides.schedule) {
+    auto schedule = ParseSchedule(*overrides.schedule);
+    if (!schedule.ok()) return schedule.status();
+    spec->mutable_pipeline()->set_schedule(*schedule);
+  }
   return absl::OkStatus();
 }
 
@@ -274,6 +283,21 @@ absl::StatusOr<pnn::v1::Parallelism> ParseParallelism(absl::string_view text) {
   return absl::InvalidArgumentError(
       absl::StrCat("--parallelism=", text,
                    ": expected partitioned, model_parallel or conventional"));
+}
+
+absl::StatusOr<pnn::v1::PipelineSchedule> ParseSchedule(
+    absl::string_view text) {
+  std::string name = absl::AsciiStrToUpper(text);
+  if (!absl::StartsWith(name, "PIPELINE_SCHEDULE_")) {
+    name = "PIPELINE_SCHEDULE_" + name;
+  }
+  pnn::v1::PipelineSchedule schedule;
+  if (name != "PIPELINE_SCHEDULE_UNSPECIFIED" &&
+      pnn::v1::PipelineSchedule_Parse(name, &schedule)) {
+    return schedule;
+  }
+  return absl::InvalidArgumentError(absl::StrCat(
+      "--schedule=", text, ": expected gpipe or 1f1b (model_parallel jobs)"));
 }
 
 absl::StatusOr<pnn::v1::ModelFormat> ParseModelFormat(absl::string_view text) {

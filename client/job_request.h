@@ -36,6 +36,8 @@ struct SpecOverrides {
   std::optional<bool> baseline;  // conventional_baseline
   std::optional<std::string> parallelism;  // see ParseParallelism
   std::optional<int32_t> evaluations_per_epoch;
+  std::optional<int32_t> micro_batches;  // pipeline.micro_batches
+  std::optional<std::string> schedule;   // see ParseSchedule
 
   // True when any override is set.
   bool any() const;
@@ -74,6 +76,9 @@ absl::StatusOr<std::vector<pnn::v1::JobState>> ParseStateList(
 // "partitioned", "model_parallel" or "conventional" (case-insensitive,
 // also the enum names).
 absl::StatusOr<pnn::v1::Parallelism> ParseParallelism(absl::string_view text);
+
+// "gpipe" or "1f1b" (or the enum's name): a model-parallel job's schedule.
+absl::StatusOr<pnn::v1::PipelineSchedule> ParseSchedule(absl::string_view text);
 
 // "safetensors" or "pnn" (also the enum names).
 absl::StatusOr<pnn::v1::ModelFormat> ParseModelFormat(absl::string_view text);

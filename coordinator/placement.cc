@@ -15,18 +15,70 @@ bool DeviceMatches(const std::string& wanted, const std::string& offered) {
   return wanted == "cuda" ? offers_cuda : wanted == offered;
 }
 
+std::pair<int, int> WorkerSpeed(const WorkerRegistry::Worker& worker) {
+  const bool cuda = worker.info.device().rfind("cuda", 0) == 0;
+  return {cuda ? 1 : 0, worker.info.threads()};
+}
+
+namespace {
+
+// Reassigns `workers` (positions in `available`) to `works` so that the
+// heaviest work gets the fastest worker: returns, for each work in order,
+// its worker. Stable: equal works keep the order of equal workers.
+std::vector<size_t> FastestForHeaviest(
+    const std::vector<int64_t>& works, std::vector<size_t> workers,
+    const std::vector<WorkerRegistry::Worker>& available) {
+  std::vector<size_t> by_work(works.size());
+  for (size_t i = 0; i < by_work.size(); ++i) by_work[i] = i;
+  std::stable_sort(by_work.begin(), by_work.end(),
+                   [&](size_t a, size_t b) { return works[a] > works[b]; });
+  std::stable_sort(workers.begin(), workers.end(), [&](size_t a, size_t b) {
+    return WorkerSpeed(available[a]) > WorkerSpeed(available[b]);
+  });
+  std::vector<size_t> assigned(works.size());
+  for (size_t rank = 0; rank < by_work.size(); ++rank) {
+    assigned[by_work[rank]] = workers[rank];
+  }
+  return assigned;
+}
+
+}  // namespace
+
 std::vector<std::pair<size_t, size_t>> PlaceTasks(
     const std::vector<QueuedTask>& queued,
     const std::vector<WorkerRegistry::Worker>& available) {
-  std::vector<std::pair<size_t, size_t>> placements;
+  // Which tasks start now, and on which workers: first come, first served.
+  std::vector<std::pair<size_t, size_t>> chosen;  // (queued position, worker)
   std::vector<bool> taken(available.size(), false);
-  for (const QueuedTask& task : queued) {
+  for (size_t q = 0; q < queued.size(); ++q) {
     for (size_t w = 0; w < available.size(); ++w) {
-      if (!taken[w] && DeviceMatches(task.device, available[w].info.device())) {
+      if (!taken[w] &&
+          DeviceMatches(queued[q].device, available[w].info.device())) {
         taken[w] = true;
-        placements.emplace_back(task.index, w);
+        chosen.emplace_back(q, w);
         break;
       }
+    }
+  }
+  // Then, per device offered (any of its tasks fits any of its workers),
+  // the heaviest task on the fastest worker.
+  std::map<std::string, std::vector<size_t>> by_device;  // chosen positions
+  for (size_t c = 0; c < chosen.size(); ++c) {
+    by_device[available[chosen[c].second].info.device()].push_back(c);
+  }
+  std::vector<std::pair<size_t, size_t>> placements(chosen.size());
+  for (const auto& [device, members] : by_device) {
+    std::vector<int64_t> works;
+    std::vector<size_t> workers;
+    for (size_t c : members) {
+      works.push_back(queued[chosen[c].first].work);
+      workers.push_back(chosen[c].second);
+    }
+    const std::vector<size_t> assigned =
+        FastestForHeaviest(works, workers, available);
+    for (size_t i = 0; i < members.size(); ++i) {
+      placements[members[i]] = {queued[chosen[members[i]].first].index,
+                                assigned[i]};
     }
   }
   return placements;
@@ -35,7 +87,8 @@ std::vector<std::pair<size_t, size_t>> PlaceTasks(
 PipelinePlacement PlacePipeline(
     const std::string& device, size_t stages,
     const std::vector<WorkerRegistry::Worker>& available,
-    size_t matching_registered, absl::Time heard_since) {
+    size_t matching_registered, absl::Time heard_since,
+    const std::vector<int64_t>& stage_work) {
   PipelinePlacement placement;
   for (size_t w = 0; w < available.size() && placement.workers.size() < stages;
        ++w) {
@@ -47,6 +100,9 @@ PipelinePlacement PlacePipeline(
   if (placement.workers.size() < stages) {
     placement.workers.clear();
     placement.gang_waits = matching_registered >= stages;
+  } else if (stage_work.size() == stages) {
+    placement.workers =
+        FastestForHeaviest(stage_work, placement.workers, available);
   }
   return placement;
 }

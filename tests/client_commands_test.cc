@@ -885,7 +885,8 @@ TEST_F(CommandsTest, BinaryTakesKebabAndSnakeCaseFlags) {
   CliRun run = RunPnnctl(absl::StrCat(
       "submit --coordinator ", target_,
       " --train-limit 7 --test_limit=8 --hidden-widths 16 --cut_after 1 "
-      "--evaluations-per-epoch 2 --recovery_epochs 1 --no-baseline"));
+      "--evaluations-per-epoch 2 --recovery_epochs 1 --no-baseline "
+      "--parallelism model_parallel --micro-batches 6 --schedule 1f1b"));
   EXPECT_EQ(run.code, 0) << run.err;
   pnn::v1::SubmitJobRequest sent = coordinator_.last_submit();
   EXPECT_EQ(sent.spec().dataset().train_limit(), 7);
@@ -894,6 +895,9 @@ TEST_F(CommandsTest, BinaryTakesKebabAndSnakeCaseFlags) {
   EXPECT_EQ(sent.spec().evaluations_per_epoch(), 2);
   EXPECT_EQ(sent.spec().recovery().epochs(), 1);
   EXPECT_FALSE(sent.conventional_baseline());
+  EXPECT_EQ(sent.spec().pipeline().micro_batches(), 6);
+  EXPECT_EQ(sent.spec().pipeline().schedule(),
+            pnn::v1::PIPELINE_SCHEDULE_1F1B);
   // Global flags before the command, snake_case too.
   run = RunPnnctl(absl::StrCat("--coordinator=", target_,
                                " --timeout=5s submit --train_limit 9"));

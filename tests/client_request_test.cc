@@ -105,6 +105,8 @@ TEST(ApplyOverridesTest, EveryFlagSetsItsField) {
   overrides.device = "cuda:1";
   overrides.name = "flags";
   overrides.baseline = true;
+  overrides.micro_batches = 8;
+  overrides.schedule = "1f1b";
   EXPECT_TRUE(overrides.any());
   pnn::v1::SubmitJobRequest request;
   ASSERT_TRUE(ApplyOverrides(overrides, &request).ok());
@@ -122,6 +124,21 @@ TEST(ApplyOverridesTest, EveryFlagSetsItsField) {
   EXPECT_EQ(spec.device(), "cuda:1");
   EXPECT_EQ(spec.name(), "flags");
   EXPECT_TRUE(request.conventional_baseline());
+  EXPECT_EQ(spec.pipeline().micro_batches(), 8);
+  EXPECT_EQ(spec.pipeline().schedule(), pnn::v1::PIPELINE_SCHEDULE_1F1B);
+}
+
+TEST(ApplyOverridesTest, UnknownScheduleNamesTheChoices) {
+  SpecOverrides overrides;
+  overrides.schedule = "interleaved";
+  pnn::v1::SubmitJobRequest request;
+  const absl::Status status = ApplyOverrides(overrides, &request);
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(status.message()),
+              HasSubstr("--schedule=interleaved: expected gpipe or 1f1b"));
+  EXPECT_EQ(*ParseSchedule("GPipe"), pnn::v1::PIPELINE_SCHEDULE_GPIPE);
+  EXPECT_EQ(*ParseSchedule("PIPELINE_SCHEDULE_1F1B"),
+            pnn::v1::PIPELINE_SCHEDULE_1F1B);
 }
 
 TEST(ApplyOverridesTest, NoOverridesChangeNothing) {

@@ -152,6 +152,32 @@ TEST_F(ClusterTest, JobRunsOnTwoWorkersInParallelAndTheModelDownloads) {
   EXPECT_EQ(parsed.last_layer(), 3);
 }
 
+// A heterogeneous pool: segment 2 of 36-4-64-64-4 cut after layer 1
+// (27648 training FLOPs per sample against segment 1's 864) goes to the
+// worker with more threads, although segment 1 comes first and the other
+// worker registered first (and so comes first in the registry, by id).
+TEST_F(ClusterTest, TheHeaviestSegmentGoesToTheFastestWorker) {
+  cluster_.AddWorker();
+  cluster_.WaitForWorkers(1);
+  worker::WorkerServer* fast = cluster_.AddWorker(
+      [](worker::WorkerOptions* options) { options->threads = 2; });
+  cluster_.WaitForWorkers(2);
+  auto request = cluster_.Request(2);
+  auto* model = request.mutable_spec()->mutable_model();
+  model->clear_hidden_widths();
+  for (int width : {4, 64, 64}) model->add_hidden_widths(width);
+  const std::string id = cluster_.Submit(request);
+  ASSERT_FALSE(id.empty());
+  grpc::Status status;
+  const auto events = cluster_.Watch(id, &status);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  const Job job = cluster_.Get(id);
+  ASSERT_EQ(job.state(), pnn::v1::JOB_STATE_SUCCEEDED) << job.message();
+  ASSERT_EQ(job.segments_size(), 2);
+  EXPECT_EQ(job.segments(1).worker_id(), fast->worker_id());
+  EXPECT_NE(job.segments(0).worker_id(), fast->worker_id());
+}
+
 TEST_F(ClusterTest, WorkersAndAJobsLogAreVisibleAndHealthNamesTheService) {
   cluster_.AddWorker();
   cluster_.WaitForWorkers(1);

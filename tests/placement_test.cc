@@ -41,6 +41,54 @@ TEST(PlacementTest, TasksTakeMatchingWorkersOnceEachInOrder) {
   EXPECT_EQ(skipped[0].first, 1u);
 }
 
+WorkerRegistry::Worker Threads(const std::string& id, int threads,
+                               const std::string& device = "cpu") {
+  WorkerRegistry::Worker worker = Worker(id, device);
+  worker.info.set_threads(threads);
+  return worker;
+}
+
+// A heterogeneous pool: the heaviest segment goes to the fastest worker
+// (a CUDA worker, then the most threads), whatever order they come in.
+TEST(PlacementTest, TheHeaviestTaskGetsTheFastestWorker) {
+  const std::vector<WorkerRegistry::Worker> available = {
+      Threads("small", 1), Threads("big", 8), Threads("medium", 4)};
+  const auto placed = PlaceTasks(
+      {{0, "cpu", 700}, {1, "cpu", 100}, {2, "cpu", 300}}, available);
+  ASSERT_EQ(placed.size(), 3u);
+  EXPECT_EQ(placed[0], std::make_pair(size_t{0}, size_t{1}));  // 700: big
+  EXPECT_EQ(placed[1], std::make_pair(size_t{1}, size_t{0}));  // 100: small
+  EXPECT_EQ(placed[2], std::make_pair(size_t{2}, size_t{2}));  // 300: medium
+  // Only the tasks that start now are matched: the first two, on the two
+  // workers there are, the heavier on the faster.
+  const auto two = PlaceTasks({{0, "cpu", 1}, {1, "cpu", 9}, {2, "cpu", 50}},
+                              {Threads("fast", 4), Threads("slow", 1)});
+  ASSERT_EQ(two.size(), 2u);
+  EXPECT_EQ(two[0], std::make_pair(size_t{0}, size_t{1}));
+  EXPECT_EQ(two[1], std::make_pair(size_t{1}, size_t{0}));
+  // A GPU beats threads; device matching still decides who may run what.
+  const auto mixed =
+      PlaceTasks({{0, "cuda", 1}, {1, "cuda", 5}, {2, "cpu", 9}},
+                 {Threads("cpu16", 16), Threads("gpu-a", 2, "cuda:0"),
+                  Threads("gpu-b", 8, "cuda:1")});
+  ASSERT_EQ(mixed.size(), 3u);
+  EXPECT_EQ(mixed[0], std::make_pair(size_t{0}, size_t{1}));
+  EXPECT_EQ(mixed[1], std::make_pair(size_t{1}, size_t{2}));
+  EXPECT_EQ(mixed[2], std::make_pair(size_t{2}, size_t{0}));
+}
+
+TEST(PlacementTest, APipelinesHeaviestStageGetsTheFastestWorker) {
+  const std::vector<WorkerRegistry::Worker> available = {
+      Threads("a", 1), Threads("b", 4), Threads("c", 2)};
+  const absl::Time heard_since = kNow - absl::Seconds(2);
+  EXPECT_EQ(PlacePipeline("cpu", 3, available, 3, heard_since, {5, 1, 9})
+                .workers,
+            (std::vector<size_t>{2, 0, 1}));
+  EXPECT_EQ(PlacePipeline("cpu", 2, available, 3, heard_since, {7, 7})
+                .workers,
+            (std::vector<size_t>{1, 0}));
+}
+
 TEST(PlacementTest, APipelineStartsWholeOrWaitsForItsGang) {
   const std::vector<WorkerRegistry::Worker> available = {
       Worker("a", "cpu"), Worker("stale", "cpu", kNow - absl::Seconds(10)),
