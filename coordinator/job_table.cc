@@ -103,6 +103,34 @@ JobRecord CorruptRecord(const JobStore::Loaded& stored) {
   return record;
 }
 
+// A task stored before tasks carried their layers (it had the widths of a
+// fully connected segment, field 6): its layers again, from the job's
+// spec and input width, so that a job in flight across an upgrade still
+// runs. Tasks that have their layers are left alone.
+void AddLayersOfAnOlderTask(const pnn::v1::Job& job,
+                            pnn::v1::SegmentTask* task) {
+  if (task->layers_size() > 0 || !job.spec().model().layers().empty() ||
+      job.input_width() < 1) {
+    return;
+  }
+  const auto network = NetworkArchitecture(
+      job.spec(), ImageShape{1, 1, job.input_width()}, job.num_classes());
+  if (!network.ok()) return;
+  const auto segment =
+      SliceNetwork(*network, task->first_layer(), task->last_layer());
+  if (!segment.ok()) return;
+  SetTaskArchitecture(*segment, task);
+  if (task->input_case() == pnn::v1::SegmentTask::kUpstream ||
+      NeedsUpstream(*task)) {
+    auto* upstream = task->mutable_upstream();
+    upstream->mutable_layers()->Assign(
+        network->layers.begin(),
+        network->layers.begin() + (task->first_layer() - 1));
+    upstream->mutable_input_shape()->Assign(network->input_shape.begin(),
+                                            network->input_shape.end());
+  }
+}
+
 JobRecord RestoredRecord(const JobStore::Loaded& stored) {
   JobRecord record;
   record.sequence = stored.job.sequence();
@@ -114,6 +142,7 @@ JobRecord RestoredRecord(const JobStore::Loaded& stored) {
   for (int i = 0; i < stored.job.tasks_size(); ++i) {
     TaskRecord task;
     task.task = stored.job.tasks(i);
+    AddLayersOfAnOlderTask(record.job, &task.task);
     task.status = i < segments ? record.job.segments(i) : record.job.baseline();
     if (auto it = stored.weights.find(i); it != stored.weights.end()) {
       task.weights = it->second;

@@ -7,6 +7,7 @@
 
 #include "common/job_spec.h"
 #include "gmock/gmock.h"
+#include "google/protobuf/util/message_differencer.h"
 #include "gtest/gtest.h"
 
 namespace pnn {
@@ -267,6 +268,36 @@ TEST_F(JobTableTest, ARestartRequeuesRunningTasksWithoutCountingTheAttempt) {
   EXPECT_EQ(again->job.message(), "resumed after a coordinator restart");
   // New jobs come after the restored ones.
   EXPECT_GT(restarted.TakeSequence(), record.sequence);
+}
+
+// A job stored by a coordinator from before layer lists: its tasks have
+// no layers (they had widths, a field now reserved). Restored, they get
+// their layers from the spec, the same a new plan gives them.
+TEST_F(JobTableTest, TasksStoredWithoutLayersGetThemBackOnRestore) {
+  JobRecord& record = AddJob();
+  pnn::v1::StoredJob stored = JobTable::ToStored(record);
+  std::vector<pnn::v1::SegmentTask> planned;
+  for (auto& task : *stored.mutable_tasks()) {
+    planned.push_back(task);
+    task.clear_layers();
+    task.clear_input_shape();
+    task.clear_leading_activation();
+  }
+  JobStore::Loaded loaded;
+  loaded.job = stored;
+  RecordingListener listener;
+  JobTable restarted(&listener);
+  std::vector<JobStore::Loaded> rows;
+  rows.push_back(loaded);
+  restarted.Restore(std::move(rows));
+  JobRecord* again = restarted.Find(record.id());
+  ASSERT_NE(again, nullptr);
+  ASSERT_EQ(again->tasks.size(), planned.size());
+  for (size_t i = 0; i < planned.size(); ++i) {
+    EXPECT_TRUE(google::protobuf::util::MessageDifferencer::Equals(
+        again->tasks[i].task, planned[i]))
+        << i << ": " << again->tasks[i].task.ShortDebugString();
+  }
 }
 
 TEST_F(JobTableTest, ExpiryKeepsTheNewestFinishedJobs) {
