@@ -458,12 +458,14 @@ std::string ProgressBar(double fraction, int width) {
 
 std::string TaskLabel(const TaskStatus& task) {
   if (task.segment_index() < 0) return "baseline";
+  if (task.recovery()) return absl::StrCat("recovery ", task.segment_index() + 1);
   return absl::StrCat("segment ", task.segment_index() + 1);
 }
 
 std::vector<const TaskStatus*> JobTasks(const Job& job) {
   std::vector<const TaskStatus*> tasks;
   for (const auto& segment : job.segments()) tasks.push_back(&segment);
+  for (const auto& stage : job.recovery()) tasks.push_back(&stage);
   if (job.conventional_baseline() || job.has_baseline()) {
     tasks.push_back(&job.baseline());
   }

@@ -42,10 +42,12 @@ std::string FormatPercent(double fraction);
 // clamped to [0, 1]; NaN shows as empty.
 std::string ProgressBar(double fraction, int width);
 
-// "segment 1" (1-based, as pnn-train prints them) or "baseline".
+// "segment 1" (1-based, as pnn-train prints them), "recovery 1" (a stage
+// of the recovery epochs) or "baseline".
 std::string TaskLabel(const pnn::v1::TaskStatus& task);
 
-// The job's segments in order, then the baseline if the job has one.
+// The job's segments in order, then its recovery stages, then the
+// baseline if the job has one.
 std::vector<const pnn::v1::TaskStatus*> JobTasks(const pnn::v1::Job& job);
 
 // One line of live progress for a task: label, layers, bar, percent, epoch,

@@ -344,6 +344,11 @@ PipelineStageTrainer::Create(const SegmentTask& task,
         state->last = task.segment_index() + 1 == task.segment_count();
         state->model = SegmentModel(TaskArchitecture(task));
         InitializeWeights(state->model, task.seed());
+        if (task.has_resume()) {
+          // A recovery stage starts from its segment's trained weights.
+          PNN_RETURN_IF_ERROR(
+              ImportWeights(task.resume().weights(), state->model));
+        }
         state->model->to(device);
         state->model->train();
         state->optimizer = MakeOptimizer(state->model, task.training());

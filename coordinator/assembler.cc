@@ -180,6 +180,7 @@ absl::StatusOr<AssemblyResult> Assembler::Assemble(
   // Joining and testing run on the coordinator's own device, not the one
   // the workers trained on: a CPU coordinator assembles CUDA jobs.
   const std::string& device = options_.device;
+  PNN_RETURN_IF_ERROR(SetTrainingThreads(options_.threads));
   PNN_ASSIGN_OR_RETURN(
       std::string directory,
       ResolveDatasetDirectory(options_.data_dir, spec.dataset(), false));
@@ -198,16 +199,11 @@ absl::StatusOr<AssemblyResult> Assembler::Assemble(
                                            network, *data, device,
                                            should_stop));
   result.final_test = result.joined_test;
-  const pnn::v1::TrainingConfig recovery = RecoveryTrainingConfig(spec);
-  if (recovery.epochs() > 0) {
-    TrainOptions train;
-    train.device = device;
-    train.threads = options_.threads;
-    train.should_stop = should_stop;
-    PNN_ASSIGN_OR_RETURN(
-        NetworkTrainingResult recovered,
-        TrainNetwork(joined, data->train, recovery, spec.seed(), train));
-    result.recovery_seconds = recovered.cost.wall_seconds();
+  if (!input.recovered.empty()) {
+    // The recovery epochs ran on the workers, as a pipeline over the
+    // segments: the model is what they left.
+    PNN_ASSIGN_OR_RETURN(joined, AssembleNetwork(input.recovered, network));
+    result.recovery_seconds = input.recovery_seconds;
     PNN_ASSIGN_OR_RETURN(
         result.final_test,
         Evaluate(joined, data->test, data->num_classes, device));

@@ -1,5 +1,6 @@
 // The coordinator's libtorch work, apart from its job table: joining the
-// trained segments, recovery epochs, the test passes (the joined model, the
+// trained segments (before and after recovery epochs, which the workers
+// run), the test passes (the joined model, the
 // accuracy-over-time checkpoints, the conventional baseline) and the model
 // files under <state_dir>/models.
 //
@@ -42,6 +43,10 @@ struct AssemblyInput {
   std::vector<pnn::v1::SegmentWeights> weights;            // by segment
   std::vector<std::vector<CheckpointRecord>> checkpoints;  // by segment
   bool pipeline = false;  // stages of one model-parallel run
+  // After recovery epochs on the workers: each segment's weights at their
+  // end (by segment), and the longest stage's training time.
+  std::vector<pnn::v1::SegmentWeights> recovered;
+  double recovery_seconds = 0;
 };
 
 struct AssemblyResult {
@@ -57,7 +62,7 @@ class Assembler {
   struct Options {
     std::string state_dir;
     std::string data_dir;
-    int threads = 1;  // intra-op threads for recovery epochs
+    int threads = 1;  // intra-op threads for the test passes
     // Where joining, recovery and the test passes run ("cpu", "cuda:N"),
     // whatever device a job's workers trained on.
     std::string device = "cpu";
@@ -69,7 +74,8 @@ class Assembler {
   // (CUDA asked of a CPU-only libtorch or machine).
   absl::Status CheckDevice() const;
 
-  // Joins, tests, runs recovery epochs and writes the model files.
+  // Joins and tests the segments (and, after recovery epochs on the
+  // workers, their recovered weights) and writes the model files.
   // CANCELLED as soon as `should_stop` says so (polled between batches and
   // evaluation points).
   absl::StatusOr<AssemblyResult> Assemble(

@@ -651,7 +651,12 @@ void Coordinator::Assemble(const std::string& job_id) {
     input.job_id = job_id;
     input.spec = record->job.spec();
     for (const TaskRecord& task : record->tasks) {
-      if (task.is_baseline()) continue;
+      if (task.is_recovery()) {
+        input.recovered.push_back(task.weights);
+        input.recovery_seconds = std::max(input.recovery_seconds,
+                                          task.status.cost().wall_seconds());
+      }
+      if (!task.is_segment()) continue;
       input.weights.push_back(task.weights);
       input.checkpoints.push_back(task.checkpoints);
       input.pipeline = task.is_stage();

@@ -9,6 +9,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "common/job_spec.h"
 #include "common/partition.h"
 #include "common/pipeline_schedule.h"
 #include "common/status_macros.h"
@@ -70,6 +71,35 @@ TaskRecord PlannedTask(pnn::v1::SegmentTask task) {
                                               : pnn::v1::TASK_STATE_QUEUED);
   record.task = std::move(task);
   return record;
+}
+
+// A partitioned job's recovery epochs: the segments as the stages of one
+// pipeline (micro-batched, GPipe) that trains the joined network end to end
+// on the workers, WAITING until every segment has trained.
+absl::StatusOr<std::vector<TaskRecord>> PlannedRecovery(
+    const pnn::v1::JobSpec& spec, const ImageShape& image, int num_classes,
+    const std::string& job_id) {
+  pnn::v1::JobSpec pipeline = spec;
+  pipeline.set_parallelism(pnn::v1::PARALLELISM_MODEL_PARALLEL);
+  *pipeline.mutable_training() = RecoveryTrainingConfig(spec);
+  pipeline.clear_recovery();
+  pipeline.clear_segment_training();
+  pipeline.set_evaluations_per_epoch(0);
+  const int stages = spec.model().cut_after_layers_size() + 1;
+  pipeline.mutable_pipeline()->set_micro_batches(
+      std::min(4 * stages, pipeline.training().batch_size()));
+  pipeline.mutable_pipeline()->set_schedule(pnn::v1::PIPELINE_SCHEDULE_GPIPE);
+  PNN_ASSIGN_OR_RETURN(std::vector<pnn::v1::SegmentTask> tasks,
+                       PlanSegmentTasks(pipeline, image, num_classes, job_id));
+  std::vector<TaskRecord> records;
+  for (pnn::v1::SegmentTask& task : tasks) {
+    task.set_recovery(true);
+    TaskRecord record = PlannedTask(std::move(task));
+    record.status.set_recovery(true);
+    record.status.set_state(pnn::v1::TASK_STATE_WAITING);
+    records.push_back(std::move(record));
+  }
+  return records;
 }
 
 // The conventional baseline: the whole network as one task on one worker.
@@ -139,11 +169,15 @@ JobRecord RestoredRecord(const JobStore::Loaded& stored) {
   record.baseline_evaluated = stored.job.baseline_evaluated();
   record.cancel_requested = stored.job.cancel_requested();
   const int segments = record.job.segments_size();
+  const int recovery = record.job.recovery_size();
   for (int i = 0; i < stored.job.tasks_size(); ++i) {
     TaskRecord task;
     task.task = stored.job.tasks(i);
     AddLayersOfAnOlderTask(record.job, &task.task);
-    task.status = i < segments ? record.job.segments(i) : record.job.baseline();
+    task.status = i < segments ? record.job.segments(i)
+                  : i < segments + recovery
+                      ? record.job.recovery(i - segments)
+                      : record.job.baseline();
     if (auto it = stored.weights.find(i); it != stored.weights.end()) {
       task.weights = it->second;
     }
@@ -154,6 +188,7 @@ JobRecord RestoredRecord(const JobStore::Loaded& stored) {
     record.tasks.push_back(std::move(task));
   }
   record.job.clear_segments();
+  record.job.clear_recovery();
   record.job.clear_baseline();
   record.log.assign(stored.job.log().begin(), stored.job.log().end());
   record.dropped_log_entries = stored.job.dropped_log_entries();
@@ -210,6 +245,12 @@ absl::StatusOr<JobRecord> JobTable::Plan(
   for (int d : {image.channels, image.rows, image.cols}) job.add_image_shape(d);
   job.set_num_classes(num_classes);
   for (auto& task : tasks) record.tasks.push_back(PlannedTask(std::move(task)));
+  if (spec.parallelism() == pnn::v1::PARALLELISM_PARTITIONED &&
+      spec.recovery().epochs() > 0) {
+    PNN_ASSIGN_OR_RETURN(std::vector<TaskRecord> recovery,
+                         PlannedRecovery(spec, image, num_classes, job_id));
+    for (TaskRecord& stage : recovery) record.tasks.push_back(std::move(stage));
+  }
   if (request.conventional_baseline()) {
     PNN_ASSIGN_OR_RETURN(
         TaskRecord baseline,
@@ -244,7 +285,8 @@ JobTable::Restored JobTable::Restore(std::vector<JobStore::Loaded> loaded) {
 }
 
 std::vector<DueWork> JobTable::RequeueAfterRestart(JobRecord& record) {
-  bool all_segments_done = true;
+  bool segments_done = true;
+  bool recovery_done = true;
   for (TaskRecord& task : record.tasks) {
     const TaskState state = task.status.state();
     const bool done = state == pnn::v1::TASK_STATE_SUCCEEDED &&
@@ -260,10 +302,17 @@ std::vector<DueWork> JobTable::RequeueAfterRestart(JobRecord& record) {
       task.status.set_progress(0);
       task.status.set_error("the coordinator restarted while it ran");
     }
-    if (!task.is_baseline() && !done) all_segments_done = false;
+    if (task.is_segment() && !done) segments_done = false;
+    if (task.is_recovery() && !done) recovery_done = false;
+  }
+  // Recovery stages run once every segment is done, from their weights.
+  for (TaskRecord& task : record.tasks) {
+    if (!task.is_recovery() || recovery_done) continue;
+    task.status.set_state(segments_done ? pnn::v1::TASK_STATE_QUEUED
+                                        : pnn::v1::TASK_STATE_WAITING);
   }
   std::vector<DueWork> due;
-  if (all_segments_done && !record.assembled) {
+  if (segments_done && recovery_done && !record.assembled) {
     record.job.set_state(pnn::v1::JOB_STATE_ASSEMBLING);
     due.push_back({record.id(), AssemblyWork::kAssemble});
   }
@@ -395,9 +444,12 @@ void JobTable::CancelStreams() {
 Job JobTable::Snapshot(const JobRecord& record) {
   Job job = record.job;
   job.clear_segments();
+  job.clear_recovery();
   for (const TaskRecord& task : record.tasks) {
     if (task.is_baseline()) {
       *job.mutable_baseline() = task.status;
+    } else if (task.is_recovery()) {
+      *job.add_recovery() = task.status;
     } else {
       *job.add_segments() = task.status;
     }
@@ -433,6 +485,11 @@ std::string JobTable::TaskName(const JobRecord& record, int task_index) {
   const pnn::v1::TaskStatus& status = record.tasks[task_index].status;
   if (status.segment_index() == kBaselineIndex) {
     return "the conventional baseline";
+  }
+  if (record.tasks[task_index].is_recovery()) {
+    return absl::StrFormat("recovery stage %d/%d (layers %d..%d)",
+                           status.segment_index() + 1, record.segment_count(),
+                           status.first_layer(), status.last_layer());
   }
   return absl::StrFormat("segment %d/%d (layers %d..%d)",
                          status.segment_index() + 1, record.segment_count(),

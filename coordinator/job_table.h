@@ -8,10 +8,13 @@
 //   any unfinished --CancelJob/FailJob--> CANCELLED
 //   pipeline stage RUNNING --RestartPipeline--> CANCELLED until its stream
 //   closes, then QUEUED with the other stages
+//   recovery stage WAITING --(every segment done)--> QUEUED, then as a
+//   pipeline stage
 //
-// and the job's: QUEUED -> RUNNING (first dispatch) -> ASSEMBLING (every
-// segment done) -> SUCCEEDED (model assembled, baseline tested), or FAILED /
-// CANCELLED from any unfinished state.
+// and the job's: QUEUED -> RUNNING (first dispatch; recovery epochs run on
+// the workers in this state too) -> ASSEMBLING (every segment, and every
+// recovery stage, done) -> SUCCEEDED (model assembled, baseline tested),
+// or FAILED / CANCELLED from any unfinished state.
 //
 // The wire protos (pnn.v1.Job) are produced by Snapshot(); the records keep
 // what only the coordinator needs (task specs, streams, resume states).
@@ -71,12 +74,18 @@ struct TaskRecord {
 
   bool is_baseline() const { return status.segment_index() == kBaselineIndex; }
   bool is_stage() const { return task.has_pipeline(); }
+  // A stage of the recovery epochs' pipeline (a partitioned job's).
+  bool is_recovery() const { return task.recovery(); }
+  // A segment the job trains (not the baseline, not a recovery stage).
+  bool is_segment() const { return !is_baseline() && !is_recovery(); }
 };
 
 struct JobRecord {
   int64_t sequence = 0;  // submission order
   pnn::v1::Job job;      // without segments and baseline: see tasks
-  std::vector<TaskRecord> tasks;  // segments by index, then the baseline
+  // Segments by index, then the recovery stages by index (with recovery
+  // epochs), then the baseline (if asked for).
+  std::vector<TaskRecord> tasks;
   bool assembled = false;
   bool baseline_evaluated = false;
   bool cancel_requested = false;
@@ -190,7 +199,8 @@ class JobTable {
   // without its attempt counting.
   void RequeueStoppedStage(JobRecord& record, int index);
   // RUNNING -> SUCCEEDED with `weights`; later segments waiting for it may
-  // be queued. The assembly or baseline test now due, if any.
+  // be queued, and once every segment is done the recovery stages. The
+  // assembly or baseline test now due, if any.
   std::optional<DueWork> Succeed(JobRecord& record, int index,
                                  pnn::v1::SegmentWeights weights,
                                  const std::string& worker_id);
@@ -219,6 +229,8 @@ class JobTable {
   std::vector<DueWork> RequeueAfterRestart(JobRecord& record);
 
  private:
+  // Succeed for a recovery stage: the assembly, once every stage is done.
+  std::optional<DueWork> RecoveryStageDone(JobRecord& record);
   void Publish(JobRecord& record, const std::string& message);
   void Progress(JobRecord& record) { Publish(record, ""); }
   void CancelTasks(JobRecord& record);

@@ -40,6 +40,15 @@ pnn::v1::TrainSegmentRequest JobTable::Dispatch(JobRecord& record,
   }
   pnn::v1::TrainSegmentRequest request;
   *request.mutable_task() = task.task;
+  if (task.is_recovery()) {
+    // The pipeline starts (and restarts) from the segment's trained
+    // weights, which stay with the job until it is assembled.
+    const int segment = task.task.segment_index();
+    pnn::v1::TrainingState* start = request.mutable_task()->mutable_resume();
+    start->set_epochs_done(0);
+    *start->mutable_weights() = record.tasks[segment].weights;
+    start->mutable_weights()->set_segment_index(segment);
+  }
   if (task.resume_state.has_value() && !task.is_stage()) {
     // Continue from the last finished epoch of an earlier attempt.
     const pnn::v1::TrainingState& state = *task.resume_state;
@@ -177,7 +186,7 @@ bool JobTable::ApplyUpdate(JobRecord& record, int index,
           checkpoint.has_state() && StateFits(task, checkpoint.state());
       if (keep_state) task.resume_state = checkpoint.state();
       if (record.job.spec().evaluations_per_epoch() > 0 &&
-          !task.is_baseline() && record.job.has_start_time()) {
+          task.is_segment() && record.job.has_start_time()) {
         task.checkpoints.push_back(EvaluationPoint(
             checkpoint, SecondsBetween(record.job.start_time(), ProtoNow())));
       }
@@ -218,6 +227,19 @@ void JobTable::RequeueStoppedStage(JobRecord& record, int index) {
   Progress(record);
 }
 
+std::optional<DueWork> JobTable::RecoveryStageDone(JobRecord& record) {
+  for (const TaskRecord& stage : record.tasks) {
+    if (stage.is_recovery() &&
+        stage.status.state() != pnn::v1::TASK_STATE_SUCCEEDED) {
+      return std::nullopt;
+    }
+  }
+  record.job.set_state(pnn::v1::JOB_STATE_ASSEMBLING);
+  record.job.set_message("joining the segments and testing");
+  Publish(record, "recovery epochs done; assembling");
+  return DueWork{record.id(), AssemblyWork::kAssemble};
+}
+
 std::optional<DueWork> JobTable::Succeed(JobRecord& record, int index,
                                          pnn::v1::SegmentWeights weights,
                                          const std::string& worker_id) {
@@ -231,11 +253,12 @@ std::optional<DueWork> JobTable::Succeed(JobRecord& record, int index,
   if (task.is_baseline()) {
     return DueWork{record.id(), AssemblyWork::kEvaluateBaseline};
   }
+  if (task.is_recovery()) return RecoveryStageDone(record);
   // Previous-outputs mode: the next segment can start now.
   std::vector<pnn::v1::SegmentWeights> finished;
   bool all_done = true;
   for (TaskRecord& other : record.tasks) {
-    if (other.is_baseline()) continue;
+    if (!other.is_segment()) continue;
     if (other.status.state() == pnn::v1::TASK_STATE_SUCCEEDED) {
       if (all_done) finished.push_back(other.weights);
       continue;
@@ -251,6 +274,19 @@ std::optional<DueWork> JobTable::Succeed(JobRecord& record, int index,
   if (record.job.has_start_time()) {
     record.job.set_training_seconds(
         SecondsBetween(record.job.start_time(), ProtoNow()));
+  }
+  bool recovery = false;
+  for (TaskRecord& stage : record.tasks) {
+    if (!stage.is_recovery()) continue;
+    recovery = true;
+    stage.status.set_state(pnn::v1::TASK_STATE_QUEUED);
+  }
+  if (recovery) {
+    record.job.set_message("recovery epochs on the workers");
+    Publish(record,
+            "all segments trained; recovery epochs start on the workers, "
+            "one pipeline stage per segment, from the trained weights");
+    return std::nullopt;
   }
   record.job.set_state(pnn::v1::JOB_STATE_ASSEMBLING);
   record.job.set_message("joining the segments and testing");

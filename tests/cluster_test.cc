@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <mutex>
 #include <functional>
+#include <set>
 #include <thread>
 
 #include "absl/strings/match.h"
@@ -176,6 +177,53 @@ TEST_F(ClusterTest, TheHeaviestSegmentGoesToTheFastestWorker) {
   ASSERT_EQ(job.segments_size(), 2);
   EXPECT_EQ(job.segments(1).worker_id(), fast->worker_id());
   EXPECT_NE(job.segments(0).worker_id(), fast->worker_id());
+}
+
+// Recovery epochs run on the workers: once both segments have trained, the
+// joined network trains end to end as a pipeline of the two segments,
+// starting from their trained weights, and the coordinator only tests.
+TEST_F(ClusterTest, RecoveryEpochsRunOnTheWorkersAsAPipeline) {
+  cluster_.AddWorker();
+  cluster_.AddWorker();
+  cluster_.WaitForWorkers(2);
+  auto request = cluster_.Request(3);
+  request.mutable_spec()->mutable_recovery()->set_epochs(2);
+  const std::string id = cluster_.Submit(request);
+  ASSERT_FALSE(id.empty());
+  grpc::Status status;
+  const auto events = cluster_.Watch(id, &status);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  const Job job = cluster_.Get(id);
+  ASSERT_EQ(job.state(), pnn::v1::JOB_STATE_SUCCEEDED) << job.message();
+  ASSERT_EQ(job.segments_size(), 2);
+  ASSERT_EQ(job.recovery_size(), 2);
+  auto seconds = [](const google::protobuf::Timestamp& time) {
+    return static_cast<double>(time.seconds()) + 1e-9 * time.nanos();
+  };
+  std::set<std::string> workers;
+  for (int i = 0; i < 2; ++i) {
+    const pnn::v1::TaskStatus& stage = job.recovery(i);
+    EXPECT_TRUE(stage.recovery());
+    EXPECT_FALSE(job.segments(i).recovery());
+    EXPECT_EQ(stage.state(), pnn::v1::TASK_STATE_SUCCEEDED);
+    EXPECT_EQ(stage.first_layer(), job.segments(i).first_layer());
+    EXPECT_EQ(stage.epochs_size(), 2);
+    workers.insert(stage.worker_id());
+    // The recovery pipeline started after the segments had trained.
+    EXPECT_GE(seconds(stage.start_time()), seconds(job.segments(0).end_time()));
+    EXPECT_GE(seconds(stage.start_time()), seconds(job.segments(1).end_time()));
+  }
+  EXPECT_EQ(workers.size(), 2u) << "one stage per worker";
+  EXPECT_GT(job.recovery_seconds(), 0);
+  EXPECT_GT(job.joined_test_accuracy(), 0.5);
+  EXPECT_GT(job.test().accuracy(), 0.9);
+  EXPECT_GT(job.peer_bytes(), 0) << "the recovery pipeline's activations";
+  bool logged = false;
+  for (const auto& event : events) {
+    logged |= absl::StrContains(event.message(),
+                                "recovery epochs start on the workers");
+  }
+  EXPECT_TRUE(logged);
 }
 
 TEST_F(ClusterTest, WorkersAndAJobsLogAreVisibleAndHealthNamesTheService) {

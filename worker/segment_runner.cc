@@ -30,7 +30,9 @@ using pnn::v1::StageForwardResponse;
 using pnn::v1::TrainSegmentUpdate;
 
 std::string Describe(const SegmentTask& task) {
-  return absl::StrCat("job ", task.job_id(), " segment ", task.segment_index());
+  return absl::StrCat("job ", task.job_id(),
+                      task.recovery() ? " recovery stage " : " segment ",
+                      task.segment_index());
 }
 
 // The dataset spec with its documented default path filled in, so a task
