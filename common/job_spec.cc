@@ -156,6 +156,27 @@ absl::Status ValidateCuts(const JobSpec& spec) {
     }
     previous_cut = cut;
   }
+  // A segment of pooling, flatten or dropout alone has nothing to train.
+  if (!model.layers().empty() &&
+      spec.parallelism() != pnn::v1::PARALLELISM_CONVENTIONAL) {
+    std::vector<int> bounds = {0};
+    bounds.insert(bounds.end(), model.cut_after_layers().begin(),
+                  model.cut_after_layers().end());
+    bounds.push_back(layers);
+    for (size_t s = 0; s + 1 < bounds.size(); ++s) {
+      bool weighted = false;
+      for (int layer = bounds[s]; layer < bounds[s + 1]; ++layer) {
+        weighted |= IsWeighted(model.layers(layer));
+      }
+      if (!weighted) {
+        return Invalid("model.cut_after_layers",
+                       absl::StrCat("segment ", s + 1, " (layers ",
+                                    bounds[s] + 1, "..", bounds[s + 1],
+                                    ") has no conv2d or linear layer to "
+                                    "train; move or remove a cut"));
+      }
+    }
+  }
   return absl::OkStatus();
 }
 

@@ -68,7 +68,7 @@ TEST(LayersTest, TheExampleCnnResolvesAndInfersItsShapes) {
 
 TEST(LayersTest, CutsFallBeforeTheActivationOfAWeightedLayer) {
   auto spec = Resolve(absl::StrCat(R"({"layers": )", kCnnLayers,
-                                   R"(, "cut_after_layers": [1, 2, 6]})"));
+                                   R"(, "cut_after_layers": [1, 4, 6]})"));
   ASSERT_TRUE(spec.ok()) << spec.status();
   auto network = NetworkArchitecture(*spec, kFashion, 10);
   ASSERT_TRUE(network.ok());
@@ -78,8 +78,8 @@ TEST(LayersTest, CutsFallBeforeTheActivationOfAWeightedLayer) {
   // After the first convolution: the next segment starts with its ReLU.
   EXPECT_THAT((*segments)[1].architecture.input_shape, ElementsAre(32, 28, 28));
   EXPECT_TRUE((*segments)[1].architecture.leading_activation);
-  // After the pooling: the ReLU ran before it.
-  EXPECT_THAT((*segments)[2].architecture.input_shape, ElementsAre(32, 14, 14));
+  // After a pooling layer: the ReLU ran before it.
+  EXPECT_THAT((*segments)[2].architecture.input_shape, ElementsAre(64, 7, 7));
   EXPECT_FALSE((*segments)[2].architecture.leading_activation);
   EXPECT_THAT((*segments)[3].architecture.input_shape, ElementsAre(128));
   EXPECT_TRUE((*segments)[3].architecture.leading_activation);
@@ -123,6 +123,11 @@ TEST(LayersTest, MalformedLayerListsNameTheLayer) {
        "between 1 and 1 (the network has 2 layers), got 2"},
       {R"({"layers": [{"flatten": {}}, {"linear": {}}]})",
        "model.cut_after_layers: a layer list has no default cut"},
+      {R"({"layers": [{"conv2d": {"out_channels": 2, "kernel": 3}},
+           {"max_pool": {"kernel": 2}}, {"flatten": {}}, {"linear": {}}],
+           "cut_after_layers": [1, 3]})",
+       "model.cut_after_layers: segment 2 (layers 2..3) has no conv2d or "
+       "linear layer to train"},
       {R"({"layers": [{"flatten": {}}, {"linear": {}}],
            "hidden_widths": [8], "cut_after_layers": [1]})",
        "model: give hidden_widths (a fully connected network) or layers"},
@@ -152,11 +157,12 @@ TEST(LayersTest, LayersThatDoNotFitTheImagesAreRefusedWithTheirShape) {
   EXPECT_TRUE(ValidateAgainstData(*spec, {1, 12, 12}, 3).ok());
 
   auto wrong_classes = Resolve(R"({"layers": [{"flatten": {}},
-      {"linear": {"out_features": 7}}], "cut_after_layers": [1]})");
-  ASSERT_TRUE(wrong_classes.ok());
+      {"linear": {"out_features": 8}}, {"linear": {"out_features": 7}}],
+      "cut_after_layers": [2]})");
+  ASSERT_TRUE(wrong_classes.ok()) << wrong_classes.status();
   EXPECT_THAT(std::string(
                   ValidateAgainstData(*wrong_classes, kFashion, 10).message()),
-              HasSubstr("model.layers[1]: the last layer outputs the class "
+              HasSubstr("model.layers[2]: the last layer outputs the class "
                         "scores: out_features must be 0 or 10, got 7"));
 }
 

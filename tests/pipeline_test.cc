@@ -144,7 +144,32 @@ struct PipelineCase {
   std::vector<int> cuts;
   int micro_batches;
   pnn::v1::PipelineSchedule schedule;
+  // A convolutional network instead of 36-32-24-16-4: conv 4 k3 p1,
+  // max_pool 2, flatten, linear 16, linear 4 on the 1x6x6 images, so that
+  // 4-D activations cross the cuts.
+  bool cnn = false;
 };
+
+// `spec` (resolved) with the small CNN cut at `cuts`, resolved again.
+void UseSmallCnn(const std::vector<int>& cuts, pnn::v1::JobSpec* spec) {
+  pnn::v1::ModelSpec* model = spec->mutable_model();
+  model->mutable_cut_after_layers()->Assign(cuts.begin(), cuts.end());
+  model->clear_hidden_widths();
+  model->clear_layers();
+  auto* conv = model->add_layers()->mutable_conv2d();
+  conv->set_out_channels(4);
+  conv->set_kernel(3);
+  conv->set_stride(1);
+  conv->set_padding(1);
+  model->add_layers()->mutable_max_pool()->set_kernel(2);
+  model->mutable_layers(1)->mutable_max_pool()->set_stride(2);
+  model->add_layers()->mutable_flatten();
+  model->add_layers()->mutable_linear()->set_out_features(16);
+  model->add_layers()->mutable_linear()->set_out_features(0);
+  auto resolved = ResolveJobSpec(*spec);
+  ASSERT_TRUE(resolved.ok()) << resolved.status();
+  *spec = *resolved;
+}
 
 class PipelineEqualsConventionalTest
     : public PipelineTest,
@@ -152,8 +177,10 @@ class PipelineEqualsConventionalTest
 
 TEST_P(PipelineEqualsConventionalTest, SameWeightsAsTrainingTheWholeNetwork) {
   const PipelineCase& setting = GetParam();
-  const pnn::v1::JobSpec spec =
-      Spec(setting.cuts, /*epochs=*/3, setting.micro_batches, setting.schedule);
+  pnn::v1::JobSpec spec =
+      Spec(setting.cnn ? std::vector<int>{1} : setting.cuts, /*epochs=*/3,
+           setting.micro_batches, setting.schedule);
+  if (setting.cnn) UseSmallCnn(setting.cuts, &spec);
   const auto tasks = Plan(spec);
   ASSERT_EQ(tasks.size(), setting.cuts.size() + 1);
   const PipelineRun run = RunPipeline(tasks, data_);
@@ -235,12 +262,19 @@ INSTANTIATE_TEST_SUITE_P(
                       PipelineCase{{1, 3}, 8, pnn::v1::PIPELINE_SCHEDULE_1F1B},
                       // More micro-batches than the short last batch has rows.
                       PipelineCase{
-                          {1, 3}, 12, pnn::v1::PIPELINE_SCHEDULE_GPIPE}),
+                          {1, 3}, 12, pnn::v1::PIPELINE_SCHEDULE_GPIPE},
+                      // Cuts after the convolution (4x6x6, before its ReLU),
+                      // after the pooling (4x3x3) and after linear 16.
+                      PipelineCase{{1}, 1, pnn::v1::PIPELINE_SCHEDULE_GPIPE,
+                                   /*cnn=*/true},
+                      PipelineCase{{2, 4}, 4, pnn::v1::PIPELINE_SCHEDULE_1F1B,
+                                   /*cnn=*/true}),
     // Stable names for ctest (the default prints the case's bytes).
     [](const ::testing::TestParamInfo<PipelineCase>& info) {
       std::string name = "Cut";
       for (int cut : info.param.cuts) name += std::to_string(cut);
-      return name + "M" + std::to_string(info.param.micro_batches) +
+      return std::string(info.param.cnn ? "Cnn" : "") + name + "M" +
+             std::to_string(info.param.micro_batches) +
              (info.param.schedule == pnn::v1::PIPELINE_SCHEDULE_1F1B
                   ? "OneFOneB"
                   : "GPipe");
