@@ -1397,6 +1397,19 @@ def section_scale(results):
     return "\n".join(lines)
 
 
+def cnn_load(cnn):
+    """The load averages the CNN run recorded, for the reader."""
+    machine = cnn.get("machine") or {}
+    cores = machine.get("nproc", "?")
+    start = (machine.get("loadavg") or [None])[0]
+    end = (machine.get("loadavg_end") or [None])[0]
+    text = f"{cores} cores; 1-minute load average {start:.1f} at the start" \
+        if start is not None else f"{cores} cores"
+    if end is not None:
+        text += f", {end:.1f} at the end"
+    return text
+
+
 def section_cnn(cnn):
     """The convolutional example (scripts/bench --preset cnn)."""
     rows = cnn.get("rows") or []
@@ -1411,7 +1424,9 @@ def section_cnn(cnn):
         "their sum; largest segment: the wall time with one worker per "
         "segment) and have no recovery epoch. The pipeline runs on a local "
         "cluster, one worker per stage, the cores divided between them "
-        "(wall: the job's training time).",
+        "(wall: the job's training time). Accuracy does not depend on the "
+        "machine's load; wall times do: compare them only within a run whose "
+        f"load average stayed below the core count ({cnn_load(cnn)}).",
         "",
         "| run | test accuracy | per epoch | vs conventional | wall (s) | "
         "largest segment (s) |",

@@ -730,6 +730,7 @@ def run_cnn_preset(args, argv, binaries, log_root):
             row["error"] = str(error).splitlines()[0]
         rows.append(row)
     rows.append(run_cnn_pipeline(base, args, binaries, threads, log_root))
+    machine["loadavg_end"] = list(os.getloadavg())
     return {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "command": command_line(argv),
