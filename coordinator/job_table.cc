@@ -539,13 +539,18 @@ void JobTable::SayWhyWorkWaits(
     const std::function<std::string(const std::string&, size_t)>&
         wait_message) {
   for (JobRecord* record : Unfinished()) {
-    const bool queued = std::any_of(
-        record->tasks.begin(), record->tasks.end(), [](const TaskRecord& t) {
-          return t.status.state() == pnn::v1::TASK_STATE_QUEUED;
-        });
+    const auto queued = [](const TaskRecord& t) {
+      return t.status.state() == pnn::v1::TASK_STATE_QUEUED;
+    };
     std::string message;
-    if (queued) {
-      message = wait_message(JobDevice(*record), CountPipelineStages(*record));
+    if (std::any_of(record->tasks.begin(), record->tasks.end(), queued)) {
+      // A pipeline's stages wait for their gang; segments (of a job that
+      // also has recovery stages, still WAITING) for one worker each.
+      const bool stage_queued = std::any_of(
+          record->tasks.begin(), record->tasks.end(),
+          [&](const TaskRecord& t) { return t.is_stage() && queued(t); });
+      message = wait_message(JobDevice(*record),
+                             stage_queued ? CountPipelineStages(*record) : 0);
     } else if (record->job.state() == pnn::v1::JOB_STATE_RUNNING) {
       message = "training";
     } else {

@@ -150,7 +150,7 @@ std::string WaitMessage(const std::string& device, size_t stages,
   const std::string kind = wanted == "cpu" ? "" : absl::StrCat(wanted, " ");
   if (stages > 0) {
     return absl::StrCat("waiting for ", stages, " idle ", kind,
-                        "workers at once (model-parallel: one per stage); ",
+                        "workers at once (a pipeline: one per stage); ",
                         idle, " of ", matching, " registered are idle");
   }
   if (idle == 0) {

@@ -63,7 +63,8 @@ PipelinePlacement PlacePipeline(
     const std::vector<int64_t>& stage_work = {});
 
 // Why queued work that asks for `device` waits, for people. `stages` > 0
-// for a model-parallel job, whose stages start together. `registered`:
+// for a pipeline (a model-parallel job, or a partitioned job's recovery
+// epochs), whose stages start together. `registered`:
 // every registered worker; `available`: those that may take a task now.
 // When no registered worker offers the device, it says so with the
 // devices that are registered ("2 cpu"), rather than "waiting for an idle

@@ -226,6 +226,38 @@ TEST_F(ClusterTest, RecoveryEpochsRunOnTheWorkersAsAPipeline) {
   EXPECT_TRUE(logged);
 }
 
+// One worker trains both segments one after the other, but the recovery
+// pipeline needs two at once: the job says so, and goes on when a second
+// worker joins.
+TEST_F(ClusterTest, RecoveryWaitsForAWorkerPerStageAndSaysSo) {
+  cluster_.AddWorker();
+  cluster_.WaitForWorkers(1);
+  auto request = cluster_.Request(2);
+  request.mutable_spec()->mutable_recovery()->set_epochs(1);
+  const std::string id = cluster_.Submit(request);
+  ASSERT_FALSE(id.empty());
+  Job job = cluster_.Get(id);
+  for (int i = 0; i < 800 && !absl::StrContains(job.message(), "at once");
+       ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(25));
+    job = cluster_.Get(id);
+  }
+  EXPECT_EQ(job.state(), pnn::v1::JOB_STATE_RUNNING);
+  EXPECT_THAT(job.message(),
+              HasSubstr("waiting for 2 idle workers at once (a "
+                                   "pipeline: one per stage); 1 of 1"));
+  EXPECT_EQ(job.segments(0).state(), pnn::v1::TASK_STATE_SUCCEEDED);
+  EXPECT_EQ(job.segments(1).state(), pnn::v1::TASK_STATE_SUCCEEDED);
+  EXPECT_EQ(job.recovery(0).state(), pnn::v1::TASK_STATE_QUEUED);
+  cluster_.AddWorker();
+  grpc::Status status;
+  const auto events = cluster_.Watch(id, &status);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  job = cluster_.Get(id);
+  EXPECT_EQ(job.state(), pnn::v1::JOB_STATE_SUCCEEDED) << job.message();
+  EXPECT_EQ(job.recovery(1).state(), pnn::v1::TASK_STATE_SUCCEEDED);
+}
+
 TEST_F(ClusterTest, WorkersAndAJobsLogAreVisibleAndHealthNamesTheService) {
   cluster_.AddWorker();
   cluster_.WaitForWorkers(1);

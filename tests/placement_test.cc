@@ -129,7 +129,7 @@ TEST(PlacementTest, WaitMessagesSayWhatIsMissing) {
   EXPECT_EQ(WaitMessage("", 0, cpus, {cpus[1]}),
             "waiting for an idle worker (2 registered, 1 idle)");
   EXPECT_EQ(WaitMessage("cpu", 3, cpus, cpus),
-            "waiting for 3 idle workers at once (model-parallel: one per "
+            "waiting for 3 idle workers at once (a pipeline: one per "
             "stage); 2 of 2 registered are idle");
 }
 
