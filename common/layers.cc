@@ -62,10 +62,9 @@ absl::StatusOr<LayerShape> InferLayer(const LayerSpec& layer,
     case LayerSpec::kConv2D: {
       const auto& conv = layer.conv2d();
       PNN_ASSIGN_OR_RETURN(
-          shape.output,
-          WindowShape(in, conv.out_channels(), conv.kernel(),
-                      std::max(1, conv.stride()), conv.padding(), field,
-                      position));
+          shape.output, WindowShape(in, conv.out_channels(), conv.kernel(),
+                                    std::max(1, conv.stride()), conv.padding(),
+                                    field, position));
       const int64_t fan_in = in[0] * conv.kernel() * conv.kernel();
       shape.parameters = conv.out_channels() * fan_in + conv.out_channels();
       shape.forward_flops = 2 * fan_in * Elements(shape.output);
@@ -73,8 +72,8 @@ absl::StatusOr<LayerShape> InferLayer(const LayerSpec& layer,
     }
     case LayerSpec::kMaxPool:
     case LayerSpec::kAvgPool: {
-      const auto& pool = layer.has_max_pool() ? layer.max_pool()
-                                              : layer.avg_pool();
+      const auto& pool =
+          layer.has_max_pool() ? layer.max_pool() : layer.avg_pool();
       const int stride = pool.stride() > 0 ? pool.stride() : pool.kernel();
       PNN_ASSIGN_OR_RETURN(
           shape.output,
@@ -93,10 +92,10 @@ absl::StatusOr<LayerShape> InferLayer(const LayerSpec& layer,
       break;
     case LayerSpec::kLinear: {
       if (in.size() != 1) {
-        return LayerError(field, position,
-                          absl::StrCat("linear needs a flat input, got ",
-                                       ShapeString(in),
-                                       "; add a flatten layer before it"));
+        return LayerError(
+            field, position,
+            absl::StrCat("linear needs a flat input, got ", ShapeString(in),
+                         "; add a flatten layer before it"));
       }
       const int64_t out = layer.linear().out_features();
       shape.output = {out};
@@ -123,9 +122,9 @@ absl::Status CheckRange(absl::string_view field, int position,
                         absl::string_view name, int64_t value, int64_t low,
                         int64_t high) {
   if (value >= low && value <= high) return absl::OkStatus();
-  return LayerError(field, position,
-                    absl::StrCat(name, " must be in [", low, ", ", high,
-                                 "], got ", value));
+  return LayerError(
+      field, position,
+      absl::StrCat(name, " must be in [", low, ", ", high, "], got ", value));
 }
 
 // The values of one layer (no shapes): ranges, defaults.
@@ -165,7 +164,8 @@ absl::Status ResolveLayerValues(LayerSpec* layer, int position, bool last,
       return absl::OkStatus();
     case LayerSpec::kLinear:
       if (last) {
-        return CheckRange(kField, position, "linear.out_features (the class "
+        return CheckRange(kField, position,
+                          "linear.out_features (the class "
                           "scores: 0 or the class count)",
                           layer->linear().out_features(), 0, max_width);
       }
@@ -234,13 +234,11 @@ std::string DescribeLayer(const LayerSpec& layer) {
                           layer.conv2d().padding());
     case LayerSpec::kMaxPool:
     case LayerSpec::kAvgPool: {
-      const auto& pool = layer.has_max_pool() ? layer.max_pool()
-                                              : layer.avg_pool();
-      return absl::StrCat(LayerKindName(layer), " k", pool.kernel(), " s",
-                          pool.stride(),
-                          pool.padding() > 0
-                              ? absl::StrCat(" p", pool.padding())
-                              : "");
+      const auto& pool =
+          layer.has_max_pool() ? layer.max_pool() : layer.avg_pool();
+      return absl::StrCat(
+          LayerKindName(layer), " k", pool.kernel(), " s", pool.stride(),
+          pool.padding() > 0 ? absl::StrCat(" p", pool.padding()) : "");
     }
     case LayerSpec::kLinear:
       return layer.linear().out_features() > 0
@@ -259,9 +257,8 @@ absl::StatusOr<std::vector<LayerShape>> InferShapes(
   SampleShape shape = architecture.input_shape;
   for (size_t i = 0; i < architecture.layers.size(); ++i) {
     const int position = architecture.first_layer - 1 + static_cast<int>(i);
-    PNN_ASSIGN_OR_RETURN(
-        LayerShape layer,
-        InferLayer(architecture.layers[i], shape, field, position));
+    PNN_ASSIGN_OR_RETURN(LayerShape layer, InferLayer(architecture.layers[i],
+                                                      shape, field, position));
     shape = layer.output;
     shapes.push_back(std::move(layer));
   }
@@ -275,14 +272,16 @@ absl::Status ResolveLayerList(pnn::v1::ModelSpec* model, int max_width) {
   bool flat = false;
   for (int i = 0; i < count; ++i) {
     LayerSpec* layer = model->mutable_layers(i);
-    PNN_RETURN_IF_ERROR(ResolveLayerValues(layer, i, i + 1 == count, max_width));
+    PNN_RETURN_IF_ERROR(
+        ResolveLayerValues(layer, i, i + 1 == count, max_width));
     const std::string kind = LayerKindName(*layer);
     if ((layer->has_conv2d() || layer->has_max_pool() ||
          layer->has_avg_pool() || layer->has_flatten()) &&
         flat) {
       return LayerError("model.layers", i,
-                        absl::StrCat(kind, " needs an image input, but a "
-                                           "flatten layer came before it"));
+                        absl::StrCat(kind,
+                                     " needs an image input, but a "
+                                     "flatten layer came before it"));
     }
     if (layer->has_linear() && !flat) {
       return LayerError("model.layers", i,
@@ -323,12 +322,11 @@ absl::StatusOr<Architecture> NetworkArchitecture(
     network.layers.assign(model.layers().begin(), model.layers().end());
     auto* last = network.layers.back().mutable_linear();
     if (last->out_features() != 0 && last->out_features() != num_classes) {
-      return LayerError("model.layers",
-                        static_cast<int>(network.layers.size()) - 1,
-                        absl::StrCat("the last layer outputs the class "
-                                     "scores: out_features must be 0 or ",
-                                     num_classes, ", got ",
-                                     last->out_features()));
+      return LayerError(
+          "model.layers", static_cast<int>(network.layers.size()) - 1,
+          absl::StrCat("the last layer outputs the class "
+                       "scores: out_features must be 0 or ",
+                       num_classes, ", got ", last->out_features()));
     }
     last->set_out_features(num_classes);
   }
@@ -345,9 +343,9 @@ absl::StatusOr<Architecture> SliceNetwork(const Architecture& network,
                                           int first, int last) {
   if (first < network.first_layer || last < first ||
       last > network.last_layer()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "layers ", first, "..", last, " are not within layers ",
-        network.first_layer, "..", network.last_layer()));
+    return absl::InvalidArgumentError(
+        absl::StrCat("layers ", first, "..", last, " are not within layers ",
+                     network.first_layer, "..", network.last_layer()));
   }
   PNN_ASSIGN_OR_RETURN(const std::vector<LayerShape> shapes,
                        InferShapes(network));
@@ -355,12 +353,12 @@ absl::StatusOr<Architecture> SliceNetwork(const Architecture& network,
   Architecture slice;
   slice.first_layer = first;
   slice.activation = network.activation;
-  slice.layers.assign(network.layers.begin() + begin,
-                      network.layers.begin() + (last - network.first_layer + 1));
+  slice.layers.assign(
+      network.layers.begin() + begin,
+      network.layers.begin() + (last - network.first_layer + 1));
   slice.input_shape = shapes[begin].input;
-  slice.leading_activation = begin == 0
-                                 ? network.leading_activation
-                                 : IsWeighted(network.layers[begin - 1]);
+  slice.leading_activation = begin == 0 ? network.leading_activation
+                                        : IsWeighted(network.layers[begin - 1]);
   return slice;
 }
 

@@ -24,7 +24,8 @@ constexpr uint64_t kDropoutStream = 0x64726f70ULL;
 
 // Deterministic per-layer seed (splitmix64 of seed and layer).
 uint64_t LayerSeed(uint64_t seed, int layer) {
-  uint64_t z = seed + 0x9e3779b97f4a7c15ULL * (static_cast<uint64_t>(layer) + 1);
+  uint64_t z =
+      seed + 0x9e3779b97f4a7c15ULL * (static_cast<uint64_t>(layer) + 1);
   z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
   z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
   return z ^ (z >> 31);
@@ -57,8 +58,8 @@ SegmentModelImpl::SegmentModelImpl(Architecture architecture)
           ParameterPrefix(layer, index),
           torch::nn::Linear(in[0], layer.linear().out_features()));
     } else if (layer.has_dropout()) {
-      dropout_generators_[i] = at::detail::createCPUGenerator(
-          LayerSeed(kDropoutStream, index));
+      dropout_generators_[i] =
+          at::detail::createCPUGenerator(LayerSeed(kDropoutStream, index));
     }
   }
 }
@@ -187,16 +188,16 @@ absl::Status ImportWeights(const pnn::v1::SegmentWeights& weights,
   absl::flat_hash_map<std::string, const pnn::v1::Tensor*> by_name;
   for (const auto& tensor : weights.tensors()) {
     if (!by_name.emplace(tensor.name(), &tensor).second) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("weights: tensor \"", tensor.name(), "\" appears twice"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "weights: tensor \"", tensor.name(), "\" appears twice"));
     }
   }
   auto parameters = model->named_parameters();
   if (by_name.size() != parameters.size()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "weights: expected ", parameters.size(), " tensors for layers ",
-        model->first_layer(), "..", model->last_layer(), ", got ",
-        by_name.size()));
+    return absl::InvalidArgumentError(
+        absl::StrCat("weights: expected ", parameters.size(),
+                     " tensors for layers ", model->first_layer(), "..",
+                     model->last_layer(), ", got ", by_name.size()));
   }
   at::NoGradGuard no_grad;
   for (auto& parameter : parameters) {
@@ -211,15 +212,15 @@ absl::Status ImportWeights(const pnn::v1::SegmentWeights& weights,
     const auto& shape = it->second->shape();
     if (!parameter.value().sizes().equals(
             c10::IntArrayRef(shape.data(), shape.size()))) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "weights: tensor \"", name, "\" has shape [",
-          absl::StrJoin(shape, ", "), "], the model needs ",
-          c10::str(parameter.value().sizes())));
+      return absl::InvalidArgumentError(
+          absl::StrCat("weights: tensor \"", name, "\" has shape [",
+                       absl::StrJoin(shape, ", "), "], the model needs ",
+                       c10::str(parameter.value().sizes())));
     }
     PNN_ASSIGN_OR_RETURN(at::Tensor value, TensorFromProto(*it->second));
     if (!at::isfinite(value).all().item<bool>()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "weights: tensor \"", name, "\" contains NaN or Inf"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("weights: tensor \"", name, "\" contains NaN or Inf"));
     }
     parameter.value().copy_(value);
   }
@@ -258,8 +259,8 @@ absl::StatusOr<SegmentModel> JoinSegments(
         part.activation != previous.activation) {
       return absl::InvalidArgumentError(absl::StrCat(
           "JoinSegments: segment ", i, " (layers ", part.first_layer, "..",
-          part.last_layer(), ") does not continue segment ", i - 1,
-          " (layers ", previous.first_layer, "..", previous.last_layer(), ")"));
+          part.last_layer(), ") does not continue segment ", i - 1, " (layers ",
+          previous.first_layer, "..", previous.last_layer(), ")"));
     }
     joined_architecture.layers.insert(joined_architecture.layers.end(),
                                       part.layers.begin(), part.layers.end());
@@ -295,9 +296,9 @@ absl::StatusOr<SegmentModel> AssembleNetwork(
   try {
     for (size_t i = 0; i < segments.size(); ++i) {
       if (segments[i].segment_index() != static_cast<int>(i)) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "assembly: expected segment ", i, ", got segment ",
-            segments[i].segment_index()));
+        return absl::InvalidArgumentError(
+            absl::StrCat("assembly: expected segment ", i, ", got segment ",
+                         segments[i].segment_index()));
       }
       const auto slice = SliceNetwork(network, segments[i].first_layer(),
                                       segments[i].last_layer());
@@ -310,8 +311,9 @@ absl::StatusOr<SegmentModel> AssembleNetwork(
       }
       parts.push_back(*part);
     }
-    if (!parts.empty() && (parts.front()->first_layer() != 1 ||
-                           parts.back()->last_layer() != network.last_layer())) {
+    if (!parts.empty() &&
+        (parts.front()->first_layer() != 1 ||
+         parts.back()->last_layer() != network.last_layer())) {
       return absl::InvalidArgumentError(absl::StrCat(
           "assembly: the segments cover layers ", parts.front()->first_layer(),
           "..", parts.back()->last_layer(), ", the network has layers 1..",

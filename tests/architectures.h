@@ -11,9 +11,9 @@ namespace pnn {
 
 // Linear layers first_layer.. with boundary widths `widths` (input,
 // hidden..., output); a segment after a cut starts with the activation.
-inline Architecture Mlp(const std::vector<int>& widths, int first_layer = 1,
-                        pnn::v1::Activation activation =
-                            pnn::v1::ACTIVATION_RELU) {
+inline Architecture Mlp(
+    const std::vector<int>& widths, int first_layer = 1,
+    pnn::v1::Activation activation = pnn::v1::ACTIVATION_RELU) {
   Architecture architecture;
   architecture.first_layer = first_layer;
   architecture.input_shape = {widths.front()};

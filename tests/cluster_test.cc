@@ -70,6 +70,20 @@ class ClusterTest : public ::testing::Test {
 
   void TearDown() override { cluster_.Shutdown(); }
 
+  // Submits `request` and follows the job to its end: the job then, and
+  // the events seen on the way (empty after a failure, which is recorded).
+  Job RunToEnd(const pnn::v1::SubmitJobRequest& request,
+               std::vector<pnn::v1::JobEvent>* events = nullptr) {
+    const std::string id = cluster_.Submit(request);
+    EXPECT_FALSE(id.empty());
+    if (id.empty()) return Job();
+    grpc::Status status;
+    std::vector<pnn::v1::JobEvent> seen = cluster_.Watch(id, &status);
+    EXPECT_TRUE(status.ok()) << status.error_message();
+    if (events != nullptr) *events = std::move(seen);
+    return cluster_.Get(id);
+  }
+
   LocalCluster cluster_;
 };
 
@@ -167,12 +181,7 @@ TEST_F(ClusterTest, TheHeaviestSegmentGoesToTheFastestWorker) {
   auto* model = request.mutable_spec()->mutable_model();
   model->clear_hidden_widths();
   for (int width : {4, 64, 64}) model->add_hidden_widths(width);
-  const std::string id = cluster_.Submit(request);
-  ASSERT_FALSE(id.empty());
-  grpc::Status status;
-  const auto events = cluster_.Watch(id, &status);
-  ASSERT_TRUE(status.ok()) << status.error_message();
-  const Job job = cluster_.Get(id);
+  const Job job = RunToEnd(request);
   ASSERT_EQ(job.state(), pnn::v1::JOB_STATE_SUCCEEDED) << job.message();
   ASSERT_EQ(job.segments_size(), 2);
   EXPECT_EQ(job.segments(1).worker_id(), fast->worker_id());
@@ -188,12 +197,8 @@ TEST_F(ClusterTest, RecoveryEpochsRunOnTheWorkersAsAPipeline) {
   cluster_.WaitForWorkers(2);
   auto request = cluster_.Request(3);
   request.mutable_spec()->mutable_recovery()->set_epochs(2);
-  const std::string id = cluster_.Submit(request);
-  ASSERT_FALSE(id.empty());
-  grpc::Status status;
-  const auto events = cluster_.Watch(id, &status);
-  ASSERT_TRUE(status.ok()) << status.error_message();
-  const Job job = cluster_.Get(id);
+  std::vector<pnn::v1::JobEvent> events;
+  const Job job = RunToEnd(request, &events);
   ASSERT_EQ(job.state(), pnn::v1::JOB_STATE_SUCCEEDED) << job.message();
   ASSERT_EQ(job.segments_size(), 2);
   ASSERT_EQ(job.recovery_size(), 2);

@@ -247,17 +247,23 @@ TEST_F(JobTableTest, ALostWorkersTaskIsCancelledWithItsReason) {
   EXPECT_EQ(record.tasks[0].loss_reason, "worker a silent");
 }
 
+// `table` restores `stored` as a coordinator restarting on it would.
+JobTable::Restored RestoreOne(const pnn::v1::StoredJob& stored,
+                              JobTable* table) {
+  JobStore::Loaded loaded;
+  loaded.job = stored;
+  std::vector<JobStore::Loaded> rows;
+  rows.push_back(std::move(loaded));
+  return table->Restore(std::move(rows));
+}
+
 TEST_F(JobTableTest, ARestartRequeuesRunningTasksWithoutCountingTheAttempt) {
   JobRecord& record = AddJob();
   table_.Dispatch(record, 0, "a", "a:1");
-  pnn::v1::StoredJob stored = JobTable::ToStored(record);
-  JobStore::Loaded loaded;
-  loaded.job = stored;
   RecordingListener listener;
   JobTable restarted(&listener);
-  std::vector<JobStore::Loaded> rows;
-  rows.push_back(loaded);
-  JobTable::Restored restored = restarted.Restore(std::move(rows));
+  JobTable::Restored restored =
+      RestoreOne(JobTable::ToStored(record), &restarted);
   EXPECT_EQ(restored.resumed, 1);
   EXPECT_THAT(restored.due, IsEmpty());
   JobRecord* again = restarted.Find(record.id());
@@ -283,13 +289,9 @@ TEST_F(JobTableTest, TasksStoredWithoutLayersGetThemBackOnRestore) {
     task.clear_input_shape();
     task.clear_leading_activation();
   }
-  JobStore::Loaded loaded;
-  loaded.job = stored;
   RecordingListener listener;
   JobTable restarted(&listener);
-  std::vector<JobStore::Loaded> rows;
-  rows.push_back(loaded);
-  restarted.Restore(std::move(rows));
+  RestoreOne(stored, &restarted);
   JobRecord* again = restarted.Find(record.id());
   ASSERT_NE(again, nullptr);
   ASSERT_EQ(again->tasks.size(), planned.size());

@@ -32,8 +32,8 @@ constexpr char kCnnLayers[] = R"([
 
 absl::StatusOr<pnn::v1::JobSpec> Resolve(const std::string& model_json,
                                          const std::string& extra = "") {
-  auto spec = ParseJobSpecJson(
-      absl::StrCat(R"({"model": )", model_json, extra, "}"));
+  auto spec =
+      ParseJobSpecJson(absl::StrCat(R"({"model": )", model_json, extra, "}"));
   if (!spec.ok()) return spec.status();
   return ResolveJobSpec(*spec);
 }
@@ -160,10 +160,10 @@ TEST(LayersTest, LayersThatDoNotFitTheImagesAreRefusedWithTheirShape) {
       {"linear": {"out_features": 8}}, {"linear": {"out_features": 7}}],
       "cut_after_layers": [2]})");
   ASSERT_TRUE(wrong_classes.ok()) << wrong_classes.status();
-  EXPECT_THAT(std::string(
-                  ValidateAgainstData(*wrong_classes, kFashion, 10).message()),
-              HasSubstr("model.layers[2]: the last layer outputs the class "
-                        "scores: out_features must be 0 or 10, got 7"));
+  EXPECT_THAT(
+      std::string(ValidateAgainstData(*wrong_classes, kFashion, 10).message()),
+      HasSubstr("model.layers[2]: the last layer outputs the class "
+                "scores: out_features must be 0 or 10, got 7"));
 }
 
 TEST(LayersTest, OrthogonalSilNeedsACutOfAtLeastAsManyElementsAsClasses) {
