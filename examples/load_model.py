@@ -19,8 +19,8 @@ do the same as read_safetensors() below.
 The module a PyTorch user writes for a layer list is the same
 nn.Sequential: for examples/fashion_mnist_cnn.json
 
-    nn.Sequential(nn.Conv2d(1, 32, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-                  nn.Conv2d(32, 64, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+    nn.Sequential(nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                  nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
                   nn.Flatten(), nn.Linear(3136, 128), nn.ReLU(),
                   nn.Linear(128, 10))
 
