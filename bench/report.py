@@ -23,6 +23,7 @@ import tempfile
 
 MODE_ORDER = ["conventional", "model_parallel", "model_parallel_gpipe",
               "model_parallel_1f1b", "partitioned", "partitioned_auto",
+              "partitioned_measured", "partitioned_recovery",
               "partitioned_sequential"]
 PIPELINE_MODES = ["model_parallel", "model_parallel_gpipe", "model_parallel_1f1b"]
 MODE_TITLES = {
@@ -32,6 +33,8 @@ MODE_TITLES = {
     "model_parallel_1f1b": "model-parallel pipeline, 1F1B",
     "partitioned": "partitioned, SIL (parallel)",
     "partitioned_auto": "partitioned, SIL, cut chosen by pnn",
+    "partitioned_measured": "partitioned, SIL, cut by measured time",
+    "partitioned_recovery": "partitioned, SIL, 1 recovery epoch on the workers",
     "partitioned_sequential": "partitioned, previous outputs (sequential)",
 }
 PLOT_TITLES = {
@@ -41,6 +44,8 @@ PLOT_TITLES = {
     "model_parallel_1f1b": "model-parallel (1F1B)",
     "partitioned": "partitioned (SIL)",
     "partitioned_auto": "partitioned (SIL, pnn's cut)",
+    "partitioned_measured": "partitioned (SIL, measured cut)",
+    "partitioned_recovery": "partitioned (SIL, +1 recovery epoch)",
     "partitioned_sequential": "partitioned (sequential)",
 }
 FINAL_STATES = {"JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED",
@@ -346,6 +351,17 @@ def summarize_job(mode, job, run_info, matmul_gflops):
         "cut_after_layers": [inum(c) for c in
                              (spec.get("model") or {}).get("cut_after_layers") or []],
         "cut_chosen_by_pnn": bool(job.get("cut_plan")),
+        "cut_objective": ((job.get("cut_plan") or {}).get("request") or {})
+                         .get("objective") if job.get("cut_plan") else None,
+        "profiled_on": (job.get("cut_plan") or {}).get("profiled_on") or None,
+        "measured_segment_seconds_per_batch": [
+            num(s.get("measured_seconds_per_batch"))
+            for s in (job.get("cut_plan") or {}).get("segments") or []
+            if s.get("measured_seconds_per_batch")],
+        # Recovery epochs (on the workers): the joined network's accuracy
+        # before them; test_accuracy is after.
+        "joined_test_accuracy": num(job.get("joined_test_accuracy"), None),
+        "recovery_seconds": num(job.get("recovery_seconds"), None),
         # Model-parallel jobs: the schedule, the measured bubble (the least
         # idle stage's idle fraction) beside (K-1)/(M+K-1).
         "micro_batches": inum(pipeline.get("micro_batches")) or None,
@@ -576,6 +592,30 @@ def check_targets(modes):
         "value": (acc_a - acc_d) if acc_a is not None and acc_d is not None else None,
         "limit": None, "kind": "pp", "verdict": "REPORTED", "issue": 12,
         "detail": "whichever is higher"})
+    measured = modes.get("partitioned_measured") or {}
+    r = ratio(get(measured, "wall_seconds"), get(conv, "wall_seconds"))
+    targets.append({
+        "target": "partitioned with the cut by measured time: wall time and "
+                  "accuracy beside conventional's",
+        "measured": f"{fmt_num(get(measured, 'wall_seconds'))} s vs "
+                    f"{fmt_num(get(conv, 'wall_seconds'))} s, "
+                    f"{fmt_pct(get(measured, 'test_accuracy'))} (cut after "
+                    f"{','.join(str(c) for c in measured.get('cut_after_layers') or []) or 'n/a'}; "
+                    f"timed on {measured.get('profiled_on') or 'n/a'})",
+        "value": r, "limit": 0.65, "issue": 12,
+        "verdict": "N/A" if r is None else ("PASS" if r <= 0.65 else "MISS"),
+        "detail": "the same wall-time limit as pnn's FLOPs cut"})
+    recovered = modes.get("partitioned_recovery") or {}
+    acc_j, acc_f = get(recovered, "joined_test_accuracy"), get(recovered, "test_accuracy")
+    targets.append({
+        "target": "recovery.epochs 1 runs on the workers; final accuracy beside "
+                  "the joined accuracy",
+        "measured": f"final {fmt_pct(acc_f)} vs joined {fmt_pct(acc_j)}, "
+                    f"recovery {fmt_num(get(recovered, 'recovery_seconds'))} s",
+        "value": (acc_f - acc_j) if acc_f is not None and acc_j is not None else None,
+        "limit": None, "kind": "pp", "verdict": "REPORTED", "issue": 12,
+        "detail": "the recovery pipeline's stages are tasks on the workers "
+                  "(Job.recovery)"})
     return targets
 
 

@@ -242,6 +242,40 @@ class SummaryTest(unittest.TestCase):
         self.assertEqual(auto["auto_cut"], {"segments": 2,
                                             "objective": "BALANCE_OBJECTIVE_FLOPS"})
         self.assertNotIn("pipeline", run_bench.in_process_spec(gpipe))
+        measured = run_bench.mode_spec(run_bench.with_defaults(SPEC),
+                                       "partitioned_measured", 4)
+        self.assertEqual(measured["auto_cut"]["objective"],
+                         "BALANCE_OBJECTIVE_MEASURED_TIME")
+        recovery = run_bench.mode_spec(run_bench.with_defaults(SPEC),
+                                       "partitioned_recovery", 4)
+        self.assertEqual(recovery["recovery"], {"epochs": 1})
+        self.assertEqual(recovery["model"]["cut_after_layers"], [3])
+
+    def test_recovery_and_measured_cut_are_reported(self):
+        partitioned = dict(self.results["jobs"]["partitioned"]["job"])
+        partitioned["joined_test_accuracy"] = 0.85
+        partitioned["recovery_seconds"] = 3.5
+        partitioned["cut_plan"] = {
+            "request": {"segments": 2,
+                        "objective": "BALANCE_OBJECTIVE_MEASURED_TIME"},
+            "cut_after_layers": [2], "profiled_on": "worker w-1 (cpu, 1 thread)",
+            "segments": [{"measured_seconds_per_batch": 0.002},
+                         {"measured_seconds_per_batch": 0.003}]}
+        summary = report.summarize_job("partitioned_recovery", partitioned,
+                                       self.results["jobs"]["partitioned"]["run_info"],
+                                       {})
+        self.assertAlmostEqual(summary["joined_test_accuracy"], 0.85)
+        self.assertEqual(summary["profiled_on"], "worker w-1 (cpu, 1 thread)")
+        self.assertEqual(summary["measured_segment_seconds_per_batch"], [0.002, 0.003])
+        modes = dict(self.modes, partitioned_recovery=summary)
+        targets = {t["target"]: t for t in report.check_targets(modes)}
+        recovery = targets["recovery.epochs 1 runs on the workers; final accuracy "
+                           "beside the joined accuracy"]
+        self.assertEqual(recovery["verdict"], "REPORTED")
+        self.assertAlmostEqual(recovery["value"], summary["test_accuracy"] - 0.85)
+        measured = targets["partitioned with the cut by measured time: wall time "
+                           "and accuracy beside conventional's"]
+        self.assertEqual(measured["verdict"], "N/A")  # that mode did not run
 
     def test_missing_mode_is_not_applicable(self):
         modes = dict(self.modes)

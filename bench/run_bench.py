@@ -3,8 +3,10 @@
 
 Main preset: with one job spec, for each mode (conventional on one worker
 with every core; model-parallel with one micro-batch per batch and with
-GPipe and 1F1B on --micro_batches, partitioned with the spec's cut and with
-the cut pnn chooses (auto_cut), and partitioned-sequential, on one worker
+GPipe and 1F1B on --micro_batches, partitioned with the spec's cut, with
+the cut pnn chooses (auto_cut: FLOPs, and the layers' times measured on a
+worker), with one recovery epoch (a pipeline on the workers), and
+partitioned-sequential, on one worker
 per segment with the cores divided between them) start a fresh
 local cluster of the real binaries on loopback, submit the job with pnnctl,
 wait for it, record its Job JSON and the workers' RSS, and stop every
@@ -67,6 +69,16 @@ MODES = {
     "partitioned_auto": {"parallelism": "PARALLELISM_PARTITIONED",
                          "input_mode": "INPUT_MODE_SYNTHETIC_LABELS", "split": True,
                          "auto_cut": "BALANCE_OBJECTIVE_FLOPS"},
+    # The cut balancing the layers' times measured on a worker before the
+    # job is planned (a profiling pass).
+    "partitioned_measured": {"parallelism": "PARALLELISM_PARTITIONED",
+                             "input_mode": "INPUT_MODE_SYNTHETIC_LABELS", "split": True,
+                             "auto_cut": "BALANCE_OBJECTIVE_MEASURED_TIME"},
+    # The spec's cut and one recovery epoch, which runs as a pipeline on the
+    # workers after the segments.
+    "partitioned_recovery": {"parallelism": "PARALLELISM_PARTITIONED",
+                             "input_mode": "INPUT_MODE_SYNTHETIC_LABELS", "split": True,
+                             "recovery_epochs": 1},
     "partitioned_sequential": {"parallelism": "PARALLELISM_PARTITIONED",
                                "input_mode": "INPUT_MODE_PREVIOUS_OUTPUTS",
                                "split": True},
@@ -319,6 +331,8 @@ def mode_spec(base, mode, evaluations_per_epoch, micro_batches=8):
                             "objective": MODES[mode]["auto_cut"]}
     if MODES[mode]["input_mode"]:
         spec.setdefault("sil", {})["input_mode"] = MODES[mode]["input_mode"]
+    if "recovery_epochs" in MODES[mode]:
+        spec.setdefault("recovery", {})["epochs"] = MODES[mode]["recovery_epochs"]
     return spec
 
 
@@ -808,10 +822,28 @@ def regenerate(out_dir, analysis_path=None):
             analysis = f.read()
     markdown = report.render_markdown(results, ablations, analysis, cnn)
     path = os.path.join(out_dir, "BENCHMARKS.md")
+    markdown += kept_gpu_section(path)
     with open(path, "w", encoding="utf-8") as out:
         out.write(markdown)
     print(f"bench: wrote {path}", file=sys.stderr)
     return results
+
+
+GPU_BEGIN, GPU_END = "<!-- gpu:begin -->", "<!-- gpu:end -->"
+
+
+def kept_gpu_section(path):
+    """The GPU section of the BENCHMARKS.md at path (bench/gpu/run_gpu_bench.py
+    writes it from a GPU machine's run, which this machine cannot redo), to
+    carry over when the rest is rewritten; "" when there is none."""
+    if not os.path.exists(path):
+        return ""
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    begin, end = text.find(GPU_BEGIN), text.find(GPU_END)
+    if begin < 0 or end < begin:
+        return ""
+    return "\n" + text[begin:end + len(GPU_END)] + "\n"
 
 
 def print_summary(results):

@@ -42,6 +42,7 @@ struct Flags {
   int32_t evaluations_per_epoch = 0;
   int32_t micro_batches = 0;
   std::string schedule;
+  std::string precision;
   std::string hidden_widths, cut_after, dataset, device, name, parallelism;
   double kappa = 1.0;
   uint64_t seed = 1;
@@ -201,6 +202,9 @@ void Cli::AddSubmit() {
                      "stages)");
   submit->add_option("--schedule", flags_.schedule,
                      "model_parallel: gpipe (default) or 1f1b");
+  submit->add_option("--precision", flags_.precision,
+                     "training arithmetic: fp32 (default), bf16 (autocast) "
+                     "or tf32 (CUDA only)");
   submit->add_flag("--baseline,!--no-baseline", flags_.baseline,
                    "also train the unsplit network conventionally");
 }
@@ -473,6 +477,7 @@ std::string Cli::SpecOverridesError(SpecOverrides* overrides) const {
     overrides->micro_batches = flags_.micro_batches;
   }
   if (has("--schedule")) overrides->schedule = flags_.schedule;
+  if (has("--precision")) overrides->precision = flags_.precision;
   if (has("--kappa")) {
     if (!(flags_.kappa > 0)) {
       return absl::StrCat("--kappa ", flags_.kappa,

@@ -118,6 +118,16 @@ int64_t PeakRssGrowth(const TaskStatus& task) {
   return peak;
 }
 
+// The CUDA allocator's peak (allocated) of a task: the finished cost's, or
+// the last epoch's while it trains; "-" off CUDA.
+std::string DevicePeak(const TaskStatus& task) {
+  int64_t peak = task.cost().device_peak_allocated_bytes();
+  for (const auto& epoch : task.epochs()) {
+    peak = std::max(peak, epoch.device_peak_allocated_bytes());
+  }
+  return peak > 0 ? FormatBytes(peak) : "-";
+}
+
 int64_t AnalyticTrainingBytes(const TrainingCost& cost) {
   return cost.parameter_bytes() + cost.gradient_bytes() +
          cost.optimizer_state_bytes() + cost.activation_bytes();
@@ -314,8 +324,9 @@ std::string TaskTables(const Job& job, std::vector<std::string>* errors) {
   Table timing({false, false, false, false, true, true, true, true});
   timing.Row({"task", "layers", "state", "worker", "start", "end", "wall",
               "samples/s"});
-  Table cost({false, true, true, true, true});
-  cost.Row({"task", "sent", "received", "train mem", "analytic"});
+  Table cost({false, true, true, true, true, true});
+  cost.Row(
+      {"task", "sent", "received", "train mem", "analytic", "device peak"});
   for (const TaskStatus* task : JobTasks(job)) {
     double wall = task->cost().wall_seconds();
     if (wall <= 0 && task->has_start_time() && task->has_end_time()) {
@@ -337,7 +348,7 @@ std::string TaskTables(const Job& job, std::vector<std::string>* errors) {
     cost.Row({TaskLabel(*task), FormatBytes(task->bytes_sent()),
               FormatBytes(task->bytes_received()),
               rss > 0 ? FormatBytes(rss) : "-",
-              analytic > 0 ? FormatBytes(analytic) : "-"});
+              analytic > 0 ? FormatBytes(analytic) : "-", DevicePeak(*task)});
     if (std::string error = TaskError(*task); !error.empty()) {
       errors->push_back(std::move(error));
     }
@@ -367,6 +378,17 @@ std::string PipelineLines(const Job& job) {
       " (all stages)\n");
 }
 
+const char* ObjectiveName(pnn::v1::BalanceObjective objective) {
+  switch (objective) {
+    case pnn::v1::BALANCE_OBJECTIVE_TRAINING_MEMORY:
+      return "training memory";
+    case pnn::v1::BALANCE_OBJECTIVE_MEASURED_TIME:
+      return "measured time";
+    default:
+      return "FLOPs";
+  }
+}
+
 // The cuts pnn chose (JobSpec.auto_cut) and its prediction per segment;
 // empty when the spec gave the cuts.
 std::string CutPlanLines(const Job& job) {
@@ -381,11 +403,11 @@ std::string CutPlanLines(const Job& job) {
                          FormatBytes(request.device_memory_bytes()),
                          " per device")
           : absl::StrCat(request.segments(), " segments balancing ",
-                         request.objective() ==
-                                 pnn::v1::BALANCE_OBJECTIVE_TRAINING_MEMORY
-                             ? "training memory"
-                             : "FLOPs"),
+                         ObjectiveName(request.objective())),
       ")\n");
+  if (!plan.profiled_on().empty()) {
+    absl::StrAppend(&out, "  layers timed on ", plan.profiled_on(), "\n");
+  }
   for (int i = 0; i < plan.segments_size(); ++i) {
     const pnn::v1::CutPlan::Segment& segment = plan.segments(i);
     absl::StrAppend(
@@ -393,7 +415,12 @@ std::string CutPlanLines(const Job& job) {
         segment.last_layer(), "): ",
         absl::StrFormat("%.2f", segment.training_flops_per_sample() / 1e6),
         " MFLOPs/sample to train, ",
-        FormatBytes(segment.training_memory_bytes()), " predicted memory\n");
+        FormatBytes(segment.training_memory_bytes()), " predicted memory",
+        segment.measured_seconds_per_batch() > 0
+            ? absl::StrFormat(", %.2f ms/batch measured",
+                              1e3 * segment.measured_seconds_per_batch())
+            : "",
+        "\n");
   }
   return out;
 }
@@ -403,7 +430,8 @@ std::string CostFooter(const Job& job) {
   std::string out =
       "\n  train mem: peak RSS growth measured on the worker; analytic: "
       "parameters, gradients,\n  optimizer state and activations at the "
-      "batch size\n";
+      "batch size; device peak: the CUDA allocator's\n  peak on the "
+      "worker's GPU (torch.cuda.max_memory_allocated)\n";
   absl::StrAppend(
       &out, "  bytes on the wire (job total): ", FormatBytes(job.bytes_sent()),
       " sent, ", FormatBytes(job.bytes_received()), " received");

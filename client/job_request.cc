@@ -94,7 +94,7 @@ bool SpecOverrides::any() const {
   return epochs || train_limit || test_limit || hidden_widths || cut_after ||
          kappa || seed || dataset || recovery_epochs || device || name ||
          baseline || parallelism || evaluations_per_epoch || micro_batches ||
-         schedule;
+         schedule || precision;
 }
 
 absl::StatusOr<SubmitJobRequest> ParseSubmitRequestJson(
@@ -234,6 +234,11 @@ absl::Status ApplyOverrides(const SpecOverrides& overrides,
     if (!schedule.ok()) return schedule.status();
     spec->mutable_pipeline()->set_schedule(*schedule);
   }
+  if (overrides.precision) {
+    auto precision = ParsePrecision(*overrides.precision);
+    if (!precision.ok()) return precision.status();
+    spec->mutable_training()->set_precision(*precision);
+  }
   return absl::OkStatus();
 }
 
@@ -298,6 +303,18 @@ absl::StatusOr<pnn::v1::PipelineSchedule> ParseSchedule(
   }
   return absl::InvalidArgumentError(absl::StrCat(
       "--schedule=", text, ": expected gpipe or 1f1b (model_parallel jobs)"));
+}
+
+absl::StatusOr<pnn::v1::Precision> ParsePrecision(absl::string_view text) {
+  std::string name = absl::AsciiStrToUpper(text);
+  if (!absl::StartsWith(name, "PRECISION_")) name = "PRECISION_" + name;
+  pnn::v1::Precision precision;
+  if (name != "PRECISION_UNSPECIFIED" &&
+      pnn::v1::Precision_Parse(name, &precision)) {
+    return precision;
+  }
+  return absl::InvalidArgumentError(absl::StrCat(
+      "--precision=", text, ": expected fp32, bf16 or tf32 (tf32: CUDA only)"));
 }
 
 absl::StatusOr<pnn::v1::ModelFormat> ParseModelFormat(absl::string_view text) {

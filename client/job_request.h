@@ -38,6 +38,7 @@ struct SpecOverrides {
   std::optional<int32_t> evaluations_per_epoch;
   std::optional<int32_t> micro_batches;  // pipeline.micro_batches
   std::optional<std::string> schedule;   // see ParseSchedule
+  std::optional<std::string> precision;  // training.precision; ParsePrecision
 
   // True when any override is set.
   bool any() const;
@@ -79,6 +80,9 @@ absl::StatusOr<pnn::v1::Parallelism> ParseParallelism(absl::string_view text);
 
 // "gpipe" or "1f1b" (or the enum's name): a model-parallel job's schedule.
 absl::StatusOr<pnn::v1::PipelineSchedule> ParseSchedule(absl::string_view text);
+
+// "fp32", "bf16" or "tf32" (any case, with or without the PRECISION_ prefix).
+absl::StatusOr<pnn::v1::Precision> ParsePrecision(absl::string_view text);
 
 // "safetensors" or "pnn" (also the enum names).
 absl::StatusOr<pnn::v1::ModelFormat> ParseModelFormat(absl::string_view text);

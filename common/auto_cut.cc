@@ -43,18 +43,31 @@ int64_t Objective(const CutPlan::Segment& segment, bool memory) {
                 : segment.training_flops_per_sample();
 }
 
+// Measured seconds of layers [first, last] (1-based).
+double MeasuredSeconds(const LayerTimes& times, int first, int last) {
+  double seconds = 0;
+  for (int layer = first; layer <= last; ++layer) {
+    seconds += times.seconds_per_batch[static_cast<size_t>(layer - 1)];
+  }
+  return seconds;
+}
+
 // The objective of every segment [first, last] (1-based, first <= last),
-// computed once: the search looks each up many times.
+// computed once: the search looks each up many times. Measured times count
+// in nanoseconds.
 using CostTable = std::vector<std::vector<int64_t>>;
 
 CostTable Costs(const Architecture& network, bool memory,
-                const pnn::v1::TrainingConfig& training) {
+                const pnn::v1::TrainingConfig& training,
+                const LayerTimes* times = nullptr) {
   const int layers = network.last_layer();
   CostTable costs(layers + 1, std::vector<int64_t>(layers + 1, 0));
   for (int first = 1; first <= layers; ++first) {
     for (int last = first; last <= layers; ++last) {
       costs[first][last] =
-          Objective(Estimate(network, first, last, training), memory);
+          times != nullptr
+              ? static_cast<int64_t>(1e9 * MeasuredSeconds(*times, first, last))
+              : Objective(Estimate(network, first, last, training), memory);
     }
   }
   return costs;
@@ -93,16 +106,23 @@ std::vector<int> Balance(const CostTable& costs, int segments) {
 }
 
 CutPlan PlanFor(const Architecture& network, const std::vector<int>& cuts,
-                const pnn::v1::TrainingConfig& training) {
+                const pnn::v1::TrainingConfig& training,
+                const LayerTimes* times = nullptr) {
   CutPlan plan;
+  std::vector<int> lasts = cuts;
+  lasts.push_back(network.last_layer());
   int first = 1;
-  for (int cut : cuts) {
-    plan.add_cut_after_layers(cut);
-    *plan.add_segments() = Estimate(network, first, cut, training);
-    first = cut + 1;
+  for (int last : lasts) {
+    if (last != network.last_layer()) plan.add_cut_after_layers(last);
+    CutPlan::Segment* segment = plan.add_segments();
+    *segment = Estimate(network, first, last, training);
+    if (times != nullptr) {
+      segment->set_measured_seconds_per_batch(
+          MeasuredSeconds(*times, first, last));
+    }
+    first = last + 1;
   }
-  *plan.add_segments() =
-      Estimate(network, first, network.last_layer(), training);
+  if (times != nullptr) plan.set_profiled_on(times->profiled_on);
   return plan;
 }
 
@@ -116,18 +136,37 @@ int64_t Largest(const CutPlan& plan, bool memory) {
 
 }  // namespace
 
+bool NeedsLayerTimes(const pnn::v1::JobSpec& resolved) {
+  return resolved.has_auto_cut() &&
+         resolved.auto_cut().objective() ==
+             pnn::v1::BALANCE_OBJECTIVE_MEASURED_TIME;
+}
+
 absl::StatusOr<CutPlan> ChooseCuts(const pnn::v1::JobSpec& resolved,
-                                   const Architecture& network) {
+                                   const Architecture& network,
+                                   const LayerTimes* times) {
   const pnn::v1::AutoCutSpec& request = resolved.auto_cut();
   const pnn::v1::TrainingConfig& training = resolved.training();
   const int layers = network.last_layer();
+  if (times != nullptr &&
+      static_cast<int>(times->seconds_per_batch.size()) != layers) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("measured layer times: ", times->seconds_per_batch.size(),
+                     " for a network of ", layers, " layers"));
+  }
+  if (NeedsLayerTimes(resolved) && times == nullptr) {
+    return absl::FailedPreconditionError(
+        "auto_cut.objective BALANCE_OBJECTIVE_MEASURED_TIME needs the "
+        "layers' measured times (a profiling pass) before choosing cuts");
+  }
   CutPlan plan;
   if (request.device_memory_bytes() == 0) {
     const bool memory =
         request.objective() == pnn::v1::BALANCE_OBJECTIVE_TRAINING_MEMORY;
-    const CostTable costs = Costs(network, memory, training);
+    const LayerTimes* balanced = NeedsLayerTimes(resolved) ? times : nullptr;
+    const CostTable costs = Costs(network, memory, training, balanced);
     plan =
-        PlanFor(network, Balance(costs, request.segments()), training);
+        PlanFor(network, Balance(costs, request.segments()), training, times);
   } else {
     // The fewest segments that fit; the least largest segment over every
     // count is the smallest budget that could work.
@@ -156,12 +195,12 @@ absl::StatusOr<CutPlan> ChooseCuts(const pnn::v1::JobSpec& resolved,
 }
 
 absl::StatusOr<CutPlan> ApplyAutoCut(pnn::v1::JobSpec* resolved,
-                                     const ImageShape& image,
-                                     int num_classes) {
+                                     const ImageShape& image, int num_classes,
+                                     const LayerTimes* times) {
   if (!resolved->has_auto_cut()) return CutPlan();
   auto network = NetworkArchitecture(*resolved, image, num_classes);
   if (!network.ok()) return network.status();
-  auto plan = ChooseCuts(*resolved, *network);
+  auto plan = ChooseCuts(*resolved, *network, times);
   if (!plan.ok()) return plan.status();
   auto* cuts = resolved->mutable_model()->mutable_cut_after_layers();
   cuts->Clear();

@@ -7,6 +7,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "common/layer_profile.h"
 #include "common/status_macros.h"
 #include "google/protobuf/util/json_util.h"
 
@@ -33,6 +34,9 @@ void Inherit(const TrainingConfig& defaults, TrainingConfig* config) {
   if (config->momentum() == 0) config->set_momentum(defaults.momentum());
   if (config->weight_decay() == 0) {
     config->set_weight_decay(defaults.weight_decay());
+  }
+  if (config->precision() == pnn::v1::PRECISION_UNSPECIFIED) {
+    config->set_precision(defaults.precision());
   }
 }
 
@@ -75,6 +79,27 @@ absl::Status ValidateTraining(const TrainingConfig& config,
                    absl::StrCat("must be in [0, 1], got ",
                                 config.weight_decay()));
   }
+  if (!pnn::v1::Precision_IsValid(config.precision())) {
+    return Invalid(absl::StrCat(field, ".precision"),
+                   "unknown precision (PRECISION_FP32, PRECISION_BF16 or "
+                   "PRECISION_TF32)");
+  }
+  return absl::OkStatus();
+}
+
+// TF32 is a mode of CUDA's matrix units: a CPU job that asks for it would
+// silently train in fp32, so it is refused with what to use instead.
+absl::Status CheckPrecisionFitsDevice(const TrainingConfig& config,
+                                      absl::string_view field,
+                                      absl::string_view device) {
+  if (config.precision() == pnn::v1::PRECISION_TF32 &&
+      !absl::StartsWith(device, "cuda")) {
+    return Invalid(
+        absl::StrCat(field, ".precision"),
+        absl::StrCat("PRECISION_TF32 applies to CUDA devices only; "
+                     "this job's device is \"",
+                     device, "\" (use PRECISION_FP32 or PRECISION_BF16)"));
+  }
   return absl::OkStatus();
 }
 
@@ -99,6 +124,12 @@ void ApplyDefaults(JobSpec* spec) {
   }
   // With auto_cut the cuts are chosen once the data set's shape is known
   // (common/auto_cut.h).
+  if (spec->has_auto_cut() &&
+      spec->auto_cut().objective() ==
+          pnn::v1::BALANCE_OBJECTIVE_MEASURED_TIME &&
+      spec->auto_cut().profile_batches() == 0) {
+    spec->mutable_auto_cut()->set_profile_batches(kDefaultProfileBatches);
+  }
   if (model->cut_after_layers().empty() && !spec->has_auto_cut() &&
       model->layers().empty()) {
     model->add_cut_after_layers(
@@ -118,6 +149,7 @@ void ApplyDefaults(JobSpec* spec) {
   defaults.set_batch_size(kDefaultBatchSize);
   defaults.set_learning_rate(kDefaultLearningRate);
   defaults.set_optimizer(pnn::v1::OPTIMIZER_ADAM);
+  defaults.set_precision(pnn::v1::PRECISION_FP32);
   Inherit(defaults, spec->mutable_training());
   auto* dataset = spec->mutable_dataset();
   if (dataset->path().empty()) dataset->set_path(kDefaultDatasetPath);
@@ -283,10 +315,23 @@ absl::Status ValidateAutoCut(const JobSpec& spec) {
         absl::StrCat("must be > 0, got ", cut.device_memory_bytes()));
   }
   if (cut.device_memory_bytes() > 0 &&
-      cut.objective() == pnn::v1::BALANCE_OBJECTIVE_FLOPS) {
+      (cut.objective() == pnn::v1::BALANCE_OBJECTIVE_FLOPS ||
+       cut.objective() == pnn::v1::BALANCE_OBJECTIVE_MEASURED_TIME)) {
     return Invalid("auto_cut.objective",
                    "a memory budget balances training memory; leave the "
                    "objective unset or BALANCE_OBJECTIVE_TRAINING_MEMORY");
+  }
+  const bool measured =
+      cut.objective() == pnn::v1::BALANCE_OBJECTIVE_MEASURED_TIME;
+  if (cut.profile_batches() != 0 && !measured) {
+    return Invalid("auto_cut.profile_batches",
+                   "applies to BALANCE_OBJECTIVE_MEASURED_TIME only");
+  }
+  if (cut.profile_batches() < 0 || cut.profile_batches() > kMaxProfileBatches) {
+    return Invalid("auto_cut.profile_batches",
+                   absl::StrCat("must be between 1 and ", kMaxProfileBatches,
+                                " (0: ", kDefaultProfileBatches, "), got ",
+                                cut.profile_batches()));
   }
   return absl::OkStatus();
 }
@@ -346,6 +391,15 @@ absl::Status ValidateDataset(const pnn::v1::DatasetSpec& dataset) {
 // evaluation points.
 absl::Status ValidateExecution(const JobSpec& spec) {
   PNN_RETURN_IF_ERROR(ValidateDevice(spec.device()));
+  PNN_RETURN_IF_ERROR(
+      CheckPrecisionFitsDevice(spec.training(), "training", spec.device()));
+  for (int i = 0; i < spec.segment_training_size(); ++i) {
+    PNN_RETURN_IF_ERROR(CheckPrecisionFitsDevice(
+        spec.segment_training(i), absl::StrCat("segment_training[", i, "]"),
+        spec.device()));
+  }
+  PNN_RETURN_IF_ERROR(
+      CheckPrecisionFitsDevice(spec.recovery(), "recovery", spec.device()));
   if (!pnn::v1::Parallelism_IsValid(spec.parallelism())) {
     return Invalid("parallelism", "unknown parallelism");
   }

@@ -40,6 +40,7 @@ SegmentModelImpl::SegmentModelImpl(Architecture architecture)
   const size_t count = architecture_.layers.size();
   convs_.assign(count, torch::nn::Conv2d(nullptr));
   linears_.assign(count, torch::nn::Linear(nullptr));
+  dropout_seeds_.assign(count, 0);
   dropout_generators_.resize(count);
   for (size_t i = 0; i < count; ++i) {
     const LayerSpec& layer = architecture_.layers[i];
@@ -58,8 +59,9 @@ SegmentModelImpl::SegmentModelImpl(Architecture architecture)
           ParameterPrefix(layer, index),
           torch::nn::Linear(in[0], layer.linear().out_features()));
     } else if (layer.has_dropout()) {
+      dropout_seeds_[i] = LayerSeed(kDropoutStream, index);
       dropout_generators_[i] =
-          at::detail::createCPUGenerator(LayerSeed(kDropoutStream, index));
+          SeededGenerator(dropout_seeds_[i], c10::Device(c10::kCPU));
     }
   }
 }
@@ -97,12 +99,15 @@ at::Tensor SegmentModelImpl::ApplyLayer(size_t position, const at::Tensor& x) {
     case LayerSpec::kDropout: {
       const double p = layer.dropout().p();
       if (!is_training() || p == 0) return x;
-      // Masks drawn on the CPU from the layer's own stream: reproducible,
-      // and the same on every device.
+      // Masks drawn from the layer's own stream on the input's device (a
+      // mask drawn on the CPU and copied would stall a GPU every batch):
+      // reproducible per device kind.
+      at::Generator& generator = dropout_generators_[position];
+      if (generator.device().type() != x.device().type()) {
+        generator = SeededGenerator(dropout_seeds_[position], x.device());
+      }
       const at::Tensor keep =
-          at::empty(x.sizes(), at::kFloat)
-              .bernoulli_(1.0 - p, dropout_generators_[position])
-              .to(x.device());
+          at::empty(x.sizes(), x.options()).bernoulli_(1.0 - p, generator);
       return x * keep / (1.0 - p);
     }
     default:
@@ -146,9 +151,20 @@ void SegmentModelImpl::SeedDropout(uint64_t seed) {
   for (size_t i = 0; i < architecture_.layers.size(); ++i) {
     if (!architecture_.layers[i].has_dropout()) continue;
     const int index = architecture_.first_layer + static_cast<int>(i);
+    dropout_seeds_[i] = LayerSeed(seed ^ kDropoutStream, index);
     dropout_generators_[i] =
-        at::detail::createCPUGenerator(LayerSeed(seed ^ kDropoutStream, index));
+        SeededGenerator(dropout_seeds_[i], c10::Device(c10::kCPU));
   }
+}
+
+at::Generator SeededGenerator(uint64_t seed, c10::Device device) {
+  if (device.is_cpu()) return at::detail::createCPUGenerator(seed);
+  // A copy of the device's default generator: the same kind without
+  // CUDA-only headers, and not shared with anything else in the process.
+  at::Generator generator =
+      at::globalContext().defaultGenerator(device).clone();
+  generator.set_current_seed(seed);
+  return generator;
 }
 
 void InitializeWeights(SegmentModel& model, uint64_t seed) {

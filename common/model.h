@@ -61,9 +61,18 @@ class SegmentModelImpl : public torch::nn::Module {
   // One entry per layer; a null holder where the layer has no such module.
   std::vector<torch::nn::Conv2d> convs_;
   std::vector<torch::nn::Linear> linears_;
+  // Per dropout layer: its seed and its generator, on the device the layer
+  // last ran on.
+  std::vector<uint64_t> dropout_seeds_;
   std::vector<at::Generator> dropout_generators_;
 };
 TORCH_MODULE(SegmentModel);
+
+// A random generator of `device`'s kind seeded with `seed`, private to the
+// caller (not the device's default generator): CPU generators give the same
+// stream on every machine; a CUDA one gives a stream of its own, so work
+// drawn on a GPU differs from the CPU's but repeats on the same GPU.
+at::Generator SeededGenerator(uint64_t seed, c10::Device device);
 
 // Re-initialises every weighted layer like PyTorch's default (uniform in
 // +-1/sqrt(fan_in), weight and bias) from a generator seeded by (seed,

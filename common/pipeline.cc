@@ -11,6 +11,7 @@
 #include "common/accounting.h"
 #include "common/model.h"
 #include "common/pipeline_schedule.h"
+#include "common/precision.h"
 #include "common/status_macros.h"
 #include "common/training_internal.h"
 #include "common/training_progress.h"
@@ -104,6 +105,9 @@ struct PipelineStageTrainer::State {
   c10::Device device{c10::kCPU};
   SegmentModel model{nullptr};
   std::unique_ptr<torch::optim::Optimizer> optimizer;
+  // TF32 on for the stage's life when its task asks (its backward passes
+  // run between Forward calls).
+  std::unique_ptr<MatmulPrecision> matmul_precision;
   bool last = false;
 
   // A failed step spends the stage: its weights may be half-updated.
@@ -215,7 +219,12 @@ struct PipelineStageTrainer::State {
     PNN_ASSIGN_OR_RETURN(Micro * micro, TakeMicro(position));
     const auto start = std::chrono::steady_clock::now();
     micro->input = input.to(device, at::kFloat).detach().requires_grad_(true);
-    micro->output = model->forward(micro->input);
+    {
+      const ForwardPrecision precision(task.training().precision(), device);
+      micro->output = model->forward(micro->input);
+    }
+    // Losses and the activations sent on are fp32 whatever the arithmetic.
+    micro->output = micro->output.to(at::kFloat);
     micro->labels = labels;
     micro->rows = input.size(0);
     micro->forwarded = true;
@@ -335,6 +344,7 @@ PipelineStageTrainer::Create(const SegmentTask& task,
   PNN_ASSIGN_OR_RETURN(
       const c10::Device device,
       ResolveDevice(task.device().empty() ? options.device : task.device()));
+  PNN_RETURN_IF_ERROR(CheckPrecision(task.training().precision(), device));
   return Guarded<std::unique_ptr<PipelineStageTrainer>>(
       "building pipeline stage",
       [&]() -> absl::StatusOr<std::unique_ptr<PipelineStageTrainer>> {
@@ -352,6 +362,9 @@ PipelineStageTrainer::Create(const SegmentTask& task,
         state->model->to(device);
         state->model->train();
         state->optimizer = MakeOptimizer(state->model, task.training());
+        state->matmul_precision = std::make_unique<MatmulPrecision>(
+            task.training().precision(), device);
+        state->progress.MeasureCudaDevice(internal::CudaIndex(device));
         return std::unique_ptr<PipelineStageTrainer>(
             new PipelineStageTrainer(std::move(state)));
       });

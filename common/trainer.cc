@@ -21,6 +21,7 @@
 #include "common/accounting.h"
 #include "common/job_spec.h"
 #include "common/pipeline_schedule.h"
+#include "common/precision.h"
 #include "common/status_macros.h"
 #include "common/tensor_codec.h"
 #include "common/training_internal.h"
@@ -89,7 +90,8 @@ struct FirstStage {
   int stages = 2;
 };
 
-// Builds (input, target) on the CPU for the sample indices of one batch.
+// Builds (input, target) on the training device for the sample indices
+// (on that device) of one batch.
 using BatchFn =
     std::function<std::pair<at::Tensor, at::Tensor>(const at::Tensor&)>;
 
@@ -146,16 +148,24 @@ class TrainingLoop {
   // Continues from `state`: weights, optimizer and shuffle order.
   absl::Status Resume(const pnn::v1::TrainingState& state);
   absl::Status RunEpoch(int epoch);
-  // One optimizer step on the samples `indices`; returns the batch's loss.
-  absl::StatusOr<double> TrainBatch(const at::Tensor& indices,
-                                    const BatchPosition& position);
+  // One optimizer step on the samples `indices`; returns the batch's mean
+  // loss as a scalar tensor, not yet read (see ReadLosses).
+  absl::StatusOr<at::Tensor> TrainBatch(const at::Tensor& indices,
+                                        const BatchPosition& position);
   // TrainBatch for a pipeline's first stage: the batch's micro-batches in
   // the schedule's order, one optimizer step.
-  absl::StatusOr<double> TrainPipelinedBatch(const at::Tensor& indices,
-                                             const BatchPosition& position);
-  // Backpropagates the batch's local loss; returns it.
-  absl::StatusOr<double> Backward(const at::Tensor& output,
-                                  const at::Tensor& target);
+  absl::StatusOr<at::Tensor> TrainPipelinedBatch(const at::Tensor& indices,
+                                                 const BatchPosition& position);
+  // Backpropagates the batch's local loss; returns it (detached).
+  at::Tensor Backward(const at::Tensor& output, const at::Tensor& target);
+  // Whether the losses trained so far are read after batch `batch`: every
+  // batch on the CPU, where reading costs nothing; on a GPU, where reading
+  // waits for the device to finish, only where progress, a checkpoint or
+  // the epoch's end needs them.
+  bool ReadsLossesAfter(const BatchPosition& position) const;
+  // Reads the pending losses in one transfer: checks each is finite (the
+  // divergence error names its batch) and counts them into the progress.
+  absl::Status ReadLosses(int epoch);
   void EmitCheckpoint(int epoch, int64_t batch, bool with_state);
 
   SegmentModel& model_;
@@ -174,6 +184,12 @@ class TrainingLoop {
   internal::TrainingProgress progress_;
   FirstStage stage_;
   double busy_seconds_ = 0;
+  struct PendingLoss {
+    int64_t batch = 0;
+    int64_t rows = 0;
+    at::Tensor loss;
+  };
+  std::vector<PendingLoss> pending_losses_;
 };
 
 absl::StatusOr<std::vector<EpochMetrics>> TrainingLoop::Run(
@@ -181,6 +197,8 @@ absl::StatusOr<std::vector<EpochMetrics>> TrainingLoop::Run(
   if (samples_ < 1) {
     return absl::FailedPreconditionError("no training samples");
   }
+  PNN_RETURN_IF_ERROR(CheckPrecision(config_.precision(), device_));
+  const MatmulPrecision matmul_precision(config_.precision(), device_);
   model_->to(device_);
   model_->train();
   optimizer_ = MakeOptimizer(model_, config_);
@@ -192,6 +210,9 @@ absl::StatusOr<std::vector<EpochMetrics>> TrainingLoop::Run(
     PNN_RETURN_IF_ERROR(Resume(*options_.resume));
     first_epoch = options_.resume->epochs_done() + 1;
   }
+  // The device's peak starts at what it holds now: the model and the data
+  // already resident there count, as in torch.cuda.max_memory_allocated().
+  progress_.MeasureCudaDevice(internal::CudaIndex(device_));
   progress_.Start(batches_);
   for (int epoch = first_epoch; epoch <= config_.epochs(); ++epoch) {
     PNN_RETURN_IF_ERROR(RunEpoch(epoch));
@@ -223,7 +244,9 @@ absl::Status TrainingLoop::Resume(const pnn::v1::TrainingState& state) {
 
 absl::Status TrainingLoop::RunEpoch(int epoch) {
   progress_.BeginEpoch();
-  const at::Tensor order = at::randperm(samples_, shuffle_generator_, at::kLong);
+  // Drawn on the CPU (the same order on every device), moved once.
+  const at::Tensor order =
+      at::randperm(samples_, shuffle_generator_, at::kLong).to(device_);
   for (int64_t batch = 1; batch <= batches_; ++batch) {
     if (options_.should_stop && options_.should_stop()) {
       return absl::CancelledError(absl::StrCat(
@@ -240,8 +263,9 @@ absl::Status TrainingLoop::RunEpoch(int epoch) {
     const int64_t begin = (batch - 1) * batch_size_;
     const at::Tensor indices =
         order.slice(0, begin, std::min(samples_, begin + batch_size_));
-    PNN_ASSIGN_OR_RETURN(const double loss, TrainBatch(indices, position));
-    progress_.AddBatch(epoch, batch, indices.size(0), loss);
+    PNN_ASSIGN_OR_RETURN(at::Tensor loss, TrainBatch(indices, position));
+    pending_losses_.push_back({batch, indices.size(0), std::move(loss)});
+    if (ReadsLossesAfter(position)) PNN_RETURN_IF_ERROR(ReadLosses(epoch));
     // The epoch's last evaluation point waits for its metrics below, so
     // that a resumable state includes them.
     if (position.checkpoint && batch < batches_) {
@@ -259,28 +283,52 @@ absl::Status TrainingLoop::RunEpoch(int epoch) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<double> TrainingLoop::TrainBatch(const at::Tensor& indices,
-                                                const BatchPosition& position) {
+bool TrainingLoop::ReadsLossesAfter(const BatchPosition& position) const {
+  const int64_t interval = options_.batch_report_interval;
+  return device_.is_cpu() || position.checkpoint ||
+         position.batch == position.batches_per_epoch ||
+         (interval > 0 && position.batch % interval == 0);
+}
+
+absl::Status TrainingLoop::ReadLosses(int epoch) {
+  if (pending_losses_.empty()) return absl::OkStatus();
+  std::vector<at::Tensor> losses;
+  losses.reserve(pending_losses_.size());
+  for (const PendingLoss& pending : pending_losses_) {
+    losses.push_back(pending.loss.reshape({}));
+  }
+  const at::Tensor values = at::stack(losses).to(at::kCPU, at::kDouble);
+  const double* value = values.data_ptr<double>();
+  std::vector<PendingLoss> read;
+  read.swap(pending_losses_);
+  for (size_t i = 0; i < read.size(); ++i) {
+    PNN_RETURN_IF_ERROR(
+        internal::CheckFiniteLoss(value[i], epoch, read[i].batch,
+                                  "lower the learning rate or the SIL kappa"));
+    progress_.AddBatch(epoch, read[i].batch, read[i].rows, value[i]);
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<at::Tensor> TrainingLoop::TrainBatch(
+    const at::Tensor& indices, const BatchPosition& position) {
   if (stage_.peer != nullptr) return TrainPipelinedBatch(indices, position);
-  auto [input, target] = make_batch_(indices);
-  input = input.to(device_);
-  target = target.to(device_);
+  const auto [input, target] = make_batch_(indices);
   optimizer_->zero_grad();
-  const at::Tensor output = model_->forward(input);
-  PNN_ASSIGN_OR_RETURN(const double loss, Backward(output, target));
+  at::Tensor output;
+  {
+    const ForwardPrecision precision(config_.precision(), device_);
+    output = model_->forward(input);
+  }
+  const at::Tensor loss = Backward(output, target);
   optimizer_->step();
-  PNN_RETURN_IF_ERROR(internal::CheckFiniteLoss(
-      loss, position.epoch, position.batch,
-      "lower the learning rate or the SIL kappa"));
   return loss;
 }
 
-absl::StatusOr<double> TrainingLoop::TrainPipelinedBatch(
+absl::StatusOr<at::Tensor> TrainingLoop::TrainPipelinedBatch(
     const at::Tensor& indices, const BatchPosition& position) {
   Clock::time_point start = Clock::now();
-  auto [input, target] = make_batch_(indices);
-  input = input.to(device_);
-  target = target.to(device_);
+  const auto [input, target] = make_batch_(indices);
   const std::vector<int64_t> sizes =
       MicroBatchSizes(input.size(0), stage_.micro_batches);
   const std::vector<at::Tensor> inputs = input.split_with_sizes(sizes);
@@ -298,7 +346,12 @@ absl::StatusOr<double> TrainingLoop::TrainPipelinedBatch(
     at::Tensor& output = outputs[static_cast<size_t>(op.micro)];
     if (op.forward) {
       start = Clock::now();
-      output = model_->forward(inputs[static_cast<size_t>(op.micro)]);
+      {
+        const ForwardPrecision precision(config_.precision(), device_);
+        output = model_->forward(inputs[static_cast<size_t>(op.micro)]);
+      }
+      // Stages exchange fp32 activations whatever the arithmetic.
+      output = output.to(at::kFloat);
       busy_seconds_ += SecondsSince(start);
       PNN_RETURN_IF_ERROR(stage_.peer->Send(
           output.detach(), targets[static_cast<size_t>(op.micro)], micro));
@@ -322,19 +375,18 @@ absl::StatusOr<double> TrainingLoop::TrainPipelinedBatch(
   start = Clock::now();
   optimizer_->step();
   busy_seconds_ += SecondsSince(start);
-  PNN_RETURN_IF_ERROR(
-      internal::CheckFiniteLoss(loss, position.epoch, position.batch,
-                                "lower the learning rate or the SIL kappa"));
-  return loss;
+  return at::scalar_tensor(loss, at::kDouble);
 }
 
-absl::StatusOr<double> TrainingLoop::Backward(const at::Tensor& output,
-                                              const at::Tensor& target) {
+at::Tensor TrainingLoop::Backward(const at::Tensor& output,
+                                  const at::Tensor& target) {
+  // The loss in fp32 whatever the forward pass's arithmetic.
+  const at::Tensor scores = output.to(at::kFloat);
   const at::Tensor loss = loss_kind_ == LossKind::kMse
-                              ? at::mse_loss(output, target)
-                              : at::cross_entropy_loss(output, target);
+                              ? at::mse_loss(scores, target)
+                              : at::cross_entropy_loss(scores, target);
   loss.backward();
-  return loss.item<double>();
+  return loss.detach();
 }
 
 void TrainingLoop::EmitCheckpoint(int epoch, int64_t batch, bool with_state) {
@@ -557,6 +609,7 @@ absl::Status CheckSegmentRun(const SegmentTask& task,
 
 // What a segment trains on besides the data set's labels and images; each
 // is undefined when the task has none.
+// All of them live on the training device, where batches are gathered.
 struct SegmentInputs {
   at::Tensor input_sil;           // the input SIL table, by class
   at::Tensor precomputed_inputs;  // the upstream segments' outputs
@@ -589,10 +642,8 @@ absl::StatusOr<at::Tensor> UpstreamOutputs(const SegmentTask& task,
   std::vector<at::Tensor> chunks;
   constexpr int64_t kChunk = 4096;
   for (int64_t begin = 0; begin < data.train.size(); begin += kChunk) {
-    chunks.push_back(
-        chain->forward(data.train.images.slice(0, begin, begin + kChunk)
-                           .to(device))
-            .to(at::kCPU));
+    chunks.push_back(chain->forward(
+        data.train.images.slice(0, begin, begin + kChunk).to(device)));
   }
   return at::cat(chunks);
 }
@@ -603,6 +654,7 @@ absl::StatusOr<SegmentInputs> LoadSegmentInputs(const SegmentTask& task,
   SegmentInputs inputs;
   if (task.input_case() == SegmentTask::kInputSil) {
     PNN_ASSIGN_OR_RETURN(inputs.input_sil, TensorFromProto(task.input_sil()));
+    inputs.input_sil = inputs.input_sil.to(device);
   } else if (task.input_case() == SegmentTask::kUpstream) {
     PNN_ASSIGN_OR_RETURN(inputs.precomputed_inputs,
                          UpstreamOutputs(task, data, device));
@@ -610,6 +662,7 @@ absl::StatusOr<SegmentInputs> LoadSegmentInputs(const SegmentTask& task,
   const bool last = task.segment_index() + 1 == task.segment_count();
   if (!last && !task.has_pipeline()) {
     PNN_ASSIGN_OR_RETURN(inputs.target_sil, TensorFromProto(task.target_sil()));
+    inputs.target_sil = inputs.target_sil.to(device);
   }
   return inputs;
 }
@@ -617,23 +670,28 @@ absl::StatusOr<SegmentInputs> LoadSegmentInputs(const SegmentTask& task,
 // The segment's batches: inputs from the input SIL table (+ Gaussian
 // noise), the upstream outputs or the images; targets the classes (the
 // last segment, or a pipeline's first stage, which hands them on to the
-// last stage) or the target SIL table.
+// last stage) or the target SIL table. What the batches read is copied to
+// `device` once, here, so that a batch never crosses the bus (the images
+// only when the segment reads them).
 BatchFn SegmentBatches(const SegmentTask& task, const Dataset& data,
-                       const SegmentInputs& inputs) {
-  const at::Generator noise_generator = at::detail::createCPUGenerator(
-      task.seed() ^ (kNoiseStream * (task.segment_index() + 1)));
+                       const SegmentInputs& inputs, c10::Device device) {
+  const at::Generator noise_generator = SeededGenerator(
+      task.seed() ^ (kNoiseStream * (task.segment_index() + 1)), device);
   const double noise = task.input_noise_std();
   const bool classes = task.segment_index() + 1 == task.segment_count() ||
                        task.has_pipeline();
-  const at::Tensor labels = data.train.labels;
-  const at::Tensor images = data.train.images;
+  const at::Tensor labels = data.train.labels.to(device);
+  const at::Tensor images =
+      inputs.input_sil.defined() || inputs.precomputed_inputs.defined()
+          ? at::Tensor()
+          : data.train.images.to(device);
   return [=](const at::Tensor& indices) {
     const at::Tensor batch_labels = labels.index_select(0, indices);
     at::Tensor input;
     if (inputs.input_sil.defined()) {
       input = inputs.input_sil.index_select(0, batch_labels);
       if (noise > 0) {
-        input = input + at::empty(input.sizes(), at::kFloat)
+        input = input + at::empty(input.sizes(), input.options())
                             .normal_(0.0, noise, noise_generator);
       }
     } else if (inputs.precomputed_inputs.defined()) {
@@ -663,7 +721,7 @@ absl::StatusOr<pnn::v1::SegmentResult> TrainCheckedSegment(
   pnn::v1::TrainingCost* cost = result.mutable_cost();
   *cost = AnalyticTrainingCost(architecture, task.training());
   TrainingLoop loop(model, task.segment_index(), data.train.size(),
-                    SegmentBatches(task, data, inputs),
+                    SegmentBatches(task, data, inputs, device),
                     last ? LossKind::kCrossEntropy : LossKind::kMse,
                     task.training(), task.seed(), device, options);
   std::optional<RemoteLossPeer> blocking;
@@ -770,20 +828,25 @@ absl::StatusOr<NetworkTrainingResult> TrainNetwork(
         " inputs, the images have ",
         train.images.defined() ? train.images.size(1) : 0, " pixels"));
   }
-  return Guarded<NetworkTrainingResult>("training network", [&]()
-      -> absl::StatusOr<NetworkTrainingResult> {
-    BatchFn make_batch = [&](const at::Tensor& indices) {
-      return std::make_pair(train.images.index_select(0, indices),
-                            train.labels.index_select(0, indices));
-    };
-    NetworkTrainingResult result;
-    result.cost = AnalyticTrainingCost(network->architecture(), config);
-    TrainingLoop loop(network, /*segment_index=*/0, train.size(), make_batch,
-                      LossKind::kCrossEntropy, config, seed, device, options);
-    PNN_ASSIGN_OR_RETURN(result.epochs, loop.Run(&result.cost));
-    result.cost.set_dataset_bytes(train.images.nbytes() + train.labels.nbytes());
-    return result;
-  });
+  return Guarded<NetworkTrainingResult>(
+      "training network", [&]() -> absl::StatusOr<NetworkTrainingResult> {
+        // The split on the device once; batches are gathered there.
+        const at::Tensor images = train.images.to(device);
+        const at::Tensor labels = train.labels.to(device);
+        BatchFn make_batch = [&](const at::Tensor& indices) {
+          return std::make_pair(images.index_select(0, indices),
+                                labels.index_select(0, indices));
+        };
+        NetworkTrainingResult result;
+        result.cost = AnalyticTrainingCost(network->architecture(), config);
+        TrainingLoop loop(network, /*segment_index=*/0, train.size(),
+                          make_batch, LossKind::kCrossEntropy, config, seed,
+                          device, options);
+        PNN_ASSIGN_OR_RETURN(result.epochs, loop.Run(&result.cost));
+        result.cost.set_dataset_bytes(train.images.nbytes() +
+                                      train.labels.nbytes());
+        return result;
+      });
 }
 
 absl::StatusOr<pnn::v1::TestResult> Evaluate(SegmentModel& network,
@@ -800,28 +863,34 @@ absl::StatusOr<pnn::v1::TestResult> Evaluate(SegmentModel& network,
     network->eval();
     network->to(device);
     constexpr int64_t kBatch = 2048;
-    double loss_sum = 0;
-    at::Tensor correct_per_class = at::zeros({num_classes}, at::kLong);
-    at::Tensor samples_per_class = at::zeros({num_classes}, at::kLong);
+    // Sums stay on the device and are read once, at the end.
+    at::Tensor loss_sum =
+        at::zeros({}, at::TensorOptions(device).dtype(at::kDouble));
+    at::Tensor correct_per_class =
+        at::zeros({num_classes}, at::TensorOptions(device).dtype(at::kLong));
+    at::Tensor samples_per_class = at::zeros_like(correct_per_class);
     for (int64_t begin = 0; begin < test.size(); begin += kBatch) {
-      const at::Tensor images = test.images.slice(0, begin, begin + kBatch);
-      const at::Tensor labels = test.labels.slice(0, begin, begin + kBatch);
-      const at::Tensor logits = network->forward(images.to(device)).to(at::kCPU);
-      loss_sum += at::cross_entropy_loss(logits, labels, {},
-                                         at::Reduction::Sum)
-                      .item<double>();
+      const at::Tensor images =
+          test.images.slice(0, begin, begin + kBatch).to(device);
+      const at::Tensor labels =
+          test.labels.slice(0, begin, begin + kBatch).to(device);
+      const at::Tensor logits = network->forward(images).to(at::kFloat);
+      loss_sum += at::cross_entropy_loss(logits, labels, {}, at::Reduction::Sum)
+                      .to(at::kDouble);
       const at::Tensor hits = logits.argmax(1).eq(labels);
       samples_per_class += at::bincount(labels, {}, num_classes);
       correct_per_class +=
           at::bincount(labels.masked_select(hits), {}, num_classes);
     }
     if (was_training) network->train();
+    correct_per_class = correct_per_class.to(at::kCPU);
+    samples_per_class = samples_per_class.to(at::kCPU);
     pnn::v1::TestResult result;
     const int64_t correct = correct_per_class.sum().item<int64_t>();
     result.set_samples(test.size());
     result.set_accuracy(static_cast<double>(correct) /
                         static_cast<double>(test.size()));
-    result.set_loss(loss_sum / static_cast<double>(test.size()));
+    result.set_loss(loss_sum.item<double>() / static_cast<double>(test.size()));
     for (int c = 0; c < num_classes; ++c) {
       const int64_t n = samples_per_class[c].item<int64_t>();
       if (n == 0) continue;

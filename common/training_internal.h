@@ -32,6 +32,14 @@ inline std::unique_ptr<torch::optim::Optimizer> MakeOptimizer(
                                .weight_decay(config.weight_decay()));
 }
 
+// The CUDA index of `device` for common/device_memory.h: -1 off CUDA, 0 for
+// "cuda" without an index (what torch resolves it to in a process that
+// does not change the current device).
+inline int CudaIndex(c10::Device device) {
+  if (!device.is_cuda()) return -1;
+  return device.has_index() ? device.index() : 0;
+}
+
 // Runs `body`, turning libtorch exceptions into a status: they never leave
 // common/.
 template <typename T, typename Body>

@@ -5,6 +5,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "common/device_memory.h"
 
 namespace pnn::internal {
 namespace {
@@ -43,6 +44,7 @@ void TrainingProgress::Start(int64_t batches_per_epoch) {
   batches_per_epoch_ = batches_per_epoch;
   started_ = true;
   memory_.Start();
+  ResetDevicePeakMemory(cuda_index_);
   start_ = Clock::now();
   cpu_start_ = ProcessCpuSeconds();
   end_ = start_;
@@ -74,6 +76,8 @@ pnn::v1::EpochMetrics TrainingProgress::EndEpoch(int epoch) {
   metrics.set_samples_per_second(static_cast<double>(seen_) /
                                  std::max(metrics.seconds(), 1e-9));
   metrics.set_peak_rss_growth_bytes(memory_.PeakGrowthBytes());
+  metrics.set_device_peak_allocated_bytes(
+      ReadDevicePeakMemory(cuda_index_).allocated_bytes);
   samples_seen_ += seen_;
   epochs_.push_back(metrics);
   return metrics;
@@ -104,6 +108,9 @@ void TrainingProgress::FillMeasuredCost(pnn::v1::TrainingCost* cost) const {
   cost->set_samples_per_second(static_cast<double>(samples_seen_) /
                                std::max(seconds, 1e-9));
   cost->set_peak_rss_growth_bytes(memory_.PeakGrowthBytes());
+  const DevicePeakMemory device_peak = ReadDevicePeakMemory(cuda_index_);
+  cost->set_device_peak_allocated_bytes(device_peak.allocated_bytes);
+  cost->set_device_peak_reserved_bytes(device_peak.reserved_bytes);
   cost->set_cpu_seconds(cpu_end_ - cpu_start_);
 }
 

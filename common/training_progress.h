@@ -49,8 +49,13 @@ class TrainingProgress {
   // wall seconds (not in samples/s). Call before Start().
   void Resume(std::vector<pnn::v1::EpochMetrics> epochs, double seconds);
 
-  // Starts the wall and CPU clocks and the peak RSS meter: the measured
-  // cost spans from here to the last MarkEnd().
+  // Also measure the CUDA allocator's peaks on device `cuda_index` (the
+  // training device; negative: none). Call before Start().
+  void MeasureCudaDevice(int cuda_index) { cuda_index_ = cuda_index; }
+
+  // Starts the wall and CPU clocks and the peak RSS meter (and the device's
+  // peaks, from what it holds now): the measured cost spans from here to
+  // the last MarkEnd().
   void Start(int64_t batches_per_epoch);
   bool started() const { return started_; }
 
@@ -92,6 +97,7 @@ class TrainingProgress {
   double cpu_start_ = 0;
   double cpu_end_ = 0;
   PeakRssMeter memory_;
+  int cuda_index_ = -1;
   double loss_sum_ = 0;       // in the current epoch, weighted by rows
   int64_t seen_ = 0;          // samples in the current epoch
   int64_t samples_seen_ = 0;  // in this run (not counting a resumed part)

@@ -14,6 +14,7 @@
 #include "common/job_spec.h"
 #include "common/status_macros.h"
 #include "coordinator/job_store.h"
+#include "coordinator/layer_profiler.h"
 #include "coordinator/metrics.h"
 #include "coordinator/placement.h"
 #include "coordinator/store_writer.h"
@@ -139,6 +140,45 @@ absl::Status Coordinator::RestoreJobs() {
 // ---------------------------------------------------------------------------
 // Job API
 
+absl::StatusOr<LayerTimes> Coordinator::MeasureLayers(
+    const pnn::v1::JobSpec& spec, const DatasetShape& shape) {
+  PNN_ASSIGN_OR_RETURN(
+      const Architecture network,
+      NetworkArchitecture(spec, shape.image_shape(), shape.num_classes));
+  const pnn::v1::SegmentTask task = ProfileTask(spec, network, "profiling");
+  // The worker is claimed like a task's, so the scheduler sends it nothing
+  // while it measures; the lock is not held during the pass.
+  const WorkerRegistry::Assignment assignment{"(profiling a new job)", -1};
+  std::shared_ptr<TaskDriver> driver;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!started_ || shutting_down_) {
+      return absl::UnavailableError(
+          "the coordinator is not running; submit again");
+    }
+    driver = task_driver_;
+  }
+  std::optional<WorkerRegistry::Worker> worker;
+  const std::vector<WorkerRegistry::Worker> available =
+      workers_->Available(absl::Now());
+  const std::optional<size_t> chosen = ChooseProfiler(spec.device(), available);
+  if (chosen && workers_->Claim(available[*chosen].id, assignment)) {
+    worker = available[*chosen];
+  }
+  if (!worker) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "auto_cut.objective BALANCE_OBJECTIVE_MEASURED_TIME times the layers "
+        "on an idle worker of device \"",
+        spec.device(), "\" before the job is accepted, and none is idle now (",
+        WaitMessage(spec.device(), 0, workers_->All(), available),
+        "); submit again when one is, or balance BALANCE_OBJECTIVE_FLOPS"));
+  }
+  absl::StatusOr<LayerTimes> times =
+      ProfileOnWorker(*driver, *worker, task, options_.profile_timeout);
+  workers_->Release(worker->id, assignment);
+  return times;
+}
+
 absl::StatusOr<Job> Coordinator::Submit(
     const pnn::v1::SubmitJobRequest& request) {
   PNN_ASSIGN_OR_RETURN(pnn::v1::JobSpec spec, ResolveJobSpec(request.spec()));
@@ -149,10 +189,16 @@ absl::StatusOr<Job> Coordinator::Submit(
         "already; leave the baseline off");
   }
   PNN_ASSIGN_OR_RETURN(const DatasetShape shape, assembler_->CheckData(spec));
-  // Cuts chosen by pnn need the data set's input width and classes.
+  // Cuts chosen by pnn need the data set's input width and classes (and,
+  // balancing measured time, a profiling pass on a worker).
+  std::optional<LayerTimes> times;
+  if (NeedsLayerTimes(spec)) {
+    PNN_ASSIGN_OR_RETURN(times, MeasureLayers(spec, shape));
+  }
   PNN_ASSIGN_OR_RETURN(
       pnn::v1::CutPlan cut_plan,
-      ApplyAutoCut(&spec, shape.image_shape(), shape.num_classes));
+      ApplyAutoCut(&spec, shape.image_shape(), shape.num_classes,
+                   times ? &*times : nullptr));
   PNN_ASSIGN_OR_RETURN(
       JobRecord record,
       JobTable::Plan(request, spec, shape.image_shape(), shape.num_classes));

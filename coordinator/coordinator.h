@@ -32,6 +32,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "common/auto_cut.h"
 #include "coordinator/assembler.h"
 #include "coordinator/job_events.h"
 #include "coordinator/job_table.h"
@@ -94,6 +95,9 @@ class Coordinator : private JobTable::Listener {
     // Runs the tasks' TrainSegment calls; null: over gRPC (with `tls` and
     // the worker token). Tests substitute one to fake workers.
     std::shared_ptr<TaskDriver> task_driver;
+    // The longest a job's profiling pass (BALANCE_OBJECTIVE_MEASURED_TIME)
+    // may take; Submit waits for it.
+    absl::Duration profile_timeout = absl::Minutes(2);
     // Where the coordinator's metrics are registered; null: no metrics.
     std::shared_ptr<prometheus::Registry> metrics_registry;
   };
@@ -151,6 +155,10 @@ class Coordinator : private JobTable::Listener {
 
  private:
   absl::Status RestoreJobs();
+  // A profiling pass for `spec`'s auto_cut on the fastest idle worker of
+  // its device, which stays claimed meanwhile. Blocks; called without mu_.
+  absl::StatusOr<LayerTimes> MeasureLayers(const pnn::v1::JobSpec& spec,
+                                           const DatasetShape& shape);
   void SchedulerLoop();
   void AssemblyLoop();
 

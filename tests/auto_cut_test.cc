@@ -127,7 +127,16 @@ TEST(AutoCutTest, InvalidRequestsNameTheField) {
            "conventional"},
           {R"({"auto_cut": {"device_memory_bytes": 5,
                 "objective": "BALANCE_OBJECTIVE_FLOPS"}})",
-           "auto_cut.objective"}}) {
+           "auto_cut.objective"},
+          {R"({"auto_cut": {"device_memory_bytes": 5,
+                "objective": "BALANCE_OBJECTIVE_MEASURED_TIME"}})",
+           "auto_cut.objective"},
+          {R"({"auto_cut": {"segments": 2, "profile_batches": 3}})",
+           "auto_cut.profile_batches: applies to "
+           "BALANCE_OBJECTIVE_MEASURED_TIME only"},
+          {R"({"auto_cut": {"segments": 2, "profile_batches": 51,
+                "objective": "BALANCE_OBJECTIVE_MEASURED_TIME"}})",
+           "auto_cut.profile_batches: must be between 1 and 50"}}) {
     auto spec = ParseJobSpecJson(c.json);
     ASSERT_TRUE(spec.ok()) << c.json << ": " << spec.status();
     auto resolved = ResolveJobSpec(*spec);
@@ -136,6 +145,34 @@ TEST(AutoCutTest, InvalidRequestsNameTheField) {
     EXPECT_THAT(std::string(resolved.status().message()), HasSubstr(c.field))
         << c.json;
   }
+}
+
+// Measured time: the cuts balance the times given (not the FLOPs), each
+// segment carries its measured share, and the plan says where they were
+// measured.
+TEST(AutoCutTest, MeasuredTimeBalancesTheLayersTimes) {
+  pnn::v1::JobSpec spec = Resolved(
+      R"({"segments": 2, "objective": "BALANCE_OBJECTIVE_MEASURED_TIME"})");
+  EXPECT_EQ(spec.auto_cut().profile_batches(), 5);  // the default
+  EXPECT_TRUE(NeedsLayerTimes(spec));
+  pnn::v1::JobSpec without_times = spec;
+  EXPECT_EQ(ApplyAutoCut(&without_times, kImage, 10).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  LayerTimes wrong{{1, 2, 3}, "here"};
+  EXPECT_EQ(ApplyAutoCut(&without_times, kImage, 10, &wrong).status().code(),
+            absl::StatusCode::kInvalidArgument);
+
+  // FLOPs would cut after layer 2; these times put the weight on layer 5:
+  // cut after 4 gives 4 | 5 s, after 3 gives 3 | 6, after 5 gives 8 | 1.
+  const LayerTimes times{{1, 1, 1, 1, 4, 1}, "worker w-1 (cpu, 2 threads)"};
+  auto plan = ApplyAutoCut(&spec, kImage, 10, &times);
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  EXPECT_THAT(plan->cut_after_layers(), ElementsAre(4));
+  ASSERT_EQ(plan->segments_size(), 2);
+  EXPECT_DOUBLE_EQ(plan->segments(0).measured_seconds_per_batch(), 4);
+  EXPECT_DOUBLE_EQ(plan->segments(1).measured_seconds_per_batch(), 5);
+  EXPECT_GT(plan->segments(0).training_flops_per_sample(), 0);
+  EXPECT_EQ(plan->profiled_on(), "worker w-1 (cpu, 2 threads)");
 }
 
 TEST(AutoCutTest, ModelParallelJobsGetTheirMicroBatchesOnceCut) {

@@ -303,19 +303,19 @@ TEST(ResultTableTest, AccuracyBaselineAndOneRowPerTask) {
   EXPECT_THAT(table, Not(HasSubstr("\n  recovery ")));
   EXPECT_THAT(table, ContainsRegex("task +layers +state +worker +start +end "
                                    "+wall +samples/s\n"));
-  EXPECT_THAT(table,
-              ContainsRegex("task +sent +received +train mem +analytic\n"));
+  EXPECT_THAT(table, ContainsRegex("task +sent +received +train mem +analytic "
+                                   "+device peak\n"));
   EXPECT_THAT(
       table, ContainsRegex("segment 1 +1-3 +SUCCEEDED +w-1 \\(10.0.0.2:7000\\) "
                            "+\\+0\\.5 s +\\+19\\.6 s +19\\.1 s +15702\n"));
   EXPECT_THAT(table, ContainsRegex("segment 1 +1\\.2 KiB +3\\.0 MiB +5\\.0 MiB "
-                                   "+5\\.0 MiB\n"));
+                                   "+5\\.0 MiB +-\n"));
   EXPECT_THAT(table, ContainsRegex("segment 2 +4-6 +SUCCEEDED +w-2 +\\+0\\.6 s "
                                    "+\\+10\\.9 s +10\\.3 s +29000\n"));
-  EXPECT_THAT(table, ContainsRegex("segment 2 +900 B +600\\.0 KiB +- +-\n"));
+  EXPECT_THAT(table, ContainsRegex("segment 2 +900 B +600\\.0 KiB +- +- +-\n"));
   EXPECT_THAT(table, ContainsRegex("baseline +1-6 +SUCCEEDED +w-3 +\\+0\\.7 s "
                                    "+\\+35\\.8 s +35\\.1 s +-\n"));
-  EXPECT_THAT(table, ContainsRegex("baseline +0 B +0 B +- +-\n"));
+  EXPECT_THAT(table, ContainsRegex("baseline +0 B +0 B +- +- +-\n"));
   EXPECT_THAT(table, HasSubstr("bytes on the wire (job total): 2.1 KiB sent, "
                                "3.6 MiB received"));
   EXPECT_THAT(table, HasSubstr("model: 1.8 MiB; pnnctl download job-42"));
@@ -350,6 +350,7 @@ TEST(ResultTableTest, EveryLineFitsIn100Columns) {
     task->set_bytes_received(int64_t{456} << 30);
     task->mutable_cost()->set_peak_rss_growth_bytes(int64_t{12} << 30);
     task->mutable_cost()->set_parameter_bytes(int64_t{34} << 30);
+    task->mutable_cost()->set_device_peak_allocated_bytes(int64_t{78} << 30);
   }
   job.set_bytes_sent(int64_t{1234} << 30);
   job.set_bytes_received(int64_t{5678} << 30);
@@ -366,6 +367,51 @@ TEST(ResultTableTest, EveryLineFitsIn100Columns) {
   EXPECT_GT(count, 20);
   EXPECT_THAT(table, HasSubstr("segment 3"));
   EXPECT_THAT(table, HasSubstr("worker-0123456789..."));
+}
+
+// A CUDA task's allocator peak: from its cost once done, from its epochs
+// while it trains; "-" for CPU tasks.
+TEST(ResultTableTest, DevicePeakComesFromTheCostOrTheEpochs) {
+  pnn::v1::Job job = SucceededJob();
+  job.mutable_segments(0)->mutable_cost()->set_device_peak_allocated_bytes(
+      int64_t{3} << 30);
+  job.mutable_segments(1)->add_epochs()->set_device_peak_allocated_bytes(
+      int64_t{5} << 20);
+  const std::string table = FormatResultTable(job);
+  SCOPED_TRACE(table);
+  EXPECT_THAT(table, ContainsRegex("segment 1 +1\\.2 KiB +3\\.0 MiB +5\\.0 MiB "
+                                   "+5\\.0 MiB +3\\.00 GiB\n"));
+  EXPECT_THAT(table, ContainsRegex("segment 2 +900 B +600\\.0 KiB +- +- "
+                                   "+5\\.0 MiB\n"));
+  EXPECT_THAT(table, HasSubstr("torch.cuda.max_memory_allocated"));
+}
+
+TEST(ResultTableTest, CutsChosenByMeasuredTimeSayWhereAndHowLong) {
+  pnn::v1::Job job = SucceededJob();
+  pnn::v1::CutPlan* plan = job.mutable_cut_plan();
+  plan->mutable_request()->set_segments(2);
+  plan->mutable_request()->set_objective(
+      pnn::v1::BALANCE_OBJECTIVE_MEASURED_TIME);
+  plan->add_cut_after_layers(3);
+  plan->set_profiled_on("worker w-1 (cuda:0, 4 threads)");
+  for (int first : {1, 4}) {
+    auto* segment = plan->add_segments();
+    segment->set_first_layer(first);
+    segment->set_last_layer(first + 2);
+    segment->set_training_flops_per_sample(2000000);
+    segment->set_training_memory_bytes(1 << 20);
+    segment->set_measured_seconds_per_batch(first == 1 ? 0.00125 : 0.0025);
+  }
+  const std::string table = FormatResultTable(job);
+  SCOPED_TRACE(table);
+  EXPECT_THAT(table, HasSubstr("cuts chosen by pnn: after layer(s) 3 (2 "
+                               "segments balancing measured time)\n"
+                               "  layers timed on worker w-1 (cuda:0, 4 "
+                               "threads)\n"));
+  EXPECT_THAT(table, HasSubstr("segment 1 (layers 1..3): 2.00 MFLOPs/sample "
+                               "to train, 1.0 MiB predicted memory, 1.25 "
+                               "ms/batch measured\n"));
+  EXPECT_THAT(table, HasSubstr("2.50 ms/batch measured"));
 }
 
 TEST(ResultTableTest, FailedJobShowsReasonAndTaskErrors) {

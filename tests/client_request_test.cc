@@ -107,6 +107,7 @@ TEST(ApplyOverridesTest, EveryFlagSetsItsField) {
   overrides.baseline = true;
   overrides.micro_batches = 8;
   overrides.schedule = "1f1b";
+  overrides.precision = "bf16";
   EXPECT_TRUE(overrides.any());
   pnn::v1::SubmitJobRequest request;
   ASSERT_TRUE(ApplyOverrides(overrides, &request).ok());
@@ -126,6 +127,18 @@ TEST(ApplyOverridesTest, EveryFlagSetsItsField) {
   EXPECT_TRUE(request.conventional_baseline());
   EXPECT_EQ(spec.pipeline().micro_batches(), 8);
   EXPECT_EQ(spec.pipeline().schedule(), pnn::v1::PIPELINE_SCHEDULE_1F1B);
+  EXPECT_EQ(spec.training().precision(), pnn::v1::PRECISION_BF16);
+}
+
+TEST(ApplyOverridesTest, PrecisionNamesTheChoices) {
+  EXPECT_EQ(*ParsePrecision("TF32"), pnn::v1::PRECISION_TF32);
+  EXPECT_EQ(*ParsePrecision("PRECISION_FP32"), pnn::v1::PRECISION_FP32);
+  for (const char* bad : {"fp16", "unspecified", ""}) {
+    const auto parsed = ParsePrecision(bad);
+    ASSERT_FALSE(parsed.ok()) << bad;
+    EXPECT_THAT(std::string(parsed.status().message()),
+                HasSubstr("expected fp32, bf16 or tf32"));
+  }
 }
 
 TEST(ApplyOverridesTest, UnknownScheduleNamesTheChoices) {

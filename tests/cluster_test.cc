@@ -231,6 +231,45 @@ TEST_F(ClusterTest, RecoveryEpochsRunOnTheWorkersAsAPipeline) {
   EXPECT_TRUE(logged);
 }
 
+// Cuts balanced by measured time: Submit times the layers on a worker,
+// the job carries the measured plan and trains with those cuts; with no
+// idle worker to time on, Submit says so instead of guessing.
+TEST_F(ClusterTest, MeasuredTimeCutsProfileTheLayersOnAWorker) {
+  auto request = cluster_.Request(2);
+  auto* spec = request.mutable_spec();
+  spec->mutable_model()->clear_cut_after_layers();
+  spec->mutable_auto_cut()->set_segments(2);
+  spec->mutable_auto_cut()->set_objective(
+      pnn::v1::BALANCE_OBJECTIVE_MEASURED_TIME);
+  {
+    grpc::ClientContext context;
+    pnn::v1::SubmitJobResponse response;
+    const grpc::Status refused =
+        cluster_.stub()->SubmitJob(&context, request, &response);
+    EXPECT_EQ(refused.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+    EXPECT_THAT(refused.error_message(),
+                HasSubstr("times the layers on an idle worker of device "
+                          "\"cpu\""));
+  }
+  cluster_.AddWorker();
+  cluster_.AddWorker();
+  cluster_.WaitForWorkers(2);
+  const Job job = RunToEnd(request);
+  ASSERT_EQ(job.state(), pnn::v1::JOB_STATE_SUCCEEDED) << job.message();
+  const pnn::v1::CutPlan& plan = job.cut_plan();
+  EXPECT_THAT(plan.profiled_on(), HasSubstr("worker test-worker-"));
+  EXPECT_THAT(plan.profiled_on(), HasSubstr("(cpu, 1 thread)"));
+  ASSERT_EQ(plan.segments_size(), 2);
+  ASSERT_EQ(job.segments_size(), 2);
+  for (int i = 0; i < 2; ++i) {
+    EXPECT_GT(plan.segments(i).measured_seconds_per_batch(), 0);
+    EXPECT_EQ(job.segments(i).last_layer(), plan.segments(i).last_layer());
+  }
+  EXPECT_EQ(job.spec().model().cut_after_layers(0), plan.cut_after_layers(0));
+  // The profiled worker was handed back: both trained a segment.
+  EXPECT_NE(job.segments(0).worker_id(), job.segments(1).worker_id());
+}
+
 // One worker trains both segments one after the other, but the recovery
 // pipeline needs two at once: the job says so, and goes on when a second
 // worker joins.

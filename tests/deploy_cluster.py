@@ -57,6 +57,7 @@ WORKER_METRICS = {
     "pnn_worker_segment_loss": (
         "gauge", {"segment": None, "target": {"sil", "classes"}}),
     "pnn_worker_training_memory_bytes": ("gauge", {}),
+    "pnn_worker_device_peak_memory_bytes": ("gauge", {}),
     "pnn_worker_pipeline_idle_ratio": ("gauge", {}),
     "pnn_worker_busy": ("gauge", {}),
     "pnn_worker_network_sent_bytes_total": ("counter", {}),

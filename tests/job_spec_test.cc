@@ -24,6 +24,7 @@ TEST(JobSpecTest, DefaultsAreThePapersSetting) {
   EXPECT_EQ(resolved->training().batch_size(), 128);
   EXPECT_FLOAT_EQ(resolved->training().learning_rate(), 1e-3f);
   EXPECT_EQ(resolved->training().optimizer(), pnn::v1::OPTIMIZER_ADAM);
+  EXPECT_EQ(resolved->training().precision(), pnn::v1::PRECISION_FP32);
   EXPECT_EQ(resolved->recovery().epochs(), 0);
   EXPECT_EQ(resolved->dataset().path(), "fashion-mnist");
   EXPECT_EQ(resolved->seed(), 1u);
@@ -65,6 +66,38 @@ TEST(JobSpecTest, SegmentOverridesInheritUnsetFields) {
   const auto recovery = RecoveryTrainingConfig(*resolved);
   EXPECT_EQ(recovery.epochs(), 1);
   EXPECT_EQ(recovery.batch_size(), 128);
+}
+
+TEST(JobSpecTest, PrecisionIsInheritedAndTf32NeedsCuda) {
+  JobSpec spec;
+  spec.set_device("cuda");
+  spec.mutable_training()->set_precision(pnn::v1::PRECISION_TF32);
+  spec.add_segment_training()->set_epochs(2);
+  spec.add_segment_training()->set_precision(pnn::v1::PRECISION_BF16);
+  auto resolved = ResolveJobSpec(spec);
+  ASSERT_TRUE(resolved.ok()) << resolved.status();
+  EXPECT_EQ(SegmentTrainingConfig(*resolved, 0).precision(),
+            pnn::v1::PRECISION_TF32);
+  EXPECT_EQ(SegmentTrainingConfig(*resolved, 1).precision(),
+            pnn::v1::PRECISION_BF16);
+  EXPECT_EQ(RecoveryTrainingConfig(*resolved).precision(),
+            pnn::v1::PRECISION_TF32);
+
+  // The same spec on the CPU: TF32 would silently be fp32 there.
+  spec.set_device("cpu");
+  auto refused = ResolveJobSpec(spec);
+  ASSERT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(refused.status().message(),
+              HasSubstr("training.precision: PRECISION_TF32 applies to CUDA "
+                        "devices only; this job's device is \"cpu\""));
+  spec.mutable_training()->set_precision(pnn::v1::PRECISION_BF16);
+  spec.mutable_segment_training(0)->set_precision(pnn::v1::PRECISION_TF32);
+  EXPECT_THAT(ResolveJobSpec(spec).status().message(),
+              HasSubstr("segment_training[0].precision"));
+  spec.mutable_segment_training(0)->set_precision(
+      static_cast<pnn::v1::Precision>(9));
+  EXPECT_THAT(ResolveJobSpec(spec).status().message(),
+              HasSubstr("segment_training[0].precision: unknown precision"));
 }
 
 TEST(JobSpecTest, CutsIntoSegmentsAtTheCutPoints) {

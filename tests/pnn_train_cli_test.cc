@@ -79,6 +79,14 @@ TEST(PnnTrainCliTest, TableOutputAndErrors) {
   const RunResult bad_output = RunPnnTrain("--output xml 2>&1");
   EXPECT_EQ(bad_output.exit_code, 1);
   EXPECT_THAT(bad_output.output, HasSubstr("--output"));
+
+  const RunResult bad_precision = RunPnnTrain("--precision fp16 2>&1");
+  EXPECT_EQ(bad_precision.exit_code, 1);
+  EXPECT_THAT(bad_precision.output, HasSubstr("expected fp32, bf16 or tf32"));
+  const RunResult tf32_on_cpu = RunPnnTrain("--precision tf32 2>&1");
+  EXPECT_EQ(tf32_on_cpu.exit_code, 1);
+  EXPECT_THAT(tf32_on_cpu.output,
+              HasSubstr("PRECISION_TF32 applies to CUDA devices only"));
 }
 
 }  // namespace

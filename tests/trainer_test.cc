@@ -6,9 +6,11 @@
 #include "common/job_spec.h"
 #include "common/model.h"
 #include "common/partition.h"
+#include "common/precision.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/architectures.h"
+#include "tests/small_job.h"
 
 namespace pnn {
 namespace {
@@ -16,22 +18,12 @@ namespace {
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 
-// Synthetic 36-pixel, 4-class data and a 36-32-16-4 network cut after
-// layer 1: small enough to train in well under a second.
+// The small job of tests/small_job.h: trains in well under a second.
 class TrainerTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    SyntheticDatasetOptions options;
-    options.train_samples = 1024;
-    options.test_samples = 512;
-    data_ = MakeSyntheticDataset(options);
-    spec_.mutable_model()->add_hidden_widths(32);
-    spec_.mutable_model()->add_hidden_widths(16);
-    spec_.mutable_model()->add_cut_after_layers(1);
-    spec_.mutable_training()->set_epochs(10);
-    spec_.mutable_training()->set_batch_size(32);
-    spec_.mutable_sil()->set_input_noise_std(0.05f);
-    auto resolved = ResolveJobSpec(spec_);
+    data_ = SmallJobData();
+    auto resolved = SmallJobSpec();
     ASSERT_TRUE(resolved.ok()) << resolved.status();
     spec_ = *resolved;
   }
@@ -328,6 +320,43 @@ TEST_F(TrainerTest, DivergenceIsReportedNotReturnedAsAModel) {
   ASSERT_FALSE(result.ok());
   EXPECT_EQ(result.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(std::string(result.status().message()), HasSubstr("diverged"));
+}
+
+// bf16 autocast on the CPU: the same segments still learn, the arithmetic
+// really changed (the weights differ from fp32's), the weights stay fp32,
+// and autocast is off again afterwards.
+TEST_F(TrainerTest, Bf16AutocastTrainsAndIsScopedToTraining) {
+  auto tasks = Plan();
+  std::vector<pnn::v1::SegmentWeights> weights;
+  for (auto& task : tasks) {
+    task.mutable_training()->set_precision(pnn::v1::PRECISION_BF16);
+    auto result = TrainSegment(task, data_, TrainOptions());
+    ASSERT_TRUE(result.ok()) << result.status();
+    EXPECT_EQ(result->cost().device_peak_allocated_bytes(), 0);
+    weights.push_back(result->weights());
+  }
+  EXPECT_FALSE(IsAutocastEnabled(c10::Device(c10::kCPU)));
+  auto fp32 = TrainSegment(Plan()[0], data_, TrainOptions());
+  ASSERT_TRUE(fp32.ok());
+  EXPECT_NE(fp32->weights().SerializeAsString(),
+            weights[0].SerializeAsString());
+  auto joined = AssembleNetwork(weights, Network());
+  ASSERT_TRUE(joined.ok()) << joined.status();
+  for (const auto& parameter : (*joined)->parameters()) {
+    EXPECT_EQ(parameter.scalar_type(), at::kFloat);
+  }
+  auto test = Evaluate(*joined, data_.test, data_.num_classes, "cpu");
+  ASSERT_TRUE(test.ok()) << test.status();
+  EXPECT_GT(test->accuracy(), 0.85);
+}
+
+TEST_F(TrainerTest, Tf32OnTheCpuIsRefusedNotIgnored) {
+  auto task = Plan()[0];
+  task.mutable_training()->set_precision(pnn::v1::PRECISION_TF32);
+  auto result = TrainSegment(task, data_, TrainOptions());
+  ASSERT_EQ(result.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(result.status().message()),
+              HasSubstr("PRECISION_TF32 applies to CUDA devices only"));
 }
 
 TEST_F(TrainerTest, CudaWithoutCudaIsAClearError) {

@@ -43,6 +43,10 @@ WorkerMetrics::WorkerMetrics(prometheus::Registry& registry)
       training_memory(AddGauge(registry, "pnn_worker_training_memory_bytes",
                                "Peak resident memory growth of the running "
                                "segment's training.")),
+      device_peak_memory(AddGauge(
+          registry, "pnn_worker_device_peak_memory_bytes",
+          "CUDA allocator peak (allocated bytes) of the running segment's "
+          "training, as torch.cuda.max_memory_allocated; 0 on CPU.")),
       pipeline_idle(AddGauge(registry, "pnn_worker_pipeline_idle_ratio",
                              "Share of the last finished pipeline stage's "
                              "training time it spent not computing.")),
@@ -63,9 +67,9 @@ WorkerMetrics::WorkerMetrics(prometheus::Registry& registry)
           registry, "pnn_worker_peer_received_bytes_total",
           "Bytes of model-parallel activations and gradients received from "
           "other workers (StageForward messages).")),
-      unauthenticated_requests(AddCounter(
-          registry, "pnn_worker_unauthenticated_requests_total",
-          "Calls refused for a missing or wrong token.")),
+      unauthenticated_requests(
+          AddCounter(registry, "pnn_worker_unauthenticated_requests_total",
+                     "Calls refused for a missing or wrong token.")),
       segment_loss_(prometheus::BuildGauge()
                         .Name("pnn_worker_segment_loss")
                         .Help("Mean training loss of the segment's current "

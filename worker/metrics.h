@@ -38,6 +38,7 @@ struct WorkerMetrics {
   // workers).
   prometheus::Counter& samples_trained;
   prometheus::Gauge& training_memory;
+  prometheus::Gauge& device_peak_memory;
   // Model-parallel: the idle fraction of the last pipeline stage that
   // finished here (TrainingCost.idle_fraction).
   prometheus::Gauge& pipeline_idle;

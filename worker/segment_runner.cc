@@ -13,6 +13,7 @@
 #include "common/dataset.h"
 #include "common/dataset_cache.h"
 #include "common/job_spec.h"
+#include "common/layer_profile.h"
 #include "common/status_macros.h"
 #include "common/trainer.h"
 #include "worker/log.h"
@@ -126,6 +127,8 @@ TrainOptions MakeTrainOptions(const SegmentRunnerOptions& options,
       samples->OnEpoch(metrics);
       exported->training_memory.Set(
           static_cast<double>(metrics.peak_rss_growth_bytes()));
+      exported->device_peak_memory.Set(
+          static_cast<double>(metrics.device_peak_allocated_bytes()));
     }
     TrainSegmentUpdate update;
     *update.mutable_epoch() = metrics;
@@ -169,10 +172,11 @@ absl::Status SegmentRunner::TrySubmit(
     const SegmentTask& task, std::shared_ptr<SegmentObserver> observer) {
   // Cheap checks that need no data run here, so a malformed request is
   // answered at once and never occupies the worker.
+  // (A profiling task reads no data.)
   const pnn::v1::DatasetSpec dataset = EffectiveDataset(task);
   auto directory = ResolveDatasetDirectory(options_.data_dir, dataset,
                                            /*allow_absolute=*/false);
-  if (!directory.ok()) {
+  if (!directory.ok() && !task.has_profile()) {
     return WithWorker(options_.worker_name, directory.status());
   }
   // A worker trains on the device it was started with (and registered
@@ -483,10 +487,10 @@ absl::Status SegmentRunner::EndStatus(const Job& job,
 
 absl::Status SegmentRunner::Run(Job& job, pnn::v1::SegmentResult* result) {
   const SegmentTask& task = job.task;
-  LogLine(absl::StrCat("training ", Describe(task), " (layers ",
-                       task.first_layer(), "..", task.last_layer(), ") on ",
-                       options_.device, " with ", options_.threads,
-                       " threads"));
+  LogLine(absl::StrCat(task.has_profile() ? "profiling " : "training ",
+                       Describe(task), " (layers ", task.first_layer(), "..",
+                       task.last_layer(), ") on ", options_.device, " with ",
+                       options_.threads, " threads"));
   {
     TrainSegmentUpdate update;
     auto* started = update.mutable_started();
@@ -495,10 +499,26 @@ absl::Status SegmentRunner::Run(Job& job, pnn::v1::SegmentResult* result) {
     started->set_threads(options_.threads);
     job.observer->OnUpdate(std::move(update));
   }
+  if (task.has_profile()) return RunProfile(job, result);
   // Later pipeline stages get their inputs and labels from the previous
   // stage: no data set to load.
   if (IsLaterStage(task)) return RunStage(job, result);
   return RunSegment(job, result);
+}
+
+absl::Status SegmentRunner::RunProfile(Job& job,
+                                       pnn::v1::SegmentResult* result) {
+  const SegmentTask& task = job.task;
+  if (absl::Status threads = SetTrainingThreads(options_.threads);
+      !threads.ok()) {
+    return threads;
+  }
+  auto seconds = ProfileLayers(TaskArchitecture(task), task.training(),
+                               task.profile().batches(), options_.device);
+  if (!seconds.ok()) return EndStatus(job, seconds.status());
+  result->set_segment_index(task.segment_index());
+  for (double layer : *seconds) result->add_layer_seconds_per_batch(layer);
+  return absl::OkStatus();
 }
 
 absl::Status SegmentRunner::RunSegment(Job& job,

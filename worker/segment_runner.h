@@ -178,6 +178,9 @@ class SegmentRunner {
   // Run() for a plain segment or a pipeline's first stage: loads the data
   // set and trains with TrainSegment.
   absl::Status RunSegment(Job& job, pnn::v1::SegmentResult* result);
+  // Run() for a profiling task (task.profile): times each layer, trains
+  // nothing, reads no data set.
+  absl::Status RunProfile(Job& job, pnn::v1::SegmentResult* result);
   // Run() for a pipeline stage after the first: a StageRunner serves its
   // StageForward calls until `finish`, an error, a stop or the idle
   // timeout.

@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <fstream>
 #include <iostream>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -18,6 +19,7 @@
 #include "absl/flags/usage.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "common/auto_cut.h"
@@ -25,6 +27,8 @@
 #include "common/cpu_budget.h"
 #include "common/dataset.h"
 #include "common/job_spec.h"
+#include "common/layer_profile.h"
+#include "common/trainer.h"
 #include "tools/pnn_train/report_table.h"
 
 ABSL_FLAG(std::string, job, "",
@@ -59,6 +63,9 @@ ABSL_FLAG(int32_t, recovery_epochs, -1,
           "End-to-end epochs on the joined network (-1: from the job, 0).");
 ABSL_FLAG(int64_t, seed, -1, "Job seed (-1: from the job, default 1).");
 ABSL_FLAG(std::string, device, "", "cpu (default), cuda or cuda:N.");
+ABSL_FLAG(std::string, precision, "",
+          "Training arithmetic: fp32 (default), bf16 (autocast) or tf32 "
+          "(CUDA only).");
 ABSL_FLAG(int32_t, threads, 0,
           "Intra-op threads (0: the CPUs this process may use: its affinity "
           "mask, capped by its cgroup's CPU quota).");
@@ -80,6 +87,59 @@ bool ParseIntList(const std::string& text, std::vector<int>* out) {
     out->push_back(value);
   }
   return !out->empty();
+}
+
+// ApplyFlags' second half: the SIL settings, recovery, seed, device and
+// precision.
+absl::Status ApplySilAndRunFlags(pnn::v1::JobSpec* spec) {
+  auto* sil = spec->mutable_sil();
+  if (absl::GetFlag(FLAGS_kappa) >= 0) {
+    sil->set_kappa(static_cast<float>(absl::GetFlag(FLAGS_kappa)));
+  }
+  if (absl::GetFlag(FLAGS_noise) >= 0) {
+    sil->set_input_noise_std(static_cast<float>(absl::GetFlag(FLAGS_noise)));
+  }
+  const std::string distribution = absl::GetFlag(FLAGS_sil);
+  if (distribution == "uniform") {
+    sil->set_distribution(pnn::v1::SIL_DISTRIBUTION_UNIFORM);
+  } else if (distribution == "normal") {
+    sil->set_distribution(pnn::v1::SIL_DISTRIBUTION_NORMAL);
+  } else if (distribution == "orthogonal") {
+    sil->set_distribution(pnn::v1::SIL_DISTRIBUTION_ORTHOGONAL);
+  } else if (!distribution.empty()) {
+    return absl::InvalidArgumentError(
+        "--sil: expected uniform, normal or orthogonal");
+  }
+  const std::string mode = absl::GetFlag(FLAGS_input_mode);
+  if (mode == "synthetic_labels") {
+    sil->set_input_mode(pnn::v1::INPUT_MODE_SYNTHETIC_LABELS);
+  } else if (mode == "previous_outputs") {
+    sil->set_input_mode(pnn::v1::INPUT_MODE_PREVIOUS_OUTPUTS);
+  } else if (!mode.empty()) {
+    return absl::InvalidArgumentError(
+        "--input_mode: expected synthetic_labels or previous_outputs");
+  }
+  if (absl::GetFlag(FLAGS_recovery_epochs) >= 0) {
+    spec->mutable_recovery()->set_epochs(absl::GetFlag(FLAGS_recovery_epochs));
+  }
+  if (absl::GetFlag(FLAGS_seed) >= 0) {
+    spec->set_seed(static_cast<uint64_t>(absl::GetFlag(FLAGS_seed)));
+  }
+  if (!absl::GetFlag(FLAGS_device).empty()) {
+    spec->set_device(absl::GetFlag(FLAGS_device));
+  }
+  const std::string precision = absl::GetFlag(FLAGS_precision);
+  if (precision == "fp32") {
+    spec->mutable_training()->set_precision(pnn::v1::PRECISION_FP32);
+  } else if (precision == "bf16") {
+    spec->mutable_training()->set_precision(pnn::v1::PRECISION_BF16);
+  } else if (precision == "tf32") {
+    spec->mutable_training()->set_precision(pnn::v1::PRECISION_TF32);
+  } else if (!precision.empty()) {
+    return absl::InvalidArgumentError(
+        "--precision: expected fp32, bf16 or tf32 (tf32: CUDA only)");
+  }
+  return absl::OkStatus();
 }
 
 absl::Status ApplyFlags(pnn::v1::JobSpec* spec) {
@@ -126,41 +186,46 @@ absl::Status ApplyFlags(pnn::v1::JobSpec* spec) {
     spec->mutable_model()->mutable_cut_after_layers()->Assign(values.begin(),
                                                               values.end());
   }
-  auto* sil = spec->mutable_sil();
-  if (absl::GetFlag(FLAGS_kappa) >= 0) {
-    sil->set_kappa(static_cast<float>(absl::GetFlag(FLAGS_kappa)));
+  return ApplySilAndRunFlags(spec);
+}
+
+// Cuts chosen by pnn (auto_cut) need the data set's shape; balancing
+// measured time, a profiling pass in this process first.
+absl::Status ChooseCuts(const pnn::Dataset& data, int threads,
+                        pnn::v1::JobSpec* resolved) {
+  std::optional<pnn::LayerTimes> times;
+  if (pnn::NeedsLayerTimes(*resolved)) {
+    auto network = pnn::NetworkArchitecture(*resolved, data.image_shape(),
+                                            data.num_classes);
+    if (!network.ok()) return network.status();
+    if (absl::Status set = pnn::SetTrainingThreads(threads); !set.ok()) {
+      return set;
+    }
+    std::cerr << "pnn-train: timing each layer ("
+              << resolved->auto_cut().profile_batches() << " batches of "
+              << resolved->training().batch_size() << ")\n";
+    auto seconds = pnn::ProfileLayers(*network, resolved->training(),
+                                      resolved->auto_cut().profile_batches(),
+                                      resolved->device());
+    if (!seconds.ok()) return seconds.status();
+    times = pnn::LayerTimes{*std::move(seconds),
+                            absl::StrCat("pnn-train (", resolved->device(),
+                                         ", ", threads, " threads)")};
   }
-  if (absl::GetFlag(FLAGS_noise) >= 0) {
-    sil->set_input_noise_std(static_cast<float>(absl::GetFlag(FLAGS_noise)));
-  }
-  const std::string distribution = absl::GetFlag(FLAGS_sil);
-  if (distribution == "uniform") {
-    sil->set_distribution(pnn::v1::SIL_DISTRIBUTION_UNIFORM);
-  } else if (distribution == "normal") {
-    sil->set_distribution(pnn::v1::SIL_DISTRIBUTION_NORMAL);
-  } else if (distribution == "orthogonal") {
-    sil->set_distribution(pnn::v1::SIL_DISTRIBUTION_ORTHOGONAL);
-  } else if (!distribution.empty()) {
-    return absl::InvalidArgumentError(
-        "--sil: expected uniform, normal or orthogonal");
-  }
-  const std::string mode = absl::GetFlag(FLAGS_input_mode);
-  if (mode == "synthetic_labels") {
-    sil->set_input_mode(pnn::v1::INPUT_MODE_SYNTHETIC_LABELS);
-  } else if (mode == "previous_outputs") {
-    sil->set_input_mode(pnn::v1::INPUT_MODE_PREVIOUS_OUTPUTS);
-  } else if (!mode.empty()) {
-    return absl::InvalidArgumentError(
-        "--input_mode: expected synthetic_labels or previous_outputs");
-  }
-  if (absl::GetFlag(FLAGS_recovery_epochs) >= 0) {
-    spec->mutable_recovery()->set_epochs(absl::GetFlag(FLAGS_recovery_epochs));
-  }
-  if (absl::GetFlag(FLAGS_seed) >= 0) {
-    spec->set_seed(static_cast<uint64_t>(absl::GetFlag(FLAGS_seed)));
-  }
-  if (!absl::GetFlag(FLAGS_device).empty()) {
-    spec->set_device(absl::GetFlag(FLAGS_device));
+  auto plan = pnn::ApplyAutoCut(resolved, data.image_shape(), data.num_classes,
+                                times ? &*times : nullptr);
+  if (!plan.ok()) return plan.status();
+  if (plan->segments_size() > 0) {
+    std::cerr << "pnn-train: cuts chosen: after layer(s) "
+              << absl::StrJoin(plan->cut_after_layers(), ",");
+    for (const auto& segment : plan->segments()) {
+      if (segment.measured_seconds_per_batch() > 0) {
+        std::cerr << absl::StrFormat(
+            " [layers %d..%d: %.2f ms/batch]", segment.first_layer(),
+            segment.last_layer(), 1e3 * segment.measured_seconds_per_batch());
+      }
+    }
+    std::cerr << "\n";
   }
   return absl::OkStatus();
 }
@@ -207,17 +272,12 @@ int main(int argc, char** argv) {
   std::cerr << "pnn-train: " << data->train.size() << " training and "
             << data->test.size() << " test samples, " << data->rows << "x"
             << data->cols << " pixels, " << data->num_classes << " classes\n";
-  // Cuts chosen by pnn need the data set's shape.
-  auto cut_plan =
-      pnn::ApplyAutoCut(&*resolved, data->image_shape(), data->num_classes);
-  if (!cut_plan.ok()) return Fail(std::string(cut_plan.status().message()));
-  if (cut_plan->segments_size() > 0) {
-    std::cerr << "pnn-train: cuts chosen: after layer(s) "
-              << absl::StrJoin(cut_plan->cut_after_layers(), ",") << "\n";
-  }
-
   pnn::ComparisonOptions options;
   options.threads = pnn::ResolveThreadCount(absl::GetFlag(FLAGS_threads));
+  if (absl::Status cut = ChooseCuts(*data, options.threads, &*resolved);
+      !cut.ok()) {
+    return Fail(std::string(cut.message()));
+  }
   options.run_conventional = absl::GetFlag(FLAGS_conventional);
   options.run_partitioned = absl::GetFlag(FLAGS_partitioned);
   const bool interactive = isatty(STDERR_FILENO) != 0;

@@ -203,6 +203,18 @@ std::string FormatComparisonTable(const ComparisonReport& report) {
   row("activations (batch)", [](const TrainingCost& c) { return Bytes(c.activation_bytes()); });
   row("training memory (analytic)", [](const TrainingCost& c) { return Bytes(TrainingBytes(c)); });
   row("peak RSS growth", [](const TrainingCost& c) { return Bytes(c.peak_rss_growth_bytes()); });
+  // CUDA runs: the allocator's peaks (what torch.cuda.max_memory_* report),
+  // beside the analytic figure above.
+  if (std::any_of(columns.begin(), columns.end(), [](const auto& column) {
+        return column.second.device_peak_allocated_bytes() > 0;
+      })) {
+    row("device peak allocated", [](const TrainingCost& c) {
+      return Bytes(c.device_peak_allocated_bytes());
+    });
+    row("device peak reserved", [](const TrainingCost& c) {
+      return Bytes(c.device_peak_reserved_bytes());
+    });
+  }
   row("data held", [](const TrainingCost& c) { return Bytes(c.dataset_bytes()); });
   row("forward FLOPs/sample", [](const TrainingCost& c) { return Flops(c.forward_flops_per_sample()); });
   row("training FLOPs/sample", [](const TrainingCost& c) { return Flops(c.training_flops_per_sample()); });

@@ -1,0 +1,103 @@
+#include "common/layer_profile.h"
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <chrono>
+#include <memory>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "common/model.h"
+#include "common/precision.h"
+#include "common/status_macros.h"
+#include "common/trainer.h"
+#include "common/training_internal.h"
+
+namespace pnn {
+namespace {
+
+// Seconds per step of one layer (a one-layer slice of the network).
+absl::StatusOr<double> TimeLayer(const Architecture& layer,
+                                 const pnn::v1::TrainingConfig& training,
+                                 int batches, c10::Device device) {
+  SegmentModel model(layer);
+  model->to(device);
+  model->train();
+  const bool has_parameters = !model->parameters().empty();
+  std::unique_ptr<torch::optim::Optimizer> optimizer;
+  if (has_parameters) optimizer = internal::MakeOptimizer(model, training);
+  const at::Tensor input =
+      at::rand({training.batch_size(), Elements(layer.input_shape)},
+               at::TensorOptions(device))
+          .requires_grad_(layer.first_layer > 1);
+  at::Tensor output_gradient;
+  at::Tensor last_output;
+  auto step = [&] {
+    if (optimizer) optimizer->zero_grad();
+    at::Tensor output;
+    {
+      const ForwardPrecision precision(training.precision(), device);
+      output = model->forward(input);
+    }
+    output = output.to(at::kFloat);
+    if (!output_gradient.defined()) output_gradient = at::randn_like(output);
+    // A layer without parameters or input gradient (a first pooling layer)
+    // has nothing to backpropagate.
+    if (output.requires_grad()) output.backward(output_gradient);
+    if (optimizer) optimizer->step();
+    last_output = output.detach();
+  };
+  // Reading a value waits for the device to finish what was queued.
+  auto wait_for_device = [&] { (void)last_output.sum().item<double>(); };
+  step();  // warm-up: allocations, kernel selection
+  wait_for_device();
+  // The median step: a shared machine's stray stalls (another process, a
+  // page fault) move a mean of a few steps a lot, a median little.
+  std::vector<double> steps;
+  for (int i = 0; i < batches; ++i) {
+    const auto start = std::chrono::steady_clock::now();
+    step();
+    wait_for_device();
+    steps.push_back(
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
+            .count());
+  }
+  std::sort(steps.begin(), steps.end());
+  const size_t middle = steps.size() / 2;
+  return steps.size() % 2 == 1 ? steps[middle]
+                               : 0.5 * (steps[middle - 1] + steps[middle]);
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<double>> ProfileLayers(
+    const Architecture& network, const pnn::v1::TrainingConfig& training,
+    int batches, const std::string& device_name) {
+  if (batches < 1 || batches > kMaxProfileBatches) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("profile batches must be in [1, ", kMaxProfileBatches,
+                     "], got ", batches));
+  }
+  if (training.batch_size() < 1) {
+    return absl::InvalidArgumentError("profiling needs training.batch_size");
+  }
+  PNN_ASSIGN_OR_RETURN(const c10::Device device, ResolveDevice(device_name));
+  PNN_RETURN_IF_ERROR(CheckPrecision(training.precision(), device));
+  PNN_RETURN_IF_ERROR(InferShapes(network, "profiled network").status());
+  const MatmulPrecision matmul_precision(training.precision(), device);
+  std::vector<double> seconds;
+  for (int layer = network.first_layer; layer <= network.last_layer();
+       ++layer) {
+    PNN_ASSIGN_OR_RETURN(const Architecture slice,
+                         SliceNetwork(network, layer, layer));
+    PNN_ASSIGN_OR_RETURN(const double layer_seconds,
+                         internal::Guarded<double>("profiling layer", [&] {
+                           return TimeLayer(slice, training, batches, device);
+                         }));
+    seconds.push_back(layer_seconds);
+  }
+  return seconds;
+}
+
+}  // namespace pnn
