@@ -97,6 +97,9 @@ std::string WorkerState(const pnn::v1::WorkerStatus& worker, absl::Time now,
                               worker.task_index());
   }
   if (!worker.job_id().empty()) {
+    // A task index < 0: work that is no job's task yet (the profiling pass
+    // of a job being submitted), which the job id field describes.
+    if (worker.task_index() < 0) return absl::StrCat("busy ", worker.job_id());
     return absl::StrCat("busy ", worker.job_id(), " task ",
                         worker.task_index());
   }

@@ -17,6 +17,11 @@
 namespace pnn {
 namespace {
 
+// A layer is timed for at least this long (and `batches` steps), up to
+// kMaxStepsPerLayer steps.
+constexpr double kMinSecondsPerLayer = 0.05;
+constexpr int kMaxStepsPerLayer = 500;
+
 // Seconds per step of one layer (a one-layer slice of the network).
 absl::StatusOr<double> TimeLayer(const Architecture& layer,
                                  const pnn::v1::TrainingConfig& training,
@@ -52,16 +57,23 @@ absl::StatusOr<double> TimeLayer(const Architecture& layer,
   auto wait_for_device = [&] { (void)last_output.sum().item<double>(); };
   step();  // warm-up: allocations, kernel selection
   wait_for_device();
-  // The median step: a shared machine's stray stalls (another process, a
-  // page fault) move a mean of a few steps a lot, a median little.
+  // The median step, of at least `batches` steps and at least
+  // kMinSecondsPerLayer of them: a small layer's step takes a millisecond,
+  // and a few of them on a shared machine measure its stray stalls
+  // (another process, a page fault) more than the layer; a median is moved
+  // by them less than a mean.
   std::vector<double> steps;
-  for (int i = 0; i < batches; ++i) {
+  double timed = 0;
+  for (int i = 0; i < batches || (timed < kMinSecondsPerLayer &&
+                                  i < kMaxStepsPerLayer);
+       ++i) {
     const auto start = std::chrono::steady_clock::now();
     step();
     wait_for_device();
     steps.push_back(
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
             .count());
+    timed += steps.back();
   }
   std::sort(steps.begin(), steps.end());
   const size_t middle = steps.size() / 2;

@@ -26,8 +26,9 @@ inline constexpr int kMaxProfileBatches = 50;
 // Seconds per training batch of each layer of `network` (index i: layer
 // network.first_layer + i) at training.batch_size with training's optimizer
 // and precision, on `device` ("cpu", "cuda", "cuda:N"). Each layer runs one
-// untimed step, then `batches` timed ones, and reports the median step
-// (each step waits for the device to finish); the first layer of a network
+// untimed step, then timed ones (at least `batches`, and at least 50 ms of
+// them, at most 500) and reports the median step (each step waits for
+// the device to finish); the first layer of a network
 // computes no gradient for its input, as in training. INVALID_ARGUMENT for
 // batches outside [1, kMaxProfileBatches], FAILED_PRECONDITION for an
 // unusable device.

@@ -581,6 +581,10 @@ TEST(WorkerListTest, StatesAgesAndTheTableFitIn100Columns) {
 
   EXPECT_EQ(WorkerState(idle, now, Utc()), "idle");
   EXPECT_EQ(WorkerState(busy, now, Utc()), "busy job-0123456789ab task 1");
+  pnn::v1::WorkerStatus profiling = idle;
+  profiling.set_job_id("(profiling a new job)");
+  profiling.set_task_index(-1);
+  EXPECT_EQ(WorkerState(profiling, now, Utc()), "busy (profiling a new job)");
   EXPECT_EQ(WorkerState(backed_off, now, Utc()), "backed off until 22:13:50");
   // Once the back-off has passed, the worker is idle again.
   EXPECT_EQ(WorkerState(backed_off, now + absl::Minutes(1), Utc()), "idle");
