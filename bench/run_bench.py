@@ -402,6 +402,38 @@ def wait_for_job(binaries, address, job_id, timeout, log_path):
         time.sleep(2)
 
 
+def start_local_cluster(procs, binaries, log_dir, data_dir, nproc, workers,
+                        threads, name_prefix, worker_flags=()):
+    """A coordinator (nproc threads) and `workers` workers (`threads` each,
+    named <name_prefix>-1..N, with worker_flags) on loopback, started with
+    procs and waited for until every worker has registered. Returns the
+    coordinator's process, its address and per worker a dict with name,
+    proc, pid, log and address."""
+    coordinator, coordinator_log = procs.start("coordinator", [
+        binaries.coordinator, "--port=0", "--metrics_port=0",
+        "--listen_host=127.0.0.1", f"--state_dir={os.path.join(log_dir, 'state')}",
+        f"--data_dir={data_dir}", f"--threads={nproc}"], child_env(nproc))
+    match = wait_for_log(coordinator, coordinator_log,
+                         r"pnn-coordinator listening on ([^\s:]+):(\d+)", 60,
+                         "pnn-coordinator")
+    address = f"127.0.0.1:{match.group(2)}"
+    started = []
+    for i in range(1, workers + 1):
+        name = f"{name_prefix}-{i}"
+        proc, log_path = procs.start(name, [
+            binaries.worker, f"--coordinator={address}", "--port=0",
+            "--metrics_port=0", "--listen_host=127.0.0.1",
+            f"--data_dir={data_dir}", f"--threads={threads}",
+            f"--name={name}", *worker_flags], child_env(threads))
+        match = wait_for_log(proc, log_path,
+                             r"pnn-worker listening on ([^\s:]+):(\d+)", 60, name)
+        started.append({"name": name, "proc": proc, "pid": proc.pid, "log": log_path,
+                        "address": f"127.0.0.1:{match.group(2)}"})
+    for worker in started:
+        wait_for_log(worker["proc"], worker["log"], r"registered", 120, worker["name"])
+    return coordinator, address, started
+
+
 def run_mode(mode, base_spec, args, binaries, nproc, log_root):
     """Runs one mode on a fresh cluster; returns (Job JSON, run info)."""
     info = MODES[mode]
@@ -417,30 +449,11 @@ def run_mode(mode, base_spec, args, binaries, nproc, log_root):
           file=sys.stderr)
 
     with Processes(log_dir) as procs:
-        coordinator, coordinator_log = procs.start("coordinator", [
-            binaries.coordinator, "--port=0", "--metrics_port=0",
-            "--listen_host=127.0.0.1", f"--state_dir={os.path.join(log_dir, 'state')}",
-            f"--data_dir={args.data_dir}", f"--threads={nproc}"], child_env(nproc))
-        match = wait_for_log(coordinator, coordinator_log,
-                             r"pnn-coordinator listening on ([^\s:]+):(\d+)", 60,
-                             "pnn-coordinator")
-        address = f"127.0.0.1:{match.group(2)}"
-        worker_info = []
-        for i in range(1, workers + 1):
-            name = f"bench-{mode.replace('_', '-')}-{i}"
-            proc, log_path = procs.start(name, [
-                binaries.worker, f"--coordinator={address}", "--port=0",
-                "--metrics_port=0", "--listen_host=127.0.0.1",
-                f"--data_dir={args.data_dir}", f"--threads={threads}",
-                f"--name={name}"] + preload_flags(args, base_spec),
-                child_env(threads))
-            match = wait_for_log(proc, log_path,
-                                 r"pnn-worker listening on ([^\s:]+):(\d+)", 60, name)
-            worker_info.append({"name": name, "pid": proc.pid, "threads": threads,
-                                "address": f"127.0.0.1:{match.group(2)}",
-                                "log": log_path, "proc": proc})
+        coordinator, address, worker_info = start_local_cluster(
+            procs, binaries, log_dir, args.data_dir, nproc, workers, threads,
+            f"bench-{mode.replace('_', '-')}", preload_flags(args, base_spec))
         for worker in worker_info:
-            wait_for_log(worker["proc"], worker["log"], r"registered", 60, worker["name"])
+            worker["threads"] = threads
             worker["baseline_rss_bytes"] = read_status_bytes(worker["pid"], "VmRSS")
 
         submitted = time.monotonic()

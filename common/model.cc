@@ -103,7 +103,7 @@ at::Tensor SegmentModelImpl::ApplyLayer(size_t position, const at::Tensor& x) {
       // mask drawn on the CPU and copied would stall a GPU every batch):
       // reproducible per device kind.
       at::Generator& generator = dropout_generators_[position];
-      if (generator.device().type() != x.device().type()) {
+      if (generator.device() != x.device()) {
         generator = SeededGenerator(dropout_seeds_[position], x.device());
       }
       const at::Tensor keep =

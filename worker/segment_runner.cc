@@ -409,7 +409,8 @@ void SegmentRunner::Loop() {
       running_.reset();
     }
     if (options_.metrics != nullptr) {
-      options_.metrics->RecordOutcome(status);
+      // A profiling pass trains no segment: it is not counted as one.
+      if (!job->task.has_profile()) options_.metrics->RecordOutcome(status);
       options_.metrics->busy.Set(0);
       if (status.ok() && job->task.has_pipeline()) {
         options_.metrics->pipeline_idle.Set(result.cost().idle_fraction());

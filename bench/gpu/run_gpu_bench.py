@@ -134,27 +134,9 @@ def run_cluster(args, binaries, network, parallelism, workers, log_root):
         f"{threads} thread(s) each; logs in {log_dir}")
     preload = [] if (args.train_limit or args.test_limit) else ["--preload=fashion-mnist"]
     with Processes(log_dir) as procs:
-        coordinator, coordinator_log = procs.start("coordinator", [
-            binaries.coordinator, "--port=0", "--metrics_port=0",
-            "--listen_host=127.0.0.1", f"--state_dir={os.path.join(log_dir, 'state')}",
-            f"--data_dir={args.data_dir}", f"--threads={nproc}"],
-            run_bench.child_env(nproc))
-        match = run_bench.wait_for_log(coordinator, coordinator_log,
-                                       r"pnn-coordinator listening on ([^\s:]+):(\d+)",
-                                       60, "pnn-coordinator")
-        address = f"127.0.0.1:{match.group(2)}"
-        started = []
-        for i in range(1, workers + 1):
-            name = f"gpu-bench-{network['name']}-{mode}-{i}"
-            proc, path = procs.start(name, [
-                binaries.worker, f"--coordinator={address}", "--port=0",
-                "--metrics_port=0", "--listen_host=127.0.0.1",
-                f"--data_dir={args.data_dir}", f"--threads={threads}",
-                f"--device={args.device}", f"--name={name}"] + preload,
-                run_bench.child_env(threads))
-            started.append((name, proc, path))
-        for name, proc, path in started:
-            run_bench.wait_for_log(proc, path, r"registered", 120, name)
+        _, address, started = run_bench.start_local_cluster(
+            procs, binaries, log_dir, args.data_dir, nproc, workers, threads,
+            f"gpu-bench-{network['name']}-{mode}", [f"--device={args.device}", *preload])
         submitted = time.monotonic()
         out = run_bench.pnnctl(binaries, address, "submit", spec_path)
         if out.returncode != 0:
@@ -163,8 +145,8 @@ def run_cluster(args, binaries, network, parallelism, workers, log_root):
         job = run_bench.wait_for_job(binaries, address, job_id, args.job_timeout,
                                      os.path.join(log_dir, "watch.jsonl"))
         seconds = time.monotonic() - submitted
-        worker_rss = {name: run_bench.read_status_bytes(proc.pid, "VmHWM")
-                      for name, proc, _ in started}
+        worker_rss = {worker["name"]: run_bench.read_status_bytes(worker["pid"], "VmHWM")
+                      for worker in started}
     run_bench.write_json(os.path.join(log_dir, "job_result.json"), job)
     log(f"{network['name']} {mode}: {job.get('state')} in {seconds:.1f} s "
         f"{job.get('message', '')}".rstrip())
