@@ -158,10 +158,10 @@ class TrainingLoop {
                                                  const BatchPosition& position);
   // Backpropagates the batch's local loss; returns it (detached).
   at::Tensor Backward(const at::Tensor& output, const at::Tensor& target);
-  // Whether the losses trained so far are read after batch `batch`: every
-  // batch on the CPU, where reading costs nothing; on a GPU, where reading
-  // waits for the device to finish, only where progress, a checkpoint or
-  // the epoch's end needs them.
+  // Whether the losses trained so far are read after the batch at
+  // `position`: every batch on the CPU, where reading costs nothing; on a
+  // GPU, where reading waits for the device to finish, only where
+  // progress, a checkpoint or the epoch's end needs them.
   bool ReadsLossesAfter(const BatchPosition& position) const;
   // Reads the pending losses in one transfer: checks each is finite (the
   // divergence error names its batch) and counts them into the progress.
