@@ -92,8 +92,7 @@ absl::Status ValidateTraining(const TrainingConfig& config,
 absl::Status CheckPrecisionFitsDevice(const TrainingConfig& config,
                                       absl::string_view field,
                                       absl::string_view device) {
-  if (config.precision() == pnn::v1::PRECISION_TF32 &&
-      !absl::StartsWith(device, "cuda")) {
+  if (!PrecisionFitsDevice(config.precision(), device)) {
     return Invalid(
         absl::StrCat(field, ".precision"),
         absl::StrCat("PRECISION_TF32 applies to CUDA devices only; "
@@ -537,6 +536,12 @@ TrainingConfig RecoveryTrainingConfig(const JobSpec& resolved) {
   Inherit(resolved.training(), &config);
   config.set_epochs(epochs);
   return config;
+}
+
+bool PrecisionFitsDevice(pnn::v1::Precision precision,
+                         absl::string_view device) {
+  return precision != pnn::v1::PRECISION_TF32 ||
+         absl::StartsWith(device, "cuda");
 }
 
 bool IsValidDeviceName(absl::string_view device, int* cuda_index) {

@@ -71,6 +71,12 @@ pnn::v1::TrainingConfig RecoveryTrainingConfig(
 // Sets *cuda_index (-1 for "cpu" and "cuda") when given.
 bool IsValidDeviceName(absl::string_view device, int* cuda_index = nullptr);
 
+// Whether training arithmetic `precision` exists on `device` ("cpu",
+// "cuda", "cuda:N"): TF32 is a mode of CUDA's matrix units only. The one
+// rule behind the spec's check and the trainer's.
+bool PrecisionFitsDevice(pnn::v1::Precision precision,
+                         absl::string_view device);
+
 // Parses protobuf JSON of a JobSpec (unknown fields are an error, so a typo
 // is reported instead of silently ignored).
 absl::StatusOr<pnn::v1::JobSpec> ParseJobSpecJson(absl::string_view json);

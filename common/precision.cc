@@ -5,6 +5,7 @@
 #include <torch/version.h>
 
 #include "absl/strings/str_cat.h"
+#include "common/job_spec.h"
 
 namespace pnn {
 namespace {
@@ -57,7 +58,7 @@ absl::Status CheckPrecision(pnn::v1::Precision precision, c10::Device device) {
     return absl::InvalidArgumentError(
         absl::StrCat("unknown training precision ", precision));
   }
-  if (precision == pnn::v1::PRECISION_TF32 && !device.is_cuda()) {
+  if (!PrecisionFitsDevice(precision, device.str())) {
     return absl::FailedPreconditionError(absl::StrCat(
         "PRECISION_TF32 applies to CUDA devices only, this run trains on ",
         device.str(), "; use PRECISION_FP32 or PRECISION_BF16"));

@@ -107,6 +107,7 @@ void Coordinator::Shutdown() {
     if (shutting_down_) return;
     shutting_down_ = true;
     table_.CancelStreams();
+    for (grpc::ClientContext* context : profile_contexts_) context->TryCancel();
   }
   scheduler_wake_.notify_all();
   assembly_wake_.notify_all();
@@ -173,10 +174,52 @@ absl::StatusOr<LayerTimes> Coordinator::MeasureLayers(
         WaitMessage(spec.device(), 0, workers_->All(), available),
         "); submit again when one is, or balance BALANCE_OBJECTIVE_FLOPS"));
   }
-  absl::StatusOr<LayerTimes> times =
-      ProfileOnWorker(*driver, *worker, task, options_.profile_timeout);
+  // Shutdown cancels the pass through its context.
+  grpc::ClientContext context;
+  bool stopping = false;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stopping = shutting_down_;
+    if (!stopping) profile_contexts_.insert(&context);
+  }
+  if (stopping) {
+    workers_->Release(worker->id, assignment);
+    return absl::UnavailableError("the coordinator is shutting down");
+  }
+  absl::StatusOr<LayerTimes> times = ProfileOnWorker(
+      *driver, *worker, task, options_.profile_timeout, &context);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    profile_contexts_.erase(&context);
+  }
   workers_->Release(worker->id, assignment);
   return times;
+}
+
+void Coordinator::SubmitAsync(pnn::v1::SubmitJobRequest request,
+                              SubmitDone done) {
+  if (request.spec().auto_cut().objective() !=
+      pnn::v1::BALANCE_OBJECTIVE_MEASURED_TIME) {
+    done(Submit(request));
+    return;
+  }
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (started_ && !shutting_down_) {
+      const int64_t thread_id = next_thread_id_++;
+      dispatch_threads_.emplace(
+          thread_id, std::thread([this, thread_id, request = std::move(request),
+                                  done = std::move(done)] {
+            done(Submit(request));
+            std::lock_guard<std::mutex> lock(mu_);
+            finished_dispatch_threads_.push_back(thread_id);
+          }));
+      return;
+    }
+  }
+  done(absl::UnavailableError(
+      "the coordinator is not running (starting or shutting down); submit "
+      "again"));
 }
 
 absl::StatusOr<Job> Coordinator::Submit(

@@ -22,9 +22,11 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -117,6 +119,13 @@ class Coordinator : private JobTable::Listener {
 
   // Job API.
   absl::StatusOr<pnn::v1::Job> Submit(const pnn::v1::SubmitJobRequest& request);
+  // Submit for the RPC edge, whose callback threads must not block: a job
+  // whose cuts balance measured time waits for a profiling pass on a
+  // worker, so it is submitted on a thread of the coordinator's own (joined
+  // by Shutdown, which also cancels the pass) and `done` runs there; any
+  // other job is submitted on the calling thread. `done` runs exactly once.
+  using SubmitDone = std::function<void(absl::StatusOr<pnn::v1::Job>)>;
+  void SubmitAsync(pnn::v1::SubmitJobRequest request, SubmitDone done);
   absl::StatusOr<pnn::v1::Job> GetJob(const std::string& job_id);
   absl::StatusOr<pnn::v1::ListJobsResponse> ListJobs(
       const pnn::v1::ListJobsRequest& request);
@@ -236,8 +245,12 @@ class Coordinator : private JobTable::Listener {
   std::deque<DueWork> assembly_queue_;
   // Jobs that reached a final state whose stored task data is still to go.
   std::vector<std::string> finished_to_clean_;
+  // Threads of task streams and of submits that profile (SubmitAsync),
+  // reaped by the scheduler and joined by Shutdown.
   std::map<int64_t, std::thread> dispatch_threads_;
   std::vector<int64_t> finished_dispatch_threads_;
+  // Profiling passes in flight (MeasureLayers); Shutdown cancels them.
+  std::set<grpc::ClientContext*> profile_contexts_;
   std::thread scheduler_thread_;
   std::thread assembly_thread_;
 };

@@ -41,15 +41,15 @@ std::optional<size_t> ChooseProfiler(
 absl::StatusOr<LayerTimes> ProfileOnWorker(TaskDriver& driver,
                                            const WorkerRegistry::Worker& worker,
                                            const pnn::v1::SegmentTask& task,
-                                           absl::Duration timeout) {
-  grpc::ClientContext context;
-  context.set_deadline(std::chrono::system_clock::now() +
-                       absl::ToChronoSeconds(timeout));
+                                           absl::Duration timeout,
+                                           grpc::ClientContext* context) {
+  context->set_deadline(std::chrono::system_clock::now() +
+                        absl::ToChronoSeconds(timeout));
   pnn::v1::TrainSegmentRequest request;
   *request.mutable_task() = task;
   LayerTimes times;
   const TaskRun run = driver.Run(
-      worker.info.address(), request, &context,
+      worker.info.address(), request, context,
       [&times](const pnn::v1::TrainSegmentUpdate& update, int64_t) {
         if (!update.has_result()) return;
         const auto& seconds = update.result().layer_seconds_per_batch();

@@ -37,14 +37,16 @@ std::optional<size_t> ChooseProfiler(
     const std::string& device,
     const std::vector<WorkerRegistry::Worker>& available);
 
-// Runs `task` on `worker` with `driver`, waiting at most `timeout`; the
+// Runs `task` on `worker` with `driver` in `context` (fresh; the caller
+// may cancel it from another thread), waiting at most `timeout`; the
 // layers' seconds per batch, described as measured on that worker. The
 // worker's error (with its name) when the pass fails; DATA_LOSS when the
 // result does not time every layer.
 absl::StatusOr<LayerTimes> ProfileOnWorker(TaskDriver& driver,
                                            const WorkerRegistry::Worker& worker,
                                            const pnn::v1::SegmentTask& task,
-                                           absl::Duration timeout);
+                                           absl::Duration timeout,
+                                           grpc::ClientContext* context);
 
 }  // namespace pnn
 

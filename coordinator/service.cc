@@ -211,15 +211,18 @@ grpc::ServerUnaryReactor* CoordinatorService::SubmitJob(
   if (absl::Status allowed = Authenticate(context); !allowed.ok()) {
     return Respond(context, allowed);
   }
-  // Blocks this callback thread for the store write and, for cuts balanced
-  // by measured time, the profiling pass on a worker (about a second per
-  // layer at most on a CPU worker); no lock is held meanwhile.
-  absl::StatusOr<pnn::v1::Job> job = coordinator_->Submit(*request);
-  if (job.ok()) {
-    response->set_job_id(job->job_id());
-    *response->mutable_job() = *job;
-  }
-  return Respond(context, job.status());
+  // A job that is profiled first is submitted on a coordinator thread, and
+  // the call finishes from there.
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  coordinator_->SubmitAsync(
+      *request, [reactor, response](absl::StatusOr<pnn::v1::Job> job) {
+        if (job.ok()) {
+          response->set_job_id(job->job_id());
+          *response->mutable_job() = *std::move(job);
+        }
+        reactor->Finish(ToGrpcStatus(job.status()));
+      });
+  return reactor;
 }
 
 grpc::ServerUnaryReactor* CoordinatorService::GetJob(
