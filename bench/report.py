@@ -647,8 +647,10 @@ def pipeline_targets(modes):
         s = modes.get(mode) or {}
         bubble, formula = get(s, "bubble_fraction"), get(s, "bubble_formula")
         gap = abs(bubble - formula) if bubble is not None and formula is not None else None
+        cut = ",".join(str(c) for c in s.get("cut_after_layers") or []) or "n/a"
         add(f"{mode}: measured bubble within 5 points of (K-1)/(M+K-1)",
-            f"{fmt_pct(bubble, 1)} vs {fmt_pct(formula, 1)} (M = {s.get('micro_batches')})",
+            f"{fmt_pct(bubble, 1)} vs {fmt_pct(formula, 1)} (M = {s.get('micro_batches')}; "
+            f"cut after {cut})",
             gap, 0.05, None if gap is None else gap <= 0.05,
             "measured: the least idle stage's idle fraction (the pace-setting stage)",
             kind="points")
@@ -957,6 +959,12 @@ def workers_label(summary):
     return f"{len(workers)} x {threads}" if workers else "n/a"
 
 
+def network_label(model):
+    """784-...-10: the widths of a spec's fully connected network."""
+    return "-".join(str(w) for w in network_widths(
+        784, model.get("hidden_widths", []), 10))
+
+
 def section_header(results):
     machine = results.get("machine") or {}
     spec = results.get("spec") or {}
@@ -964,8 +972,7 @@ def section_header(results):
     training = spec.get("training") or {}
     dataset = spec.get("dataset") or {}
     done = results.get("done_when_configuration") or {}
-    widths = "-".join(str(w) for w in network_widths(
-        784, model.get("hidden_widths", []), 10))
+    widths = network_label(model)
     lines = [
         "# Benchmarks",
         "",
@@ -1026,8 +1033,8 @@ def section_header(results):
     return "\n".join(lines)
 
 
-def section_main(results):
-    modes = results.get("modes") or {}
+def modes_table(modes):
+    """The Results table of a run's modes (failed ones marked)."""
     rows = []
     for mode, s in mode_rows(modes, include_failed=True):
         state = s.get("state", "").replace("JOB_STATE_", "").lower()
@@ -1040,11 +1047,22 @@ def section_main(results):
             fmt_num(s.get("cpu_seconds_to_90")), fmt_bytes(s.get("network_bytes")),
             fmt_bytes(s.get("max_segment_training_memory_bytes")),
             fmt_pct(s.get("mfu"), 1)])
+    return md_table(["mode", "workers x threads", "state", "test accuracy",
+                     "wall s", "time to 90% s", "CPU-s to 90%", "network bytes",
+                     "largest task's training memory", "MFU"], rows)
+
+
+def failed_modes(modes):
+    """A line per mode that did not succeed, saying why."""
+    return [f"\n`{mode}` did not succeed: "
+            f"{s.get('error') or s.get('message') or s.get('state')}"
+            for mode, s in mode_rows(modes, include_failed=True) if not succeeded(s)]
+
+
+def section_main(results):
+    modes = results.get("modes") or {}
     target = (modes.get("conventional") or {}).get("target_accuracy")
-    text = ["## Results", "",
-            md_table(["mode", "workers x threads", "state", "test accuracy",
-                      "wall s", "time to 90% s", "CPU-s to 90%", "network bytes",
-                      "largest task's training memory", "MFU"], rows), "",
+    text = ["## Results", "", modes_table(modes), "",
             "wall s: from the job's first dispatch until the last segment's "
             "weights arrived (`Job.training_seconds`), so joining and the test "
             "pass are not included. time to 90%: the first evaluation point "
@@ -1054,18 +1072,15 @@ def section_main(results):
             "workers and worker <-> worker, evaluation checkpoints excluded "
             "(see Network). Training memory: analytic (parameters, gradients, "
             "optimizer state, activations), data set excluded."]
-    for mode, s in mode_rows(modes, include_failed=True):
-        if not succeeded(s):
-            text.append(f"\n`{mode}` did not succeed: "
-                        f"{s.get('error') or s.get('message') or s.get('state')}")
+    text += failed_modes(modes)
     if (results.get("plots") or {}).get("accuracy_vs_time"):
         text += ["", "![test accuracy against wall time](bench/plots/accuracy_vs_time.png)"]
     return "\n".join(text)
 
 
-def section_pipeline(results):
-    """The pipeline modes side by side: schedule, bubble, speed, memory."""
-    modes = results.get("modes") or {}
+def pipeline_table(modes):
+    """The pipeline modes side by side: schedule, cut, bubble, speed, memory;
+    '' without a pipeline mode that succeeded."""
     one = modes.get("model_parallel") if succeeded(modes.get("model_parallel")) else {}
     rows = []
     for mode in PIPELINE_MODES:
@@ -1073,20 +1088,31 @@ def section_pipeline(results):
         if not succeeded(s):
             continue
         idle = ", ".join(fmt_pct(f, 1) for f in s.get("stage_idle_fractions") or [])
+        cut = ",".join(str(c) for c in s.get("cut_after_layers") or []) or "n/a"
         rows.append([mode, s.get("schedule") or "n/a", str(s.get("micro_batches") or "n/a"),
-                     fmt_num(s.get("wall_seconds")),
+                     cut, fmt_num(s.get("wall_seconds")),
                      fmt_ratio(ratio(s.get("wall_seconds"), (one or {}).get("wall_seconds"))),
                      fmt_pct(s.get("bubble_fraction"), 1), fmt_pct(s.get("bubble_formula"), 1),
                      idle or "n/a", fmt_bytes(s.get("pipeline_activation_bytes")),
                      fmt_pct(s.get("test_accuracy"))])
     if not rows:
         return ""
+    return md_table(["mode", "schedule", "micro-batches M", "cut after", "wall s",
+                     "x M=1", "bubble measured", "(K-1)/(M+K-1)", "idle per stage",
+                     "activations kept", "test accuracy"], rows)
+
+
+def section_pipeline(results):
+    """The pipeline modes side by side: schedule, bubble, speed, memory."""
+    table = pipeline_table(results.get("modes") or {})
+    if not table:
+        return ""
     return "\n".join([
-        "## Pipeline schedules", "",
-        md_table(["mode", "schedule", "micro-batches M", "wall s", "x M=1",
-                  "bubble measured", "(K-1)/(M+K-1)", "idle per stage",
-                  "activations kept", "test accuracy"], rows), "",
-        "Each stage's idle fraction is the share of its training time it did not "
+        "## Pipeline schedules", "", table, "",
+        "Every pipeline runs on the cut that balances its stages' training "
+        "FLOPs (pnn's `auto_cut`), as pipeline stages are balanced in "
+        "practice; a pipeline computes the whole network's training steps, so "
+        "its accuracy does not depend on the cut. Each stage's idle fraction is the share of its training time it did not "
         "compute (forward, backward, optimizer step): waiting for its neighbours "
         "and moving tensors to and from gRPC messages. bubble measured: the least "
         "idle stage's (the stage that sets the pace); the other stages' extra idle "
@@ -1262,9 +1288,10 @@ def section_overhead(results):
         "bandwidth at once."])
 
 
-def section_targets(results):
+def targets_table(targets):
+    """The targets with measured figure, ratio and verdict."""
     rows = []
-    for t in results.get("targets") or []:
+    for t in targets or []:
         value = t.get("value")
         limit = t.get("limit")
         if value is None:
@@ -1278,13 +1305,17 @@ def section_targets(results):
             shown = fmt_ratio(value) + ("" if limit is None else f" (limit {limit:g}x)")
         rows.append([t["target"], t["measured"], shown, f"**{t['verdict']}**",
                      t.get("detail", "")])
+    return md_table(["target", "measured", "ratio", "verdict", "note"], rows)
+
+
+def section_targets(results):
     done = results.get("done_when_configuration") or {}
     note = ("" if done.get("matches") else
             "\n\nThis run is not the configuration the targets are stated for "
             "(see How it was produced); treat the verdicts as indicative.")
     return "\n".join([
         "## Targets (issues 6 and 12, \"Done when\")", "",
-        md_table(["target", "measured", "ratio", "verdict", "note"], rows),
+        targets_table(results.get("targets")),
         "",
         "Verdicts are computed from the figures above by `bench/report.py`, "
         "never written by hand. A MISS is a measured result, not an error." + note])
@@ -1493,7 +1524,54 @@ def section_cnn(cnn):
     return "\n".join(lines)
 
 
-def render_markdown(results, ablations=None, analysis=None, cnn=None):
+def section_wide(wide):
+    """The wide network's cluster runs (scripts/bench --preset wide)."""
+    modes = wide.get("modes") or {}
+    spec = wide.get("spec") or {}
+    model = spec.get("model") or {}
+    dataset = spec.get("dataset") or {}
+    machine = wide.get("machine") or {}
+    widths = network_label(model)
+    load = machine.get("loadavg") or []
+    load_end = machine.get("loadavg_end") or []
+    where = f"{machine.get('nproc', '?')} cores"
+    if load:
+        where += f", 1-minute load average {load[0]:.1f} at the start"
+    if load_end:
+        where += f", {load_end[0]:.1f} at the end"
+    text = [
+        "## Wide network",
+        "",
+        f"`{wide.get('command', 'n/a')}`, {wide.get('date', 'n/a')}: network "
+        f"{widths}, spec cut after layer(s) "
+        f"{', '.join(str(c) for c in model.get('cut_after_layers', []))}, "
+        f"{(spec.get('training') or {}).get('epochs', '')} epoch(s), train_limit "
+        f"{dataset.get('train_limit', 0) or 'all'}; {where}. Conventional on one "
+        "worker with every core, the split modes on one worker per segment, as "
+        "in the main preset.",
+    ]
+    text += ["", modes_table(modes)]
+    text += failed_modes(modes)
+    table = pipeline_table(modes)
+    if table:
+        text += ["", "### Pipeline schedules (wide)", "", table]
+    text += ["", "### Targets (wide)", "", targets_table(wide.get("targets")), "",
+             "The same verdicts as the main preset's, computed from this run."]
+    return "\n".join(text)
+
+
+def finish_wide(wide):
+    """Derived fields of the wide preset's run: modes, time to 90%, targets."""
+    modes = wide.setdefault("modes", {})
+    for mode, raw in (wide.get("jobs") or {}).items():
+        modes[mode] = summarize_job(mode, raw["job"], raw["run_info"],
+                                    wide.get("matmul_gflops") or {})
+    add_time_to_target(modes)
+    wide["targets"] = check_targets(modes)
+    return wide
+
+
+def render_markdown(results, ablations=None, analysis=None, cnn=None, wide=None):
     """The whole BENCHMARKS.md from results.json (and ablations.json).
 
     analysis: optional Markdown written by people (bench/analysis.md), shown
@@ -1516,6 +1594,8 @@ def render_markdown(results, ablations=None, analysis=None, cnn=None):
         parts.append(section_ablations(ablations))
     if cnn:
         parts.append(section_cnn(cnn))
+    if wide:
+        parts.append(section_wide(wide))
     if results:
         parts.append(section_scale(results))
     return "\n\n".join(p for p in parts if p) + "\n"

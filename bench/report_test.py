@@ -228,8 +228,22 @@ class SummaryTest(unittest.TestCase):
                                  "of (K-1)/(M+K-1)"]["verdict"], "N/A")
         text = report.render_markdown(self.results)
         self.assertIn("## Pipeline schedules", text)
-        self.assertIn("| model_parallel_1f1b | 1F1B | 8 | 24.0 | 0.600x | 14.0% | 11.1% | "
+        self.assertIn("| model_parallel_1f1b | 1F1B | 8 | 3 | 24.0 | 0.600x | 14.0% | 11.1% | "
                       "14.0%, 62.0% |", text)
+
+    def test_wide_preset_section(self):
+        wide = fixture_results()
+        wide.pop("modes", None)  # re-derived from the raw jobs
+        wide["command"] = "scripts/bench --preset wide"
+        wide = report.finish_wide(wide)
+        self.assertIn("model_parallel_1f1b", wide["modes"])
+        self.assertTrue(any(t["target"].startswith("model_parallel_1f1b: wall time")
+                            for t in wide["targets"]))
+        text = report.render_markdown(None, wide=wide)
+        self.assertIn("## Wide network", text)
+        self.assertIn("`scripts/bench --preset wide`", text)
+        self.assertIn("### Pipeline schedules (wide)", text)
+        self.assertIn("| model_parallel_1f1b | 1F1B | 8 | 3 | 24.0 | 0.600x |", text)
 
     def test_mode_spec_of_pipelines_and_auto_cut(self):
         one = run_bench.mode_spec(SPEC, "model_parallel", 4, 8)
@@ -237,6 +251,11 @@ class SummaryTest(unittest.TestCase):
         gpipe = run_bench.mode_spec(SPEC, "model_parallel_gpipe", 4, 8)
         self.assertEqual(gpipe["pipeline"], {"schedule": "PIPELINE_SCHEDULE_GPIPE",
                                              "micro_batches": 8})
+        # Pipelines run on the cut balancing the stages' FLOPs.
+        for spec in (one, gpipe):
+            self.assertNotIn("cut_after_layers", spec["model"])
+            self.assertEqual(spec["auto_cut"], {"segments": 2,
+                                                "objective": "BALANCE_OBJECTIVE_FLOPS"})
         auto = run_bench.mode_spec(run_bench.with_defaults(SPEC), "partitioned_auto", 4)
         self.assertNotIn("cut_after_layers", auto["model"])
         self.assertEqual(auto["auto_cut"], {"segments": 2,

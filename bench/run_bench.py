@@ -47,21 +47,31 @@ import report  # noqa: E402  (bench/report.py, beside this file)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_SPEC = os.path.join(REPO, "examples", "fashion_mnist.json")
+# --preset wide: a network where compute, not per-call overhead, dominates.
+WIDE_SPEC = os.path.join(REPO, "examples", "wide_mlp.json")
+WIDE_MODES = ("conventional,model_parallel,model_parallel_gpipe,model_parallel_1f1b,"
+              "partitioned,partitioned_auto")
 
 MODES = {
     "conventional": {"parallelism": "PARALLELISM_CONVENTIONAL",
                      "input_mode": None, "split": False},
     # The pipeline with one micro-batch per batch (issue 6's baseline), and
-    # micro-batched with each schedule (issue 12; --micro_batches).
+    # micro-batched with each schedule (issue 12; --micro_batches). Every
+    # pipeline runs on the cut that balances the stages' training FLOPs, as
+    # a practitioner balances pipeline stages (its accuracy does not depend
+    # on the cut: it trains the whole network end to end).
     "model_parallel": {"parallelism": "PARALLELISM_MODEL_PARALLEL",
                        "input_mode": None, "split": True,
-                       "pipeline": {"micro_batches": 1}},
+                       "pipeline": {"micro_batches": 1},
+                       "auto_cut": "BALANCE_OBJECTIVE_FLOPS"},
     "model_parallel_gpipe": {"parallelism": "PARALLELISM_MODEL_PARALLEL",
                              "input_mode": None, "split": True,
-                             "pipeline": {"schedule": "PIPELINE_SCHEDULE_GPIPE"}},
+                             "pipeline": {"schedule": "PIPELINE_SCHEDULE_GPIPE"},
+                             "auto_cut": "BALANCE_OBJECTIVE_FLOPS"},
     "model_parallel_1f1b": {"parallelism": "PARALLELISM_MODEL_PARALLEL",
                             "input_mode": None, "split": True,
-                            "pipeline": {"schedule": "PIPELINE_SCHEDULE_1F1B"}},
+                            "pipeline": {"schedule": "PIPELINE_SCHEDULE_1F1B"},
+                            "auto_cut": "BALANCE_OBJECTIVE_FLOPS"},
     "partitioned": {"parallelism": "PARALLELISM_PARTITIONED",
                     "input_mode": "INPUT_MODE_SYNTHETIC_LABELS", "split": True},
     # pnn chooses the cut (auto_cut: as many segments as the spec's cut
@@ -575,6 +585,18 @@ def run_main_preset(args, argv, binaries, log_root):
     return results
 
 
+def run_wide_preset(args, argv, binaries, log_root):
+    """The main preset's cluster runs on the wide network (3 segments on 3
+    workers) with the pipeline and partitioned modes; returns wide.json's
+    content. pnn-train's in-process run is skipped."""
+    if args.spec == DEFAULT_SPEC:
+        args.spec = WIDE_SPEC
+    if args.modes == ",".join(MODES):
+        args.modes = WIDE_MODES
+    args.skip_in_process = True
+    return run_main_preset(args, argv, binaries, log_root)
+
+
 def deep_cuts(num_linear, segments):
     """Cut points spreading num_linear layers evenly over `segments`."""
     return sorted({max(1, min(num_linear - 1, round(num_linear * i / segments)))
@@ -809,7 +831,8 @@ def regenerate(out_dir, analysis_path=None):
     results_path = os.path.join(out_dir, "bench", "results.json")
     ablations_path = os.path.join(out_dir, "bench", "ablations.json")
     cnn_path = os.path.join(out_dir, "bench", "cnn.json")
-    results = ablations = cnn = None
+    wide_path = os.path.join(out_dir, "bench", "wide.json")
+    results = ablations = cnn = wide = None
     if os.path.exists(results_path):
         with open(results_path, encoding="utf-8") as f:
             results = json.load(f)
@@ -826,14 +849,18 @@ def regenerate(out_dir, analysis_path=None):
     if os.path.exists(cnn_path):
         with open(cnn_path, encoding="utf-8") as f:
             cnn = json.load(f)
-    if results is None and ablations is None and cnn is None:
-        raise BenchError(f"nothing to report: no {results_path}, {ablations_path} "
-                         f"or {cnn_path}")
+    if os.path.exists(wide_path):
+        with open(wide_path, encoding="utf-8") as f:
+            wide = report.finish_wide(json.load(f))
+        write_json(wide_path, wide)
+    if results is None and ablations is None and cnn is None and wide is None:
+        raise BenchError(f"nothing to report: no {results_path}, {ablations_path}, "
+                         f"{cnn_path} or {wide_path}")
     analysis = None
     if analysis_path and os.path.exists(analysis_path):
         with open(analysis_path, encoding="utf-8") as f:
             analysis = f.read()
-    markdown = report.render_markdown(results, ablations, analysis, cnn)
+    markdown = report.render_markdown(results, ablations, analysis, cnn, wide)
     path = os.path.join(out_dir, "BENCHMARKS.md")
     markdown += kept_gpu_section(path)
     with open(path, "w", encoding="utf-8") as out:
@@ -873,11 +900,15 @@ def parse_args(argv):
         epilog="Writes BENCHMARKS.md, bench/results.json (main), "
                "bench/ablations.json (ablation) and bench/plots/*.png under "
                "--out_dir.")
-    parser.add_argument("--preset", choices=("main", "ablation", "cnn"), default="main",
+    parser.add_argument("--preset", choices=("main", "ablation", "cnn", "wide"),
+                        default="main",
                         help="main: the modes on local clusters; ablation: "
                              "in-process ablations (longer); cnn: the "
                              "convolutional example in-process, conventional "
-                             "and partitioned at two cuts. Default main.")
+                             "and partitioned at two cuts; wide: the pipeline "
+                             "and partitioned modes on local clusters for "
+                             "examples/wide_mlp.json (784-1024x6-10, 3 "
+                             "segments on 3 workers). Default main.")
     parser.add_argument("--spec", default=DEFAULT_SPEC,
                         help="job spec (protobuf JSON of pnn.v1.JobSpec); default "
                              "examples/fashion_mnist.json (--preset cnn: "
@@ -974,6 +1005,9 @@ def main(argv):
         elif args.preset == "cnn":
             cnn = run_cnn_preset(args, argv, binaries, log_root)
             write_json(os.path.join(out_dir, "bench", "cnn.json"), cnn)
+        elif args.preset == "wide":
+            wide = run_wide_preset(args, argv, binaries, log_root)
+            write_json(os.path.join(out_dir, "bench", "wide.json"), wide)
         else:
             ablations = run_ablation_preset(args, argv, binaries, log_root)
             write_json(os.path.join(out_dir, "bench", "ablations.json"), ablations)
