@@ -1119,7 +1119,8 @@ def section_pipeline(results):
         "time is imbalance between the segments, which the formula, stated for "
         "equal stages, leaves out. activations kept: the activation bytes the "
         "schedule keeps at most, summed over the stages (GPipe: a whole batch per "
-        "stage; 1F1B: K - s micro-batches at stage s)."])
+        "stage, plus the linear layers' output gradients kept for the batch's "
+        "weight gradients; 1F1B: K - s micro-batches at stage s)."])
 
 
 def section_epochs(results):

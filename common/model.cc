@@ -13,6 +13,7 @@
 #include "absl/strings/str_join.h"
 #include "common/status_macros.h"
 #include "common/tensor_codec.h"
+#include "common/weight_gradient_tape.h"
 
 namespace pnn {
 namespace {
@@ -79,12 +80,17 @@ at::Tensor SegmentModelImpl::Activate(const at::Tensor& x) const {
   }
 }
 
-at::Tensor SegmentModelImpl::ApplyLayer(size_t position, const at::Tensor& x) {
+at::Tensor SegmentModelImpl::ApplyLayer(size_t position, const at::Tensor& x,
+                                        WeightGradientTape* tape) {
   const LayerSpec& layer = architecture_.layers[position];
   switch (layer.kind_case()) {
     case LayerSpec::kConv2D:
       return convs_[position]->forward(x);
     case LayerSpec::kLinear:
+      if (tape != nullptr) {
+        return tape->Linear(x, linears_[position]->weight,
+                            linears_[position]->bias);
+      }
       return linears_[position]->forward(x);
     case LayerSpec::kMaxPool:
       return at::max_pool2d(x, {layer.max_pool().kernel()},
@@ -115,7 +121,7 @@ at::Tensor SegmentModelImpl::ApplyLayer(size_t position, const at::Tensor& x) {
   }
 }
 
-at::Tensor SegmentModelImpl::forward(at::Tensor x) {
+at::Tensor SegmentModelImpl::forward(at::Tensor x, WeightGradientTape* tape) {
   const SampleShape& shape = architecture_.input_shape;
   if (x.dim() == 2 && shape.size() > 1) {
     std::vector<int64_t> sizes = {x.size(0)};
@@ -127,7 +133,7 @@ at::Tensor SegmentModelImpl::forward(at::Tensor x) {
   if (architecture_.leading_activation) x = Activate(x);
   const size_t count = architecture_.layers.size();
   for (size_t i = 0; i < count; ++i) {
-    x = ApplyLayer(i, x);
+    x = ApplyLayer(i, x, tape);
     if (IsWeighted(architecture_.layers[i]) && i + 1 < count) x = Activate(x);
   }
   return x;

@@ -32,12 +32,16 @@
 
 namespace pnn {
 
+class WeightGradientTape;
+
 class SegmentModelImpl : public torch::nn::Module {
  public:
   // `architecture` must fit its input (InferShapes); throws otherwise.
   explicit SegmentModelImpl(Architecture architecture);
 
-  at::Tensor forward(at::Tensor x);
+  // With a tape (common/weight_gradient_tape.h), the linear layers leave
+  // their weight gradients to it.
+  at::Tensor forward(at::Tensor x, WeightGradientTape* tape = nullptr);
 
   int first_layer() const { return architecture_.first_layer; }
   int last_layer() const { return architecture_.last_layer(); }
@@ -55,7 +59,8 @@ class SegmentModelImpl : public torch::nn::Module {
 
  private:
   at::Tensor Activate(const at::Tensor& x) const;
-  at::Tensor ApplyLayer(size_t position, const at::Tensor& x);
+  at::Tensor ApplyLayer(size_t position, const at::Tensor& x,
+                        WeightGradientTape* tape);
 
   Architecture architecture_;
   // One entry per layer; a null holder where the layer has no such module.

@@ -15,6 +15,7 @@
 #include "common/status_macros.h"
 #include "common/training_internal.h"
 #include "common/training_progress.h"
+#include "common/weight_gradient_tape.h"
 
 namespace pnn {
 namespace {
@@ -93,6 +94,7 @@ struct PipelineStageTrainer::State {
   // One micro-batch of the open batch, between its Forward and Backward.
   struct Micro {
     at::Tensor input;  // a leaf: its gradient goes back upstream
+    at::Tensor input_gradient;  // set by backward
     at::Tensor output;
     at::Tensor labels;
     int64_t rows = 0;
@@ -105,6 +107,9 @@ struct PipelineStageTrainer::State {
   c10::Device device{c10::kCPU};
   SegmentModel model{nullptr};
   std::unique_ptr<torch::optim::Optimizer> optimizer;
+  // Backward in two parts: the weight gradients of a GPipe batch are one
+  // product per layer at its end (1F1B: after each micro-batch).
+  std::unique_ptr<WeightGradientTape> tape;
   // TF32 on for the stage's life when its task asks (its backward passes
   // run between Forward calls).
   std::unique_ptr<MatmulPrecision> matmul_precision;
@@ -221,7 +226,8 @@ struct PipelineStageTrainer::State {
     micro->input = input.to(device, at::kFloat).detach().requires_grad_(true);
     {
       const ForwardPrecision precision(task.training().precision(), device);
-      micro->output = model->forward(micro->input);
+      tape->BeginForward(position.micro);
+      micro->output = model->forward(micro->input, tape.get());
     }
     // Losses and the activations sent on are fp32 whatever the arithmetic.
     micro->output = micro->output.to(at::kFloat);
@@ -252,7 +258,8 @@ struct PipelineStageTrainer::State {
       const double loss_value = loss.item<double>();
       PNN_RETURN_IF_ERROR(
           internal::CheckFiniteLoss(loss_value, open.epoch, open.batch, kHint));
-      loss.backward();
+      micro.input_gradient =
+          tape->Backward(index, loss, at::Tensor(), micro.input);
       busy_seconds += SecondsSince(start);
       return loss_value;
     }
@@ -268,7 +275,10 @@ struct PipelineStageTrainer::State {
     PNN_RETURN_IF_ERROR(
         internal::CheckFiniteLoss(remote.loss, open.epoch, open.batch, kHint));
     const auto start = std::chrono::steady_clock::now();
-    micro.output.backward(remote.output_gradient.to(device, at::kFloat));
+    micro.input_gradient =
+        tape->Backward(index, micro.output,
+                       remote.output_gradient.to(device, at::kFloat),
+                       micro.input);
     busy_seconds += SecondsSince(start);
     return remote.loss;
   }
@@ -286,7 +296,7 @@ struct PipelineStageTrainer::State {
     PNN_ASSIGN_OR_RETURN(const double loss,
                          BackwardLoss(micro, index, downstream));
     RemoteLoss result;
-    result.output_gradient = micro.input.grad();
+    result.output_gradient = micro.input_gradient;
     result.loss = loss;
     // The micro-batch's graph is spent: free its activations.
     const int64_t rows = micro.rows;
@@ -295,7 +305,14 @@ struct PipelineStageTrainer::State {
     micro.forwarded = true;
     micro.done = true;
     batch_loss += loss;
-    if (++backwards_done == open.micro_batches) {
+    const bool batch_done = ++backwards_done == open.micro_batches;
+    if (batch_done || task.pipeline().schedule() ==
+                          pnn::v1::PIPELINE_SCHEDULE_1F1B) {
+      const auto start = std::chrono::steady_clock::now();
+      tape->AccumulateWeightGradients();
+      busy_seconds += SecondsSince(start);
+    }
+    if (batch_done) {
       const auto start = std::chrono::steady_clock::now();
       optimizer->step();
       busy_seconds += SecondsSince(start);
@@ -362,6 +379,8 @@ PipelineStageTrainer::Create(const SegmentTask& task,
         state->model->to(device);
         state->model->train();
         state->optimizer = MakeOptimizer(state->model, task.training());
+        state->tape =
+            std::make_unique<WeightGradientTape>(state->model->parameters());
         state->matmul_precision = std::make_unique<MatmulPrecision>(
             task.training().precision(), device);
         state->progress.MeasureCudaDevice(internal::CudaIndex(device));

@@ -72,7 +72,19 @@ void FillPipelineCost(const pnn::v1::SegmentTask& task, double busy_seconds,
     rows += sizes[static_cast<size_t>(i)];
   }
   // AnalyticTrainingCost counts the activations of a whole batch.
-  cost->set_activation_bytes(cost->activation_bytes() / batch * rows);
+  int64_t activation_bytes = cost->activation_bytes() / batch * rows;
+  // GPipe's weight gradients wait for the batch's end
+  // (common/weight_gradient_tape.h): until then each linear layer's output
+  // gradient of every micro-batch is kept too.
+  if (task.pipeline().schedule() != pnn::v1::PIPELINE_SCHEDULE_1F1B &&
+      sizes.size() > 1) {
+    int64_t linear_outputs = 0;
+    for (const auto& layer : task.layers()) {
+      if (layer.has_linear()) linear_outputs += layer.linear().out_features();
+    }
+    activation_bytes += linear_outputs * batch * 4;  // fp32
+  }
+  cost->set_activation_bytes(activation_bytes);
 }
 
 }  // namespace pnn

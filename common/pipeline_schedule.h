@@ -53,7 +53,9 @@ double BubbleFormula(int stages, int micro_batches);
 // A pipeline stage's cost once it has trained: the idle fraction (1 -
 // busy_seconds / cost->wall_seconds()), the micro-batches its schedule
 // keeps and the activation bytes of that many micro-batches' rows in
-// place of the whole batch's. `task` is the stage's (task.pipeline set).
+// place of the whole batch's (GPipe with several micro-batches: plus the
+// linear layers' output gradients its deferred weight gradients keep).
+// `task` is the stage's (task.pipeline set).
 void FillPipelineCost(const pnn::v1::SegmentTask& task, double busy_seconds,
                       pnn::v1::TrainingCost* cost);
 

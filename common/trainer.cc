@@ -26,6 +26,7 @@
 #include "common/tensor_codec.h"
 #include "common/training_internal.h"
 #include "common/training_progress.h"
+#include "common/weight_gradient_tape.h"
 
 namespace pnn {
 namespace {
@@ -183,6 +184,8 @@ class TrainingLoop {
   int64_t batches_ = 1;
   internal::TrainingProgress progress_;
   FirstStage stage_;
+  // A pipeline's backward in two parts (common/weight_gradient_tape.h).
+  std::unique_ptr<WeightGradientTape> tape_;
   double busy_seconds_ = 0;
   struct PendingLoss {
     int64_t batch = 0;
@@ -202,6 +205,9 @@ absl::StatusOr<std::vector<EpochMetrics>> TrainingLoop::Run(
   model_->to(device_);
   model_->train();
   optimizer_ = MakeOptimizer(model_, config_);
+  if (stage_.peer != nullptr) {
+    tape_ = std::make_unique<WeightGradientTape>(model_->parameters());
+  }
   shuffle_generator_ = at::detail::createCPUGenerator(seed_ ^ kShuffleStream);
   batch_size_ = config_.batch_size();
   batches_ = (samples_ + batch_size_ - 1) / batch_size_;
@@ -348,7 +354,9 @@ absl::StatusOr<at::Tensor> TrainingLoop::TrainPipelinedBatch(
       start = Clock::now();
       {
         const ForwardPrecision precision(config_.precision(), device_);
-        output = model_->forward(inputs[static_cast<size_t>(op.micro)]);
+        tape_->BeginForward(op.micro);
+        output = model_->forward(inputs[static_cast<size_t>(op.micro)],
+                                 tape_.get());
       }
       // Stages exchange fp32 activations whatever the arithmetic.
       output = output.to(at::kFloat);
@@ -367,12 +375,19 @@ absl::StatusOr<at::Tensor> TrainingLoop::TrainPipelinedBatch(
           op.micro + 1));
     }
     start = Clock::now();
-    output.backward(remote.output_gradient.to(device_));
+    tape_->Backward(op.micro, output, remote.output_gradient.to(device_),
+                    /*input=*/at::Tensor());
     output = at::Tensor();  // its graph is spent: free the activations
+    // 1F1B keeps only the micro-batches in flight: their weight gradients
+    // now. GPipe holds the whole batch anyway: one product per layer after.
+    if (stage_.schedule == pnn::v1::PIPELINE_SCHEDULE_1F1B) {
+      tape_->AccumulateWeightGradients();
+    }
     busy_seconds_ += SecondsSince(start);
     loss += remote.loss;
   }
   start = Clock::now();
+  tape_->AccumulateWeightGradients();
   optimizer_->step();
   busy_seconds_ += SecondsSince(start);
   return at::scalar_tensor(loss, at::kDouble);

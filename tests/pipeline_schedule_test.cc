@@ -126,5 +126,31 @@ TEST(PipelineScheduleTest, PipelineCostCountsTheMicroBatchesKept) {
   EXPECT_EQ(cost.activation_bytes(), 6 * 100);  // the two largest
 }
 
+TEST(PipelineScheduleTest, GPipeCostCountsTheDeferredOutputGradients) {
+  pnn::v1::SegmentTask task;
+  task.set_segment_index(0);
+  task.set_segment_count(2);
+  task.mutable_training()->set_batch_size(10);
+  task.add_layers()->mutable_linear()->set_out_features(7);
+  task.add_layers()->mutable_dropout();
+  task.add_layers()->mutable_linear()->set_out_features(5);
+  task.mutable_pipeline()->set_micro_batches(4);
+  task.mutable_pipeline()->set_schedule(PIPELINE_SCHEDULE_GPIPE);
+  pnn::v1::TrainingCost cost;
+  cost.set_wall_seconds(1);
+  cost.set_activation_bytes(10 * 100);
+  FillPipelineCost(task, /*busy_seconds=*/1, &cost);
+  EXPECT_EQ(cost.micro_batches_kept(), 4);
+  // The whole batch, and each linear layer's output gradient of each row
+  // until the batch's weight gradients are computed.
+  EXPECT_EQ(cost.activation_bytes(), 10 * 100 + 10 * (7 + 5) * 4);
+
+  // One micro-batch: computed at once, nothing waits.
+  task.mutable_pipeline()->set_micro_batches(1);
+  cost.set_activation_bytes(10 * 100);
+  FillPipelineCost(task, 1, &cost);
+  EXPECT_EQ(cost.activation_bytes(), 10 * 100);
+}
+
 }  // namespace
 }  // namespace pnn
