@@ -13,6 +13,7 @@
 #include "common/status_macros.h"
 #include "common/trainer.h"
 #include "common/training_internal.h"
+#include "common/weight_gradient_tape.h"
 
 namespace pnn {
 namespace {
@@ -38,18 +39,26 @@ absl::StatusOr<double> TimeLayer(const Architecture& layer,
           .requires_grad_(layer.first_layer > 1);
   at::Tensor output_gradient;
   at::Tensor last_output;
+  // The backward pass training runs (common/weight_gradient_tape.h).
+  WeightGradientTape tape(model->parameters());
   auto step = [&] {
     if (optimizer) optimizer->zero_grad();
     at::Tensor output;
     {
       const ForwardPrecision precision(training.precision(), device);
-      output = model->forward(input);
+      tape.BeginForward(0);
+      output = model->forward(input, &tape);
     }
     output = output.to(at::kFloat);
     if (!output_gradient.defined()) output_gradient = at::randn_like(output);
     // A layer without parameters or input gradient (a first pooling layer)
     // has nothing to backpropagate.
-    if (output.requires_grad()) output.backward(output_gradient);
+    if (output.requires_grad()) {
+      tape.Backward(0, output, output_gradient, input);
+      tape.AccumulateWeightGradients();
+    } else {
+      tape.Clear();
+    }
     if (optimizer) optimizer->step();
     last_output = output.detach();
   };

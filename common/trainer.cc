@@ -184,7 +184,10 @@ class TrainingLoop {
   int64_t batches_ = 1;
   internal::TrainingProgress progress_;
   FirstStage stage_;
-  // A pipeline's backward in two parts (common/weight_gradient_tape.h).
+  // Every step's backward in two parts (common/weight_gradient_tape.h):
+  // the same arithmetic as autograd's, without its slow weight-gradient
+  // path for wide layers on the CPU; a pipeline also defers the weight
+  // gradients of its micro-batches.
   std::unique_ptr<WeightGradientTape> tape_;
   double busy_seconds_ = 0;
   struct PendingLoss {
@@ -205,9 +208,7 @@ absl::StatusOr<std::vector<EpochMetrics>> TrainingLoop::Run(
   model_->to(device_);
   model_->train();
   optimizer_ = MakeOptimizer(model_, config_);
-  if (stage_.peer != nullptr) {
-    tape_ = std::make_unique<WeightGradientTape>(model_->parameters());
-  }
+  tape_ = std::make_unique<WeightGradientTape>(model_->parameters());
   shuffle_generator_ = at::detail::createCPUGenerator(seed_ ^ kShuffleStream);
   batch_size_ = config_.batch_size();
   batches_ = (samples_ + batch_size_ - 1) / batch_size_;
@@ -324,7 +325,8 @@ absl::StatusOr<at::Tensor> TrainingLoop::TrainBatch(
   at::Tensor output;
   {
     const ForwardPrecision precision(config_.precision(), device_);
-    output = model_->forward(input);
+    tape_->BeginForward(0);
+    output = model_->forward(input, tape_.get());
   }
   const at::Tensor loss = Backward(output, target);
   optimizer_->step();
@@ -400,7 +402,9 @@ at::Tensor TrainingLoop::Backward(const at::Tensor& output,
   const at::Tensor loss = loss_kind_ == LossKind::kMse
                               ? at::mse_loss(scores, target)
                               : at::cross_entropy_loss(scores, target);
-  loss.backward();
+  tape_->Backward(0, loss, /*root_gradient=*/at::Tensor(),
+                  /*input=*/at::Tensor());
+  tape_->AccumulateWeightGradients();
   return loss.detach();
 }
 

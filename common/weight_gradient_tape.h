@@ -1,19 +1,21 @@
-// A pipeline stage's backward pass in two parts, as zero-bubble pipeline
+// A training step's backward pass in two parts, as zero-bubble pipeline
 // schedules split it (Qi et al., "Zero Bubble Pipeline Parallelism", 2023):
 //
 //  - per micro-batch, the gradients that travel backward through the
-//    stage: to its input (which goes upstream) and to the output of each of
-//    its linear layers ("B");
+//    model: to its input (which a pipeline stage sends upstream) and to the
+//    output of each of its linear layers ("B");
 //  - later, the linear layers' weight and bias gradients ("W"), computed
 //    for all the micro-batches recorded so far in one product per layer.
 //
-// Why: with M micro-batches per batch, autograd computes every linear
-// layer's full-size weight gradient M times from M thin products and adds
-// them up; on a CPU that costs more than the bubble micro-batching removes.
-// Deferring W to the end of the batch (GPipe) makes it one product over the
-// batch's rows, the same product a one-micro-batch step computes. 1F1B runs
-// W after each micro-batch's B, so that, as the schedule intends, only the
-// micro-batches in flight are kept.
+// Every training loop uses it (TrainSegment, pipeline stages, the layer
+// profiler). Why: on the CPU, autograd's path for a linear layer's weight
+// gradient made a step cost 2-3x this one's for 1024-wide layers
+// (libtorch 1.13, OpenBLAS), for the same products; and with M
+// micro-batches per batch autograd computes and adds a full-size weight
+// gradient M times from M thin products. A GPipe stage defers W to the end
+// of the batch: one product over the batch's rows, as a one-micro-batch
+// step computes. 1F1B runs W after each micro-batch's B, so that, as the
+// schedule intends, only the micro-batches in flight are kept.
 //
 // Usage, per batch: SegmentModel::forward(x, &tape) records micro-batch m's
 // linear layers after BeginForward(m); Backward(m, ...) runs its B part;
@@ -23,7 +25,7 @@
 // would. With one micro-batch the result is bit-identical to
 // loss.backward() into zeroed gradients.
 //
-// Not thread-safe: one tape per stage, driven from its training thread.
+// Not thread-safe: one tape per training loop, driven from its thread.
 #ifndef PNN_COMMON_WEIGHT_GRADIENT_TAPE_H_
 #define PNN_COMMON_WEIGHT_GRADIENT_TAPE_H_
 
