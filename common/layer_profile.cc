@@ -56,8 +56,6 @@ absl::StatusOr<double> TimeLayer(const Architecture& layer,
     if (output.requires_grad()) {
       tape.Backward(0, output, output_gradient, input);
       tape.AccumulateWeightGradients();
-    } else {
-      tape.Clear();
     }
     if (optimizer) optimizer->step();
     last_output = output.detach();

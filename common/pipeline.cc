@@ -94,7 +94,6 @@ struct PipelineStageTrainer::State {
   // One micro-batch of the open batch, between its Forward and Backward.
   struct Micro {
     at::Tensor input;  // a leaf: its gradient goes back upstream
-    at::Tensor input_gradient;  // set by backward
     at::Tensor output;
     at::Tensor labels;
     int64_t rows = 0;
@@ -242,8 +241,8 @@ struct PipelineStageTrainer::State {
   // Backpropagates a micro-batch's loss into the stage: the last stage's
   // own cross-entropy (its share of the batch's mean), or the gradient the
   // rest of the pipeline returns. A non-finite loss is not
-  // backpropagated. Returns the loss share.
-  absl::StatusOr<double> BackwardLoss(Micro& micro, int index,
+  // backpropagated. Returns the loss share and the input's gradient.
+  absl::StatusOr<RemoteLoss> BackwardLoss(Micro& micro, int index,
                                       PipelinePeer* downstream) {
     constexpr absl::string_view kHint = "lower the learning rate";
     if (last) {
@@ -258,10 +257,12 @@ struct PipelineStageTrainer::State {
       const double loss_value = loss.item<double>();
       PNN_RETURN_IF_ERROR(
           internal::CheckFiniteLoss(loss_value, open.epoch, open.batch, kHint));
-      micro.input_gradient =
+      RemoteLoss result;
+      result.output_gradient =
           tape->Backward(index, loss, at::Tensor(), micro.input);
+      result.loss = loss_value;
       busy_seconds += SecondsSince(start);
-      return loss_value;
+      return result;
     }
     PNN_ASSIGN_OR_RETURN(RemoteLoss remote, downstream->Receive(index));
     if (!remote.output_gradient.defined() ||
@@ -275,12 +276,14 @@ struct PipelineStageTrainer::State {
     PNN_RETURN_IF_ERROR(
         internal::CheckFiniteLoss(remote.loss, open.epoch, open.batch, kHint));
     const auto start = std::chrono::steady_clock::now();
-    micro.input_gradient =
+    RemoteLoss result;
+    result.output_gradient =
         tape->Backward(index, micro.output,
                        remote.output_gradient.to(device, at::kFloat),
                        micro.input);
+    result.loss = remote.loss;
     busy_seconds += SecondsSince(start);
-    return remote.loss;
+    return result;
   }
 
   absl::StatusOr<RemoteLoss> BackwardUnguarded(int index,
@@ -293,21 +296,18 @@ struct PipelineStageTrainer::State {
           index + 1, " that has not run forward or has run backward already"));
     }
     Micro& micro = micros[static_cast<size_t>(index)];
-    PNN_ASSIGN_OR_RETURN(const double loss,
+    PNN_ASSIGN_OR_RETURN(RemoteLoss result,
                          BackwardLoss(micro, index, downstream));
-    RemoteLoss result;
-    result.output_gradient = micro.input_gradient;
-    result.loss = loss;
     // The micro-batch's graph is spent: free its activations.
     const int64_t rows = micro.rows;
     micro = Micro();
     micro.rows = rows;
     micro.forwarded = true;
     micro.done = true;
-    batch_loss += loss;
+    batch_loss += result.loss;
     const bool batch_done = ++backwards_done == open.micro_batches;
-    if (batch_done || task.pipeline().schedule() ==
-                          pnn::v1::PIPELINE_SCHEDULE_1F1B) {
+    if (batch_done ||
+        WeightGradientsPerMicroBatch(task.pipeline().schedule())) {
       const auto start = std::chrono::steady_clock::now();
       tape->AccumulateWeightGradients();
       busy_seconds += SecondsSince(start);

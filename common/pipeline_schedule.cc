@@ -40,6 +40,10 @@ int MicroBatchesKept(pnn::v1::PipelineSchedule schedule, int stage, int stages,
   return most;
 }
 
+bool WeightGradientsPerMicroBatch(pnn::v1::PipelineSchedule schedule) {
+  return schedule == pnn::v1::PIPELINE_SCHEDULE_1F1B;
+}
+
 std::vector<int64_t> MicroBatchSizes(int64_t rows, int micro_batches) {
   const int64_t parts =
       std::max<int64_t>(1, std::min<int64_t>(micro_batches, rows));
@@ -76,7 +80,7 @@ void FillPipelineCost(const pnn::v1::SegmentTask& task, double busy_seconds,
   // GPipe's weight gradients wait for the batch's end
   // (common/weight_gradient_tape.h): until then each linear layer's output
   // gradient of every micro-batch is kept too.
-  if (task.pipeline().schedule() != pnn::v1::PIPELINE_SCHEDULE_1F1B &&
+  if (!WeightGradientsPerMicroBatch(task.pipeline().schedule()) &&
       sizes.size() > 1) {
     int64_t linear_outputs = 0;
     for (const auto& layer : task.layers()) {

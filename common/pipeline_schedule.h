@@ -41,6 +41,12 @@ std::vector<MicroBatchOp> StageSchedule(pnn::v1::PipelineSchedule schedule,
 int MicroBatchesKept(pnn::v1::PipelineSchedule schedule, int stage, int stages,
                      int micro_batches);
 
+// Whether a stage computes its weight gradients after each micro-batch's
+// backward (1F1B: only the micro-batches in flight are kept) rather than
+// once after the batch's last one (GPipe, which keeps the whole batch
+// anyway); see common/weight_gradient_tape.h.
+bool WeightGradientsPerMicroBatch(pnn::v1::PipelineSchedule schedule);
+
 // Rows of each micro-batch when a batch of `rows` is split into
 // `micro_batches`: min(micro_batches, rows) parts whose sizes differ by at
 // most one, the larger ones first (at::split_with_sizes' argument).

@@ -380,9 +380,7 @@ absl::StatusOr<at::Tensor> TrainingLoop::TrainPipelinedBatch(
     tape_->Backward(op.micro, output, remote.output_gradient.to(device_),
                     /*input=*/at::Tensor());
     output = at::Tensor();  // its graph is spent: free the activations
-    // 1F1B keeps only the micro-batches in flight: their weight gradients
-    // now. GPipe holds the whole batch anyway: one product per layer after.
-    if (stage_.schedule == pnn::v1::PIPELINE_SCHEDULE_1F1B) {
+    if (WeightGradientsPerMicroBatch(stage_.schedule)) {
       tape_->AccumulateWeightGradients();
     }
     busy_seconds_ += SecondsSince(start);

@@ -136,9 +136,4 @@ void WeightGradientTape::AccumulateWeightGradients() {
   }
 }
 
-void WeightGradientTape::Clear() {
-  micros_.clear();
-  recording_ = -1;
-}
-
 }  // namespace pnn

@@ -65,9 +65,6 @@ class WeightGradientTape {
   // (in fp32) into their .grad, and forgets those micro-batches.
   void AccumulateWeightGradients();
 
-  // Forgets everything recorded (a failed batch).
-  void Clear();
-
  private:
   struct Record {
     at::Tensor weight;  // the parameter, to receive the gradient
