@@ -8,9 +8,10 @@
 //    for all the micro-batches recorded so far in one product per layer.
 //
 // Every training loop uses it (TrainSegment, pipeline stages, the layer
-// profiler). Why: on the CPU, autograd's path for a linear layer's weight
-// gradient made a step cost 2-3x this one's for 1024-wide layers
-// (libtorch 1.13, OpenBLAS), for the same products; and with M
+// profiler). Why: on the CPU, autograd's backward made a step cost 2-3x
+// this one's for 1024-wide layers (libtorch 1.13, OpenBLAS), for the same
+// products (the extra time is outside them; its cause was not pinned
+// down); and with M
 // micro-batches per batch autograd computes and adds a full-size weight
 // gradient M times from M thin products. A GPipe stage defers W to the end
 // of the batch: one product over the batch's rows, as a one-micro-batch
